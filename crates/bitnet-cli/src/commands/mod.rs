@@ -1,0 +1,3 @@
+//! One module per subcommand, each with its own `Args` and a thin `run`.
+
+pub(crate) mod doctor;

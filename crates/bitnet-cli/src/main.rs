@@ -1,0 +1,28 @@
+//! The `bitnet` command: a thin layer of argument parsing and output over
+//! the library crates. Each subcommand lives in its own module.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+/// BitNet-Rust: run, quantize, train and serve 1.58-bit (ternary) models.
+#[derive(Parser, Debug)]
+#[command(name = "bitnet", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check this machine: CPU features, kernel dispatch, kernel self-tests,
+    /// memory bandwidth and ternary kernel throughput.
+    Doctor(commands::doctor::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Doctor(args) => commands::doctor::run(args),
+    }
+}

@@ -1,0 +1,119 @@
+//! AVX2 kernels (`vpmaddubsw` u8 x i8 → i16 pairs, `vpmaddwd` → i32).
+//!
+//! Each 64-byte block is read as two 32-byte halves; shifting by 0, 2, 4, 6
+//! and masking with 3 gives weights in {0, 1, 2} lined up with four 32-code
+//! runs of activations. `vpmaddubsw` pair sums stay within ±512, so a whole
+//! block (8 of them) accumulates in i16 before one widening `vpmaddwd`.
+//! GEMM uses a 2-row x 2-token tile so the unpacked weights serve two tokens.
+
+use super::super::RowsTask;
+use std::arch::x86_64::*;
+
+/// Computes the task's rows.
+///
+/// # Safety
+/// The CPU must support AVX2; `task.w` holds whole rows of `task.blocks * 64`
+/// bytes and `task.x` `tokens` padded rows of `task.blocks * 256` codes;
+/// `out.len() == rows * tokens`.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn rows(task: &RowsTask<'_>, out: &mut [i32]) {
+    let (rows, tokens) = (task.rows(), task.tokens());
+    assert!(task.w.len() >= rows * task.blocks * 64);
+    assert!(task.x.len() >= tokens * task.stride());
+    assert_eq!(out.len(), rows * tokens);
+    let mut r = 0;
+    while r < rows {
+        let rs = if rows - r >= 2 { 2 } else { 1 };
+        let mut t = 0;
+        while t < tokens {
+            let ts = if tokens - t >= 2 { 2 } else { 1 };
+            // SAFETY: the tile is in range (asserted above); AVX2 guaranteed by the caller.
+            unsafe {
+                match (rs, ts) {
+                    (2, 2) => tile::<2, 2>(task, r, t, out),
+                    (2, _) => tile::<2, 1>(task, r, t, out),
+                    (_, 2) => tile::<1, 2>(task, r, t, out),
+                    _ => tile::<1, 1>(task, r, t, out),
+                }
+            }
+            t += ts;
+        }
+        r += rs;
+    }
+}
+
+/// Unpacks field `SHIFT / 2` of every byte to a u8 in {0, 1, 2}.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn field<const SHIFT: i32>(v: __m256i) -> __m256i {
+    _mm256_and_si256(_mm256_srli_epi16::<SHIFT>(v), _mm256_set1_epi8(3))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+// Tiles index rows and tokens of several arrays at once; ranges read clearer
+// than zipped iterators here.
+#[allow(clippy::needless_range_loop)]
+/// One `R x T` tile starting at row `r0`, token `t0`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn tile<const R: usize, const T: usize>(
+    task: &RowsTask<'_>,
+    r0: usize,
+    t0: usize,
+    out: &mut [i32],
+) {
+    let (row_bytes, stride, tokens) = (task.blocks * 64, task.stride(), task.tokens());
+    let wp = task.w.as_ptr();
+    let xp = task.x.as_ptr();
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_si256(); T]; R];
+    for b in 0..task.blocks {
+        let mut acc16 = [[_mm256_setzero_si256(); T]; R];
+        for h in 0..2 {
+            let mut v = [_mm256_setzero_si256(); R];
+            for (i, v) in v.iter_mut().enumerate() {
+                // SAFETY: row r0 + i < rows, block b < blocks, half h < 2.
+                *v = unsafe {
+                    _mm256_loadu_si256(wp.add((r0 + i) * row_bytes + b * 64 + 32 * h).cast())
+                };
+            }
+            for k in 0..4 {
+                let mut u = [_mm256_setzero_si256(); R];
+                for (u, &v) in u.iter_mut().zip(&v) {
+                    *u = match k {
+                        0 => field::<0>(v),
+                        1 => field::<2>(v),
+                        2 => field::<4>(v),
+                        _ => field::<6>(v),
+                    };
+                }
+                for j in 0..T {
+                    let off = (t0 + j) * stride + b * 256 + 64 * k + 32 * h;
+                    // SAFETY: token t0 + j < tokens; offset inside its padded row.
+                    let x = unsafe { _mm256_loadu_si256(xp.add(off).cast()) };
+                    for i in 0..R {
+                        acc16[i][j] = _mm256_add_epi16(acc16[i][j], _mm256_maddubs_epi16(u[i], x));
+                    }
+                }
+            }
+        }
+        for i in 0..R {
+            for j in 0..T {
+                acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(acc16[i][j], ones));
+            }
+        }
+    }
+    for i in 0..R {
+        for j in 0..T {
+            out[(r0 + i) * tokens + t0 + j] = hsum(acc[i][j]) - task.sums[t0 + j];
+        }
+    }
+}

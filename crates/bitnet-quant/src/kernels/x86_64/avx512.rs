@@ -1,0 +1,181 @@
+//! AVX-512 VNNI kernels (`vpdpbusd`: u8 x i8 → i32, four products per lane).
+//!
+//! GEMV (one token) is memory bound: one 64-byte load gives a whole block;
+//! masking it with `0x03`, `0x0c`, `0x30`, `0xc0` (no shifts) yields weights
+//! scaled by 1, 4, 16, 64 that go straight into four accumulators, and the
+//! scaling is undone once per row with exact arithmetic shifts (every lane of
+//! accumulator `k` is a multiple of `4^k`). Two rows share each activation load.
+//!
+//! GEMM (many tokens) is compute bound: a 4-row x 4-token register tile;
+//! each block is unpacked (shift + mask) once per row and multiplied with
+//! four tokens, so 16 `vpdpbusd` run per 4 activation loads.
+
+use super::super::RowsTask;
+use std::arch::x86_64::*;
+
+/// Computes the task's rows. See the module doc.
+///
+/// # Safety
+/// The CPU must support AVX-512F, AVX-512BW and AVX-512VNNI; `task.w` holds
+/// whole rows of `task.blocks * 64` bytes and `task.x` `tokens` padded rows of
+/// `task.blocks * 256` codes; `out.len() == rows * tokens`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(crate) unsafe fn rows(task: &RowsTask<'_>, out: &mut [i32]) {
+    let rows = task.rows();
+    let tokens = task.tokens();
+    assert!(task.w.len() >= rows * task.blocks * 64);
+    assert!(task.x.len() >= tokens * task.stride());
+    assert_eq!(out.len(), rows * tokens);
+    if tokens == 1 {
+        // SAFETY: lengths asserted above; features guaranteed by the caller.
+        unsafe { gemv(task, out) };
+    } else {
+        // SAFETY: as above.
+        unsafe { gemm(task, out) };
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn gemv(task: &RowsTask<'_>, out: &mut [i32]) {
+    let row_bytes = task.blocks * 64;
+    let wp = task.w.as_ptr();
+    let xp = task.x.as_ptr();
+    let masks = [
+        _mm512_set1_epi8(0x03),
+        _mm512_set1_epi8(0x0c),
+        _mm512_set1_epi8(0x30),
+        _mm512_set1_epi8(0xc0u8 as i8),
+    ];
+    let rows = out.len();
+    let mut r = 0;
+    while r + 2 <= rows {
+        let mut acc = [[_mm512_setzero_si512(); 4]; 2];
+        for b in 0..task.blocks {
+            // SAFETY: rows r and r + 1 exist and block b is inside them; the
+            // activations hold blocks * 256 codes.
+            unsafe {
+                let w0 = _mm512_loadu_si512(wp.add(r * row_bytes + b * 64).cast());
+                let w1 = _mm512_loadu_si512(wp.add((r + 1) * row_bytes + b * 64).cast());
+                for k in 0..4 {
+                    let x = _mm512_loadu_si512(xp.add(b * 256 + 64 * k).cast());
+                    acc[0][k] = _mm512_dpbusd_epi32(acc[0][k], _mm512_and_si512(w0, masks[k]), x);
+                    acc[1][k] = _mm512_dpbusd_epi32(acc[1][k], _mm512_and_si512(w1, masks[k]), x);
+                }
+            }
+        }
+        out[r] = combine(&acc[0]) - task.sums[0];
+        out[r + 1] = combine(&acc[1]) - task.sums[0];
+        r += 2;
+    }
+    if r < rows {
+        let mut acc = [_mm512_setzero_si512(); 4];
+        for b in 0..task.blocks {
+            // SAFETY: row r exists; as above.
+            unsafe {
+                let w0 = _mm512_loadu_si512(wp.add(r * row_bytes + b * 64).cast());
+                for k in 0..4 {
+                    let x = _mm512_loadu_si512(xp.add(b * 256 + 64 * k).cast());
+                    acc[k] = _mm512_dpbusd_epi32(acc[k], _mm512_and_si512(w0, masks[k]), x);
+                }
+            }
+        }
+        out[r] = combine(&acc) - task.sums[0];
+    }
+}
+
+/// Undoes the mask scaling (exact shifts) and sums all lanes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn combine(acc: &[__m512i; 4]) -> i32 {
+    let a = _mm512_add_epi32(
+        _mm512_add_epi32(acc[0], _mm512_srai_epi32::<2>(acc[1])),
+        _mm512_add_epi32(
+            _mm512_srai_epi32::<4>(acc[2]),
+            _mm512_srai_epi32::<6>(acc[3]),
+        ),
+    );
+    _mm512_reduce_add_epi32(a)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn gemm(task: &RowsTask<'_>, out: &mut [i32]) {
+    let (rows, tokens) = (task.rows(), task.tokens());
+    let mut r = 0;
+    while r < rows {
+        let rs = if rows - r >= 4 { 4 } else { 1 };
+        let mut t = 0;
+        while t < tokens {
+            let ts = if tokens - t >= 4 { 4 } else { 1 };
+            // SAFETY: the tile's rows and tokens are in range; features as
+            // guaranteed to `rows`.
+            unsafe {
+                match (rs, ts) {
+                    (4, 4) => tile::<4, 4>(task, r, t, out),
+                    (4, _) => tile::<4, 1>(task, r, t, out),
+                    (_, 4) => tile::<1, 4>(task, r, t, out),
+                    _ => tile::<1, 1>(task, r, t, out),
+                }
+            }
+            t += ts;
+        }
+        r += rs;
+    }
+}
+
+/// Unpacks field `SHIFT / 2` of every byte to a u8 in {0, 1, 2}.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn field<const SHIFT: u32>(v: __m512i) -> __m512i {
+    _mm512_and_si512(_mm512_srli_epi16::<SHIFT>(v), _mm512_set1_epi8(3))
+}
+
+// Tiles index rows and tokens of several arrays at once; ranges read clearer
+// than zipped iterators here.
+#[allow(clippy::needless_range_loop)]
+/// One `R x T` register tile starting at row `r0`, token `t0`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile<const R: usize, const T: usize>(
+    task: &RowsTask<'_>,
+    r0: usize,
+    t0: usize,
+    out: &mut [i32],
+) {
+    let (row_bytes, stride, tokens) = (task.blocks * 64, task.stride(), task.tokens());
+    let wp = task.w.as_ptr();
+    let xp = task.x.as_ptr();
+    let mut acc = [[_mm512_setzero_si512(); T]; R];
+    for b in 0..task.blocks {
+        let mut v = [_mm512_setzero_si512(); R];
+        for (i, v) in v.iter_mut().enumerate() {
+            // SAFETY: row r0 + i < rows and block b < blocks.
+            *v = unsafe { _mm512_loadu_si512(wp.add((r0 + i) * row_bytes + b * 64).cast()) };
+        }
+        for k in 0..4 {
+            let mut u = [_mm512_setzero_si512(); R];
+            for (u, &v) in u.iter_mut().zip(&v) {
+                *u = match k {
+                    0 => field::<0>(v),
+                    1 => field::<2>(v),
+                    2 => field::<4>(v),
+                    _ => field::<6>(v),
+                };
+            }
+            for j in 0..T {
+                // SAFETY: token t0 + j < tokens; its padded row has blocks * 256 codes.
+                let x = unsafe {
+                    _mm512_loadu_si512(xp.add((t0 + j) * stride + b * 256 + 64 * k).cast())
+                };
+                for i in 0..R {
+                    acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], u[i], x);
+                }
+            }
+        }
+    }
+    for i in 0..R {
+        for j in 0..T {
+            out[(r0 + i) * tokens + t0 + j] =
+                _mm512_reduce_add_epi32(acc[i][j]) - task.sums[t0 + j];
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Int8 absmax quantization of activations (`ActQuant` in the reference).
+//!
+//! Per token (row): `s = 127 / max(absmax(row), 1e-5)`,
+//! `q = clamp(round_half_even(x * s), -128, 127)`, dequantized `q / s`.
+//! An all-zero row gives all-zero codes.
+//!
+//! [`QuantizedActivations`] is also the activation layout the ternary kernels
+//! read: each token's codes start on a 64-byte boundary and are zero-padded to
+//! a multiple of [`crate::formats::runtime::BLOCK`] so kernels never need a tail loop,
+//! and each token carries the sum of its codes (the kernels store weights as
+//! `t + 1` and subtract it).
+
+use super::{EPS, check_finite, check_matrix};
+use crate::aligned::AlignedBytes;
+use crate::error::Result;
+use crate::formats::runtime::BLOCK;
+
+/// The absmax scale `127 / max(absmax, 1e-5)` of a run of values.
+pub fn absmax_scale(values: &[f32]) -> f32 {
+    let absmax = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    127.0 / absmax.max(EPS)
+}
+
+/// The int8 code of `x` under scale `s`.
+#[inline]
+pub fn int8_code(x: f32, s: f32) -> i8 {
+    (x * s).round_ties_even().clamp(-128.0, 127.0) as i8
+}
+
+/// Quantizes a whole tensor with one absmax scale; returns codes and scale.
+pub fn quantize_per_tensor(tensor: &str, data: &[f32]) -> Result<(Vec<i8>, f32)> {
+    check_finite(tensor, data, "int8 per-tensor quantize")?;
+    let s = absmax_scale(data);
+    Ok((data.iter().map(|&x| int8_code(x, s)).collect(), s))
+}
+
+/// Int8 codes of `tokens` rows of `cols` activations, one scale per row, in
+/// the kernels' padded layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuantizedActivations {
+    tokens: usize,
+    cols: usize,
+    stride: usize,
+    codes: AlignedBytes,
+    scales: Vec<f32>,
+    sums: Vec<i32>,
+}
+
+impl QuantizedActivations {
+    /// Quantizes a row-major `tokens x cols` matrix per token.
+    ///
+    /// ```
+    /// use bitnet_quant::quantize::int8::QuantizedActivations;
+    /// let q = QuantizedActivations::quantize("x", &[127.0, 0.5, 1.5, 2.5, -0.5, -2.5], 1, 6).unwrap();
+    /// assert_eq!(q.codes(0), &[127, 0, 2, 2, 0, -2]);
+    /// assert_eq!(q.scale(0), 1.0);
+    /// ```
+    pub fn quantize(tensor: &str, data: &[f32], tokens: usize, cols: usize) -> Result<Self> {
+        check_matrix("int8 per-token quantize", data.len(), tokens, cols)?;
+        check_finite(tensor, data, "int8 per-token quantize")?;
+        let mut q = Self::zeroed(tokens, cols);
+        for t in 0..tokens {
+            q.quantize_row(t, &data[t * cols..(t + 1) * cols]);
+        }
+        Ok(q)
+    }
+
+    /// An all-zero buffer for `tokens x cols`, to be filled by [`Self::requantize`].
+    pub fn zeroed(tokens: usize, cols: usize) -> Self {
+        let stride = cols.div_ceil(BLOCK) * BLOCK;
+        QuantizedActivations {
+            tokens,
+            cols,
+            stride,
+            codes: AlignedBytes::filled(tokens * stride, 0),
+            scales: vec![127.0 / EPS; tokens],
+            sums: vec![0; tokens],
+        }
+    }
+
+    /// Re-quantizes new data of the same shape into this buffer, so a decode
+    /// loop allocates nothing.
+    pub fn requantize(&mut self, tensor: &str, data: &[f32]) -> Result<()> {
+        check_matrix(
+            "int8 per-token quantize",
+            data.len(),
+            self.tokens,
+            self.cols,
+        )?;
+        check_finite(tensor, data, "int8 per-token quantize")?;
+        for t in 0..self.tokens {
+            self.quantize_row(t, &data[t * self.cols..(t + 1) * self.cols]);
+        }
+        Ok(())
+    }
+
+    fn quantize_row(&mut self, t: usize, row: &[f32]) {
+        let s = absmax_scale(row);
+        let out = &mut self.codes.as_i8_mut()[t * self.stride..t * self.stride + self.cols];
+        let mut sum = 0i32;
+        for (o, &x) in out.iter_mut().zip(row) {
+            *o = int8_code(x, s);
+            sum += i32::from(*o);
+        }
+        self.scales[t] = s;
+        self.sums[t] = sum;
+    }
+
+    /// Builds activations from existing codes and scales (e.g. a fixture).
+    pub fn from_codes(codes: &[i8], scales: &[f32], tokens: usize, cols: usize) -> Result<Self> {
+        check_matrix("activations from codes", codes.len(), tokens, cols)?;
+        check_matrix("activation scales", scales.len(), tokens, 1)?;
+        let mut q = Self::zeroed(tokens, cols);
+        for t in 0..tokens {
+            let row = &codes[t * cols..(t + 1) * cols];
+            q.codes.as_i8_mut()[t * q.stride..t * q.stride + cols].copy_from_slice(row);
+            q.sums[t] = row.iter().map(|&c| i32::from(c)).sum();
+            q.scales[t] = scales[t];
+        }
+        Ok(q)
+    }
+
+    /// Number of tokens (rows).
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+    /// Activations per token.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Distance in codes between consecutive tokens (`cols` padded to a block).
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+    /// The codes of token `t` (without padding).
+    pub fn codes(&self, t: usize) -> &[i8] {
+        &self.codes.as_i8()[t * self.stride..t * self.stride + self.cols]
+    }
+    /// The codes of token `t` including the zero padding.
+    pub fn padded_codes(&self, t: usize) -> &[i8] {
+        &self.codes.as_i8()[t * self.stride..(t + 1) * self.stride]
+    }
+    /// All padded codes, token after token.
+    pub fn all_padded_codes(&self) -> &[i8] {
+        &self.codes.as_i8()[..self.tokens * self.stride]
+    }
+    /// Quantization scale of token `t`.
+    pub fn scale(&self, t: usize) -> f32 {
+        self.scales[t]
+    }
+    /// All scales.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+    /// Sum of the codes of token `t`.
+    pub fn sum(&self, t: usize) -> i32 {
+        self.sums[t]
+    }
+    /// All code sums.
+    pub fn sums(&self) -> &[i32] {
+        &self.sums
+    }
+    /// Dequantized activations `q / s`, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        (0..self.tokens)
+            .flat_map(|t| {
+                self.codes(t)
+                    .iter()
+                    .map(move |&q| f32::from(q) / self.scales[t])
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_example() {
+        let q =
+            QuantizedActivations::quantize("x", &[127.0, 0.5, 1.5, 2.5, -0.5, -2.5], 1, 6).unwrap();
+        assert_eq!(q.codes(0), &[127, 0, 2, 2, 0, -2]);
+        assert_eq!(q.sum(0), 129);
+        assert_eq!(q.stride(), BLOCK);
+        assert!(q.padded_codes(0)[6..].iter().all(|&c| c == 0));
+    }
+
+    #[test]
+    fn zero_row_gives_zero_codes_and_clamped_scale() {
+        let q = QuantizedActivations::quantize("x", &[0.0, 0.0, 1.0, -2.0], 2, 2).unwrap();
+        assert_eq!(q.codes(0), &[0, 0]);
+        assert_eq!(q.scale(0), 127.0 / EPS);
+        assert_eq!(q.codes(1), &[64, -127]);
+    }
+
+    #[test]
+    fn per_tensor_and_errors() {
+        let (c, s) = quantize_per_tensor("x", &[1.0, -254.0]).unwrap();
+        assert_eq!((c, s), (vec![0, -127], 0.5));
+        assert!(quantize_per_tensor("x", &[]).is_err());
+        let err = QuantizedActivations::quantize("h", &[f32::NAN], 1, 1).unwrap_err();
+        assert!(err.to_string().contains("`h`"));
+        assert!(QuantizedActivations::quantize("h", &[1.0; 3], 2, 2).is_err());
+    }
+
+    #[test]
+    fn requantize_reuses_buffer() {
+        let mut q = QuantizedActivations::zeroed(1, 3);
+        q.requantize("x", &[1.0, 2.0, -4.0]).unwrap();
+        assert_eq!(q.codes(0), &[32, 64, -127]);
+        assert!(q.requantize("x", &[1.0]).is_err());
+    }
+}
