@@ -107,6 +107,14 @@ pub enum Error {
         /// The value found.
         value: f32,
     },
+    /// A shape whose byte size does not fit in memory (a hostile or corrupt header).
+    #[error("{format}: shape {shape} is too large to address")]
+    ShapeOverflow {
+        /// The packed format.
+        format: Format,
+        /// Shape described as text.
+        shape: String,
+    },
     /// A parameter outside its supported range.
     #[error("{0}")]
     Unsupported(String),

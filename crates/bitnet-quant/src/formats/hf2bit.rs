@@ -18,9 +18,9 @@ use super::shape_text;
 use crate::error::{Error, Format, Result};
 use crate::quantize::ternary::check_codes;
 
-/// Packed byte count of an `[out, in]` matrix.
-pub fn packed_len(out: usize, cols: usize) -> usize {
-    out.div_ceil(4) * cols
+/// Packed byte count of an `[out, in]` matrix, `None` when it overflows.
+pub fn packed_len(out: usize, cols: usize) -> Option<usize> {
+    out.div_ceil(4).checked_mul(cols)
 }
 
 /// Packs row-major `[out, in]` codes in {-1, 0, 1}.
@@ -46,7 +46,10 @@ pub fn pack(codes: &[i8], out: usize, cols: usize) -> Result<Vec<u8>> {
 
 /// Unpacks to row-major `[out, in]` codes, rejecting `0b11` and wrong lengths.
 pub fn unpack(packed: &[u8], out: usize, cols: usize) -> Result<Vec<i8>> {
-    let expected = packed_len(out, cols);
+    let expected = packed_len(out, cols).ok_or_else(|| Error::ShapeOverflow {
+        format: Format::Hf2Bit,
+        shape: shape_text(&[out, cols]),
+    })?;
     if packed.len() != expected {
         return Err(Error::BadLength {
             format: Format::Hf2Bit,
@@ -88,7 +91,7 @@ mod tests {
         fn round_trip(out in 0usize..11, cols in 0usize..9, seed in any::<u32>()) {
             let codes: Vec<i8> = (0..out * cols).map(|i| ((seed as usize + i * 7) % 3) as i8 - 1).collect();
             let p = pack(&codes, out, cols).unwrap();
-            prop_assert_eq!(p.len(), packed_len(out, cols));
+            prop_assert_eq!(Some(p.len()), packed_len(out, cols));
             prop_assert_eq!(unpack(&p, out, cols).unwrap(), codes);
         }
     }
@@ -112,5 +115,10 @@ mod tests {
             Err(Error::BadLength { expected: 4, .. })
         ));
         assert!(pack(&[3], 1, 1).is_err());
+        // A header claiming 2^63 columns must not wrap to an empty buffer.
+        assert!(matches!(
+            unpack(&[], 8, 1 << 63),
+            Err(Error::ShapeOverflow { .. })
+        ));
     }
 }

@@ -73,6 +73,20 @@ pub(crate) fn check_block_multiple<B: QuantBlock>(n: usize) -> Result<()> {
     Ok(())
 }
 
+/// A block scale as f16, rejecting values f16 cannot hold (|d| > 65504 or
+/// not finite) rather than storing an infinity that dequantizes to inf/NaN.
+pub(crate) fn f16_scale(format: Format, value: f32) -> Result<half::f16> {
+    let d = half::f16::from_f32(value);
+    if d.is_finite() {
+        Ok(d)
+    } else {
+        Err(Error::Unsupported(format!(
+            "{format}: block scale {value} does not fit in f16 (|scale| <= 65504); \
+             rescale the tensor first"
+        )))
+    }
+}
+
 /// Reads the trailing little-endian f16 scale of a block.
 pub(crate) fn read_f16(bytes: &[u8]) -> half::f16 {
     half::f16::from_le_bytes([bytes[0], bytes[1]])

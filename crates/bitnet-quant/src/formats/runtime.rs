@@ -79,8 +79,18 @@ impl PackedTernary {
 
     /// Reads a buffer written by [`Self::as_bytes`], validating every code.
     pub fn from_bytes(bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        if cols > MAX_COLS {
+            return Err(Error::Unsupported(format!(
+                "rows of {cols} weights exceed the kernels' limit of {MAX_COLS}"
+            )));
+        }
         let blocks_per_row = cols.div_ceil(BLOCK);
-        let expected = rows * blocks_per_row * BLOCK_BYTES;
+        let expected = rows
+            .checked_mul(blocks_per_row * BLOCK_BYTES)
+            .ok_or_else(|| Error::ShapeOverflow {
+                format: Format::Runtime,
+                shape: shape_text(&[rows, cols]),
+            })?;
         if bytes.len() != expected {
             return Err(Error::BadLength {
                 format: Format::Runtime,
@@ -196,6 +206,11 @@ mod tests {
             PackedTernary::from_bytes(&[0; 63], 1, 10),
             Err(Error::BadLength { .. })
         ));
+        assert!(matches!(
+            PackedTernary::from_bytes(&[], 0x0a00_2a0a_0000_0000, 10),
+            Err(Error::ShapeOverflow { .. })
+        ));
+        assert!(PackedTernary::from_bytes(&[], 1, MAX_COLS + 1).is_err());
         let mut bytes = vec![0x55u8; 64];
         bytes[9] = 0xff;
         assert!(matches!(

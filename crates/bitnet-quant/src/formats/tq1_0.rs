@@ -14,7 +14,7 @@
 //! Only 243 of 256 byte values (81 for `qh`) are ever written; the others
 //! are rejected as invalid codes.
 
-use super::{QuantBlock, block_absmax, check_block_multiple, ggml_ternary, read_f16};
+use super::{QuantBlock, block_absmax, check_block_multiple, f16_scale, ggml_ternary, read_f16};
 use crate::error::{Error, Format, Result};
 use crate::quantize::ternary::check_codes;
 use half::f16;
@@ -155,7 +155,7 @@ impl QuantBlock for BlockTq1_0 {
 pub fn from_ternary(codes: &[i8], scale: f32) -> Result<Vec<BlockTq1_0>> {
     check_block_multiple::<BlockTq1_0>(codes.len())?;
     check_codes(codes)?;
-    let d = f16::from_f32(scale);
+    let d = f16_scale(Format::Tq1_0, scale)?;
     Ok(codes
         .chunks(QK)
         .map(|c| BlockTq1_0::from_codes(c, d))
@@ -166,14 +166,14 @@ pub fn from_ternary(codes: &[i8], scale: f32) -> Result<Vec<BlockTq1_0>> {
 pub fn quantize(x: &[f32]) -> Result<Vec<BlockTq1_0>> {
     check_block_multiple::<BlockTq1_0>(x.len())?;
     crate::quantize::check_finite("tq1_0 input", x, "TQ1_0 quantize")?;
-    Ok(x.chunks(QK)
+    x.chunks(QK)
         .map(|b| {
             let d = block_absmax(b);
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             let codes: Vec<i8> = b.iter().map(|&v| ggml_ternary(v, id)).collect();
-            BlockTq1_0::from_codes(&codes, f16::from_f32(d))
+            Ok(BlockTq1_0::from_codes(&codes, f16_scale(Format::Tq1_0, d)?))
         })
-        .collect())
+        .collect()
 }
 
 /// All codes and per-block scales.
@@ -249,5 +249,12 @@ mod tests {
             Err(Error::InvalidCode { byte: 3, .. })
         ));
         assert!(blocks_from_bytes::<BlockTq1_0>(&bytes[..53], QK).is_err());
+    }
+
+    #[test]
+    fn refuses_scales_f16_cannot_hold() {
+        assert!(from_ternary(&[0; QK], 1e6).is_err());
+        assert!(from_ternary(&[0; QK], f32::NAN).is_err());
+        assert!(quantize(&[-5.38e34; QK]).is_err());
     }
 }

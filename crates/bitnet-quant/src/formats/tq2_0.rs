@@ -9,7 +9,7 @@
 //!                e j128+96+m  e j128+64+m e j128+32+m  e j128+m
 //! ```
 
-use super::{QuantBlock, block_absmax, check_block_multiple, ggml_ternary, read_f16};
+use super::{QuantBlock, block_absmax, check_block_multiple, f16_scale, ggml_ternary, read_f16};
 use crate::error::{Error, Format, Result};
 use crate::quantize::ternary::check_codes;
 use half::f16;
@@ -85,7 +85,7 @@ impl QuantBlock for BlockTq2_0 {
 pub fn from_ternary(codes: &[i8], scale: f32) -> Result<Vec<BlockTq2_0>> {
     check_block_multiple::<BlockTq2_0>(codes.len())?;
     check_codes(codes)?;
-    let d = f16::from_f32(scale);
+    let d = f16_scale(Format::Tq2_0, scale)?;
     Ok(codes
         .chunks(QK)
         .map(|c| BlockTq2_0::from_codes(c, d))
@@ -97,14 +97,14 @@ pub fn from_ternary(codes: &[i8], scale: f32) -> Result<Vec<BlockTq2_0>> {
 pub fn quantize(x: &[f32]) -> Result<Vec<BlockTq2_0>> {
     check_block_multiple::<BlockTq2_0>(x.len())?;
     crate::quantize::check_finite("tq2_0 input", x, "TQ2_0 quantize")?;
-    Ok(x.chunks(QK)
+    x.chunks(QK)
         .map(|b| {
             let d = block_absmax(b);
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             let codes: Vec<i8> = b.iter().map(|&v| ggml_ternary(v, id)).collect();
-            BlockTq2_0::from_codes(&codes, f16::from_f32(d))
+            Ok(BlockTq2_0::from_codes(&codes, f16_scale(Format::Tq2_0, d)?))
         })
-        .collect())
+        .collect()
 }
 
 /// All codes and per-block scales.
@@ -159,6 +159,9 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         assert!(from_ternary(&[0; 100], 1.0).is_err());
+        // Scales f16 cannot hold are refused, not stored as infinity.
+        assert!(from_ternary(&[0; QK], 1e6).is_err());
+        assert!(quantize(&[-5.38e34; QK]).is_err());
         let mut bytes = blocks_to_bytes(&from_ternary(&[0; QK], 1.0).unwrap());
         assert!(matches!(
             blocks_from_bytes::<BlockTq2_0>(&bytes[..65], QK),

@@ -85,11 +85,26 @@ fn group_len(granularity: Granularity, cols: usize) -> usize {
 ///
 /// The sum runs in f64 so the mean is the correctly rounded f32 mean, which is
 /// what PyTorch's cascaded f32 reduction gives in practice; the division by the
-/// count happens in f32 like the reference's `mean`.
+/// count happens in f32 like the reference's `mean`. Weights so large that
+/// the f32 sum overflows give an infinite mean and a zero scale, which
+/// [`quantize`] rejects.
 pub fn absmean_scale(group: &[f32]) -> f32 {
     let sum: f64 = group.iter().map(|v| f64::from(v.abs())).sum();
     let mean = (sum as f32) / group.len() as f32;
     1.0 / mean.max(EPS)
+}
+
+/// Checks that a scale and its inverse (the dequantizing multiplier) are
+/// positive and finite in f32.
+fn check_scale(tensor: &str, s: f32) -> Result<f32> {
+    if s.is_finite() && s > 0.0 && (1.0 / s).is_finite() {
+        Ok(s)
+    } else {
+        Err(Error::Unsupported(format!(
+            "tensor `{tensor}`: weights too large for an f32 ternary scale (scale {s}); \
+             rescale the tensor before quantizing"
+        )))
+    }
 }
 
 /// The ternary code of `w` under scale `s`: round first, then clamp.
@@ -124,7 +139,7 @@ pub fn quantize(
     let mut codes = vec![0i8; data.len()];
     let scales = match granularity {
         Granularity::PerTensor => {
-            let s = absmean_scale(data);
+            let s = check_scale(tensor, absmean_scale(data))?;
             for (c, &w) in codes.iter_mut().zip(data) {
                 *c = ternary_code(w, s);
             }
@@ -135,7 +150,7 @@ pub fn quantize(
             let mut scales = Vec::with_capacity(rows * cols.div_ceil(n));
             for (row, out) in data.chunks(cols).zip(codes.chunks_mut(cols)) {
                 for (g, o) in row.chunks(n).zip(out.chunks_mut(n)) {
-                    let s = absmean_scale(g);
+                    let s = check_scale(tensor, absmean_scale(g))?;
                     for (c, &w) in o.iter_mut().zip(g) {
                         *c = ternary_code(w, s);
                     }
@@ -228,6 +243,15 @@ mod tests {
             Err(Error::ShapeMismatch { .. })
         ));
         assert!(quantize("w", &[1.0; 4], 2, 2, Granularity::PerGroup(0)).is_err());
+    }
+
+    #[test]
+    fn rejects_weights_whose_scale_overflows() {
+        for w in [vec![f32::MAX, f32::MAX], vec![f32::MAX]] {
+            let n = w.len();
+            let err = quantize("huge", &w, 1, n, Granularity::PerTensor).unwrap_err();
+            assert!(err.to_string().contains("huge"), "{err}");
+        }
     }
 
     #[test]
