@@ -5,16 +5,21 @@
 use super::RowsTask;
 
 /// Dot product of one packed 256-weight block (as `t + 1`) with 256 codes.
+///
+/// Lane-wise i16 accumulation over the four fields (|u·x| <= 256, four of
+/// them fit easily), then one widening sum: shaped so compilers emit 16-bit
+/// vector multiplies on any target instead of a scalar reduction.
 #[inline]
 fn block_dot(w: &[u8], x: &[i8]) -> i32 {
-    let mut acc = [0i32; 4];
-    for g in 0..64 {
-        let b = w[g];
-        for (k, a) in acc.iter_mut().enumerate() {
-            *a += i32::from((b >> (2 * k)) & 3) * i32::from(x[64 * k + g]);
+    let (w, x) = (&w[..64], &x[..256]);
+    let mut acc = [0i16; 64];
+    for k in 0..4 {
+        let xs = &x[64 * k..64 * (k + 1)];
+        for ((a, &b), &xv) in acc.iter_mut().zip(w).zip(xs) {
+            *a += i16::from((b >> (2 * k)) & 3) * i16::from(xv);
         }
     }
-    acc.iter().sum()
+    acc.iter().map(|&a| i32::from(a)).sum()
 }
 
 /// `out[r * tokens + t] = Σ_c t[r, c] · x[t, c]` over the task's rows.
@@ -43,11 +48,13 @@ pub(crate) fn rows(task: &RowsTask<'_>, out: &mut [i32]) {
             }
             for (t, o) in o.iter_mut().enumerate() {
                 let x = &task.x[t * stride + b * 256..t * stride + (b + 1) * 256];
-                let dot: i32 = unpacked
-                    .iter()
-                    .zip(x)
-                    .map(|(&u, &x)| i32::from(u) * i32::from(x))
-                    .sum();
+                let mut acc = [0i16; 64];
+                for (u, x) in unpacked.chunks_exact(64).zip(x.chunks_exact(64)) {
+                    for ((a, &u), &x) in acc.iter_mut().zip(u).zip(x) {
+                        *a += i16::from(u) * i16::from(x);
+                    }
+                }
+                let dot: i32 = acc.iter().map(|&a| i32::from(a)).sum();
                 *o += dot;
             }
         }
