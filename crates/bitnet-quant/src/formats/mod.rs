@@ -87,9 +87,18 @@ pub(crate) fn f16_scale(format: Format, value: f32) -> Result<half::f16> {
     }
 }
 
-/// Reads the trailing little-endian f16 scale of a block.
-pub(crate) fn read_f16(bytes: &[u8]) -> half::f16 {
-    half::f16::from_le_bytes([bytes[0], bytes[1]])
+/// Reads the little-endian f16 scale of a block, rejecting NaN and
+/// infinities (a corrupt file: they would dequantize to NaN).
+pub(crate) fn read_f16(what: &'static str, bytes: &[u8]) -> Result<half::f16> {
+    let d = half::f16::from_le_bytes([bytes[0], bytes[1]]);
+    if d.is_finite() {
+        Ok(d)
+    } else {
+        Err(Error::BadScale {
+            what,
+            value: d.to_f32(),
+        })
+    }
 }
 
 /// The per-block scale llama.cpp's reference quantizers use: the block's absmax.

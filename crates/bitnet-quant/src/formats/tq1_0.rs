@@ -122,7 +122,7 @@ impl QuantBlock for BlockTq1_0 {
         let mut b = BlockTq1_0 {
             qs: [0; 48],
             qh: [0; 4],
-            d: read_f16(&bytes[52..]),
+            d: read_f16("TQ1_0 block", &bytes[52..])?,
         };
         b.qs.copy_from_slice(&bytes[..48]);
         b.qh.copy_from_slice(&bytes[48..52]);
@@ -243,6 +243,12 @@ mod tests {
     fn rejects_bytes_no_encoder_writes() {
         let mut bytes = blocks_to_bytes(&from_ternary(&[0; QK], 1.0).unwrap());
         let invalid = (0..=255u8).find(|&b| !VALID_QS[b as usize]).unwrap();
+        let mut inf = bytes.clone();
+        inf[52..54].copy_from_slice(&half::f16::INFINITY.to_le_bytes());
+        assert!(matches!(
+            blocks_from_bytes::<BlockTq1_0>(&inf, QK),
+            Err(Error::BadScale { .. })
+        ));
         bytes[3] = invalid;
         assert!(matches!(
             blocks_from_bytes::<BlockTq1_0>(&bytes, QK),

@@ -70,7 +70,7 @@ impl QuantBlock for BlockTq2_0 {
         }
         Ok(BlockTq2_0 {
             qs,
-            d: read_f16(&bytes[QK / 4..]),
+            d: read_f16("TQ2_0 block", &bytes[QK / 4..])?,
         })
     }
 
@@ -166,6 +166,12 @@ mod tests {
         assert!(matches!(
             blocks_from_bytes::<BlockTq2_0>(&bytes[..65], QK),
             Err(Error::BadLength { .. })
+        ));
+        let mut nan = bytes.clone();
+        nan[64..66].copy_from_slice(&half::f16::NAN.to_le_bytes());
+        assert!(matches!(
+            blocks_from_bytes::<BlockTq2_0>(&nan, QK),
+            Err(Error::BadScale { .. })
         ));
         bytes[10] = 0xff;
         assert!(matches!(
