@@ -109,6 +109,7 @@ impl BitLinear {
 
     /// A layer from freshly quantized weights (the online `autobitlinear` path).
     pub fn from_ternary(w: &TernaryWeights) -> Result<Self> {
+        w.check()?;
         let scale = match w.granularity {
             Granularity::PerTensor => WeightScale::Tensor(w.scales[0]),
             Granularity::PerChannel => WeightScale::Channel(w.scales.clone()),

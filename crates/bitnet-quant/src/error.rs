@@ -115,6 +115,16 @@ pub enum Error {
         /// Shape described as text.
         shape: String,
     },
+    /// Finite values so large that no finite f32 scale represents them.
+    #[error(
+        "tensor `{tensor}`: values too large for a finite f32 scale (scale came out {scale}); rescale the tensor before quantizing"
+    )]
+    ScaleOutOfRange {
+        /// Name of the tensor.
+        tensor: String,
+        /// The unusable scale.
+        scale: f32,
+    },
     /// A parameter outside its supported range.
     #[error("{0}")]
     Unsupported(String),

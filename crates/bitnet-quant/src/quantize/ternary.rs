@@ -42,6 +42,42 @@ impl TernaryWeights {
         group_len(self.granularity, self.cols)
     }
 
+    /// Checks that the fields agree (they are public, so a caller may have
+    /// built them by hand): code count, code values, scale count and values.
+    pub fn check(&self) -> Result<()> {
+        check_matrix("ternary weights", self.codes.len(), self.rows, self.cols)?;
+        check_codes(&self.codes)?;
+        let expected = match self.granularity {
+            Granularity::PerTensor => 1,
+            Granularity::PerChannel => self.rows,
+            Granularity::PerGroup(0) => {
+                return Err(Error::Unsupported(
+                    "ternary group size must be at least 1".into(),
+                ));
+            }
+            Granularity::PerGroup(n) => self.rows * self.cols.div_ceil(n),
+        };
+        if self.scales.len() != expected {
+            return Err(Error::ShapeMismatch {
+                op: "ternary weights",
+                detail: format!(
+                    "{:?} scales for a [{}, {}] matrix must number {expected}, got {}",
+                    self.granularity,
+                    self.rows,
+                    self.cols,
+                    self.scales.len()
+                ),
+            });
+        }
+        match self.scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            Some(&value) => Err(Error::BadScale {
+                what: "ternary",
+                value,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The quantization scale of element (`row`, `col`).
     pub fn scale_at(&self, row: usize, col: usize) -> f32 {
         match self.granularity {
@@ -100,10 +136,10 @@ fn check_scale(tensor: &str, s: f32) -> Result<f32> {
     if s.is_finite() && s > 0.0 && (1.0 / s).is_finite() {
         Ok(s)
     } else {
-        Err(Error::Unsupported(format!(
-            "tensor `{tensor}`: weights too large for an f32 ternary scale (scale {s}); \
-             rescale the tensor before quantizing"
-        )))
+        Err(Error::ScaleOutOfRange {
+            tensor: tensor.to_string(),
+            scale: s,
+        })
     }
 }
 
@@ -250,8 +286,22 @@ mod tests {
         for w in [vec![f32::MAX, f32::MAX], vec![f32::MAX]] {
             let n = w.len();
             let err = quantize("huge", &w, 1, n, Granularity::PerTensor).unwrap_err();
+            assert!(matches!(err, Error::ScaleOutOfRange { .. }), "{err}");
             assert!(err.to_string().contains("huge"), "{err}");
         }
+    }
+
+    #[test]
+    fn check_catches_hand_built_inconsistencies() {
+        let mut t = quantize("w", &[1.0, -1.0, 0.5, 2.0], 2, 2, Granularity::PerChannel).unwrap();
+        assert!(t.check().is_ok());
+        t.scales.pop();
+        assert!(matches!(t.check(), Err(Error::ShapeMismatch { .. })));
+        t.scales = vec![1.0, f32::NAN];
+        assert!(matches!(t.check(), Err(Error::BadScale { .. })));
+        t.scales = vec![1.0, 1.0];
+        t.codes[0] = 5;
+        assert!(matches!(t.check(), Err(Error::NotTernary { .. })));
     }
 
     #[test]
