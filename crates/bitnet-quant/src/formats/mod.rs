@@ -101,13 +101,61 @@ pub(crate) fn read_f16(what: &'static str, bytes: &[u8]) -> Result<half::f16> {
     }
 }
 
-/// The per-block scale llama.cpp's reference quantizers use: the block's absmax.
-pub(crate) fn block_absmax(x: &[f32]) -> f32 {
-    x.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+/// A llama.cpp ternary block (TQ1_0, TQ2_0): 256 codes and an f16 scale.
+pub trait TernaryBlock: QuantBlock {
+    /// Packs 256 codes in {-1, 0, 1} with scale `d`.
+    fn from_codes(codes: &[i8], d: half::f16) -> Self;
+    /// The block's 256 codes.
+    fn codes(&self) -> [i8; 256];
+    /// The block's dequantizing scale.
+    fn scale(&self) -> half::f16;
 }
 
-/// ggml's ternary code of `x` given `1 / absmax`: `lroundf(x * id)`, which
-/// rounds half away from zero (unlike the BitNet reference's half to even).
-pub(crate) fn ggml_ternary(x: f32, id: f32) -> i8 {
-    (x * id).round().clamp(-1.0, 1.0) as i8
+/// Packs codes with one dequantizing scale for every block.
+pub(crate) fn blocks_from_ternary<B: TernaryBlock>(codes: &[i8], scale: f32) -> Result<Vec<B>> {
+    check_block_multiple::<B>(codes.len())?;
+    crate::quantize::ternary::check_codes(codes)?;
+    let d = f16_scale(B::FORMAT, scale)?;
+    Ok(codes
+        .chunks(B::WEIGHTS)
+        .map(|c| B::from_codes(c, d))
+        .collect())
+}
+
+/// llama.cpp's reference quantization: `d` is the block absmax and codes are
+/// `lroundf(x / d)`, which rounds half away from zero (unlike the BitNet
+/// reference's half to even).
+pub(crate) fn quantize_blocks<B: TernaryBlock>(x: &[f32]) -> Result<Vec<B>> {
+    check_block_multiple::<B>(x.len())?;
+    crate::quantize::check_finite("ternary block input", x, "ternary block quantize")?;
+    x.chunks(B::WEIGHTS)
+        .map(|b| {
+            let d = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            let codes: Vec<i8> = b
+                .iter()
+                .map(|&v| (v * id).round().clamp(-1.0, 1.0) as i8)
+                .collect();
+            Ok(B::from_codes(&codes, f16_scale(B::FORMAT, d)?))
+        })
+        .collect()
+}
+
+/// All codes and per-block scales.
+pub(crate) fn blocks_to_codes<B: TernaryBlock>(blocks: &[B]) -> (Vec<i8>, Vec<f32>) {
+    (
+        blocks.iter().flat_map(|b| b.codes()).collect(),
+        blocks.iter().map(|b| b.scale().to_f32()).collect(),
+    )
+}
+
+/// Dequantized weights, `code * d`.
+pub(crate) fn dequantize_blocks<B: TernaryBlock>(blocks: &[B]) -> Vec<f32> {
+    blocks
+        .iter()
+        .flat_map(|b| {
+            let d = b.scale().to_f32();
+            b.codes().map(|t| f32::from(t) * d)
+        })
+        .collect()
 }

@@ -14,9 +14,8 @@
 //! Only 243 of 256 byte values (81 for `qh`) are ever written; the others
 //! are rejected as invalid codes.
 
-use super::{QuantBlock, block_absmax, check_block_multiple, f16_scale, ggml_ternary, read_f16};
+use super::{QuantBlock, TernaryBlock, read_f16};
 use crate::error::{Error, Format, Result};
-use crate::quantize::ternary::check_codes;
 use half::f16;
 
 /// Weights per block.
@@ -151,48 +150,38 @@ impl QuantBlock for BlockTq1_0 {
     }
 }
 
-/// Packs ternary codes with one dequantizing scale for every block.
-pub fn from_ternary(codes: &[i8], scale: f32) -> Result<Vec<BlockTq1_0>> {
-    check_block_multiple::<BlockTq1_0>(codes.len())?;
-    check_codes(codes)?;
-    let d = f16_scale(Format::Tq1_0, scale)?;
-    Ok(codes
-        .chunks(QK)
-        .map(|c| BlockTq1_0::from_codes(c, d))
-        .collect())
+impl TernaryBlock for BlockTq1_0 {
+    fn from_codes(codes: &[i8], d: f16) -> Self {
+        BlockTq1_0::from_codes(codes, d)
+    }
+    fn codes(&self) -> [i8; 256] {
+        BlockTq1_0::codes(self)
+    }
+    fn scale(&self) -> f16 {
+        self.d
+    }
 }
 
-/// Quantizes floats as llama.cpp's `quantize_row_tq1_0_ref` does.
+/// Packs ternary codes with one dequantizing scale (e.g. `mean |W|`) for
+/// every block; `codes.len()` must be a multiple of 256.
+pub fn from_ternary(codes: &[i8], scale: f32) -> Result<Vec<BlockTq1_0>> {
+    super::blocks_from_ternary(codes, scale)
+}
+
+/// Quantizes floats as llama.cpp's `quantize_row_tq1_0_ref` does: `d` is the block
+/// absmax, codes `lroundf(x / d)`.
 pub fn quantize(x: &[f32]) -> Result<Vec<BlockTq1_0>> {
-    check_block_multiple::<BlockTq1_0>(x.len())?;
-    crate::quantize::check_finite("tq1_0 input", x, "TQ1_0 quantize")?;
-    x.chunks(QK)
-        .map(|b| {
-            let d = block_absmax(b);
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            let codes: Vec<i8> = b.iter().map(|&v| ggml_ternary(v, id)).collect();
-            Ok(BlockTq1_0::from_codes(&codes, f16_scale(Format::Tq1_0, d)?))
-        })
-        .collect()
+    super::quantize_blocks(x)
 }
 
 /// All codes and per-block scales.
 pub fn to_codes(blocks: &[BlockTq1_0]) -> (Vec<i8>, Vec<f32>) {
-    (
-        blocks.iter().flat_map(|b| b.codes()).collect(),
-        blocks.iter().map(|b| b.d.to_f32()).collect(),
-    )
+    super::blocks_to_codes(blocks)
 }
 
 /// Dequantized weights.
 pub fn dequantize(blocks: &[BlockTq1_0]) -> Vec<f32> {
-    blocks
-        .iter()
-        .flat_map(|b| {
-            let d = b.d.to_f32();
-            b.codes().map(|t| f32::from(t) * d)
-        })
-        .collect()
+    super::dequantize_blocks(blocks)
 }
 
 #[cfg(test)]
