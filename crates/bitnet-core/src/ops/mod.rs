@@ -28,6 +28,7 @@ mod matmul;
 mod norm;
 mod reduce;
 mod rope;
+pub mod rows;
 mod softmax;
 mod unary;
 

@@ -23,12 +23,8 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     }
     let xd = x.f32_data(op)?;
     let wd = weight.f32_data(op)?;
-    let mut out = Vec::with_capacity(rows * h);
-    for row in xd.chunks_exact(h) {
-        let ms = row.iter().map(|v| v * v).sum::<f32>() / h as f32;
-        let inv = 1.0 / (ms + eps).sqrt();
-        out.extend(row.iter().zip(wd.iter()).map(|(&v, &w)| v * inv * w));
-    }
+    let mut out = vec![0.0f32; rows * h];
+    super::rows::rms_norm_into(&xd, &wd, eps, &mut out);
     Tensor::from_vec(out, x.shape())
 }
 

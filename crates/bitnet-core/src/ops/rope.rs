@@ -41,19 +41,7 @@ pub fn rope_rotate_half(x: &Tensor, positions: &[usize], theta: f32) -> Result<T
     if !(theta.is_finite() && theta > 0.0) {
         return invalid(format!("theta must be finite and > 0, got {theta}"));
     }
-    let h = d / 2;
-    let inv_freq: Vec<f32> = (0..h)
-        .map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32))
-        .collect();
-    let mut cos = Vec::with_capacity(seq * h);
-    let mut sin = Vec::with_capacity(seq * h);
-    for &p in positions {
-        for &f in &inv_freq {
-            let a = p as f32 * f;
-            cos.push(a.cos());
-            sin.push(a.sin());
-        }
-    }
+    let table = super::rows::RopeTable::new(d, theta, positions.iter().copied());
     let data = x.f32_data(op)?;
     let mut out = vec![0.0f32; data.len()];
     for (src, dst) in data
@@ -61,13 +49,7 @@ pub fn rope_rotate_half(x: &Tensor, positions: &[usize], theta: f32) -> Result<T
         .zip(out.chunks_exact_mut(seq * d))
     {
         for s in 0..seq {
-            let (xs, ys) = (&src[s * d..(s + 1) * d], &mut dst[s * d..(s + 1) * d]);
-            let (c, sn) = (&cos[s * h..(s + 1) * h], &sin[s * h..(s + 1) * h]);
-            for i in 0..h {
-                let (x1, x2) = (xs[i], xs[i + h]);
-                ys[i] = x1 * c[i] - x2 * sn[i];
-                ys[i + h] = x2 * c[i] + x1 * sn[i];
-            }
+            table.rotate(&src[s * d..(s + 1) * d], s, &mut dst[s * d..(s + 1) * d]);
         }
     }
     Tensor::from_vec(out, x.shape())

@@ -14,22 +14,10 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let op = OpKind::Softmax;
     let (_, n) = rows_and_last(op, x)?;
     let data = x.f32_data(op)?;
-    let mut out = Vec::with_capacity(data.len());
-    for (r, row) in data.chunks_exact(n).enumerate() {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        if max == f32::NEG_INFINITY {
+    let mut out = data.to_vec();
+    for (r, row) in out.chunks_exact_mut(n).enumerate() {
+        if !super::rows::softmax_in_place(row) {
             return Err(Error::AllMaskedRow { op, row: r });
-        }
-        let start = out.len();
-        let mut sum = 0.0f32;
-        for &v in row {
-            let e = (v - max).exp();
-            sum += e;
-            out.push(e);
-        }
-        let inv = 1.0 / sum;
-        for v in &mut out[start..] {
-            *v *= inv;
         }
     }
     Tensor::from_vec(out, x.shape())

@@ -16,7 +16,7 @@ pub fn scale(x: &Tensor, factor: f32) -> Result<Tensor> {
 
 /// SiLU / swish: `x * sigmoid(x)`, computed as `x / (1 + exp(-x))`.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
-    map_f32(OpKind::Silu, x, |v| v / (1.0 + (-v).exp()))
+    map_f32(OpKind::Silu, x, super::rows::silu)
 }
 
 /// `max(x, 0)`. NaN stays NaN.
@@ -26,10 +26,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 
 /// Squared ReLU, `max(x, 0)^2` (BitNet b1.58's FFN activation).
 pub fn relu2(x: &Tensor) -> Result<Tensor> {
-    map_f32(OpKind::Relu2, x, |v| {
-        let r = relu_scalar(v);
-        r * r
-    })
+    map_f32(OpKind::Relu2, x, super::rows::relu2)
 }
 
 fn relu_scalar(v: f32) -> f32 {

@@ -1,0 +1,196 @@
+//! Slice-level kernels behind the tensor ops, for callers that manage their
+//! own buffers (the inference engine reuses one set per session instead of
+//! allocating a tensor per op). The tensor ops in this module's siblings are
+//! thin wrappers over these, so both paths compute identical bits.
+
+/// RMSNorm of each row of `x` (rows of `weight.len()`), into `out`:
+/// `x * (1 / sqrt(mean(x²) + eps)) * weight`, in the reference's order.
+///
+/// Panics if `x` and `out` differ in length or `weight` is empty; the tensor
+/// op checks shapes before calling.
+pub fn rms_norm_into(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    assert_eq!(
+        x.len(),
+        out.len(),
+        "rms_norm_into: x and out lengths differ"
+    );
+    let h = weight.len();
+    for (row, dst) in x.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / h as f32;
+        let inv = 1.0 / (ms + eps).sqrt();
+        for ((d, &v), &w) in dst.iter_mut().zip(row).zip(weight) {
+            *d = v * inv * w;
+        }
+    }
+}
+
+/// Numerically stable softmax of one row, in place. Returns `false` (and
+/// leaves the row untouched) when every entry is `-inf`.
+pub fn softmax_in_place(row: &mut [f32]) -> bool {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return false;
+    }
+    let mut sum = 0.0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+    true
+}
+
+/// Precomputed RoPE cos/sin (HF "rotate_half": dims `i` and `i + d/2` pair up)
+/// for a list of positions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeTable {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    /// Angles for `positions`: `inv_freq[i] = 1 / theta^(2i/d)` and
+    /// `a = pos * inv_freq[i]`, all in f32 like the reference. `head_dim`
+    /// must be even (callers validate).
+    pub fn new(head_dim: usize, theta: f32, positions: impl IntoIterator<Item = usize>) -> Self {
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for p in positions {
+            for &f in &inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        RopeTable { half, cos, sin }
+    }
+
+    /// Number of positions in the table.
+    pub fn len(&self) -> usize {
+        self.cos.len() / self.half.max(1)
+    }
+
+    /// Whether the table has no positions.
+    pub fn is_empty(&self) -> bool {
+        self.cos.is_empty()
+    }
+
+    /// Rotates one head vector `x` (`head_dim` long) by the angles of table
+    /// row `row`, writing into `out`.
+    pub fn rotate(&self, x: &[f32], row: usize, out: &mut [f32]) {
+        let h = self.half;
+        let (c, s) = (
+            &self.cos[row * h..(row + 1) * h],
+            &self.sin[row * h..(row + 1) * h],
+        );
+        for i in 0..h {
+            let (x1, x2) = (x[i], x[i + h]);
+            out[i] = x1 * c[i] - x2 * s[i];
+            out[i + h] = x2 * c[i] + x1 * s[i];
+        }
+    }
+
+    /// Rotates one head vector in place.
+    pub fn rotate_in_place(&self, x: &mut [f32], row: usize) {
+        let h = self.half;
+        let (c, s) = (
+            &self.cos[row * h..(row + 1) * h],
+            &self.sin[row * h..(row + 1) * h],
+        );
+        for i in 0..h {
+            let (x1, x2) = (x[i], x[i + h]);
+            x[i] = x1 * c[i] - x2 * s[i];
+            x[i + h] = x2 * c[i] + x1 * s[i];
+        }
+    }
+}
+
+/// `x * sigmoid(x)`.
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// `relu(x)²`; NaN stays NaN (hiding it would hide upstream bugs).
+#[inline]
+pub fn relu2(x: f32) -> f32 {
+    let r = if x < 0.0 { 0.0 } else { x };
+    r * r
+}
+
+/// Dot product with eight independent accumulators (vectorizes; the order
+/// differs from a sequential sum by rounding only).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_table_matches_formula_and_in_place() {
+        let t = RopeTable::new(4, 10_000.0, [0, 3]);
+        assert_eq!(t.len(), 2);
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let mut y = [0.0; 4];
+        t.rotate(&x, 0, &mut y);
+        assert_eq!(y, x);
+        t.rotate(&x, 1, &mut y);
+        let f1 = 1.0 / 10_000f32.powf(0.5);
+        let (a0, a1) = (3.0f32, 3.0 * f1);
+        let want = [
+            1.0 * a0.cos() - 3.0 * a0.sin(),
+            2.0 * a1.cos() - 4.0 * a1.sin(),
+            3.0 * a0.cos() + 1.0 * a0.sin(),
+            4.0 * a1.cos() + 2.0 * a1.sin(),
+        ];
+        assert_eq!(y, want);
+        let mut z = x;
+        t.rotate_in_place(&mut z, 1);
+        assert_eq!(z, y);
+    }
+
+    #[test]
+    fn softmax_and_helpers() {
+        let mut r = [0.0, f32::NEG_INFINITY, 0.0];
+        assert!(softmax_in_place(&mut r));
+        assert_eq!(r, [0.5, 0.0, 0.5]);
+        let mut m = [f32::NEG_INFINITY; 2];
+        assert!(!softmax_in_place(&mut m));
+        assert_eq!(relu2(-2.0), 0.0);
+        assert_eq!(relu2(3.0), 9.0);
+        assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+        let a: Vec<f32> = (0..19).map(|i| i as f32).collect();
+        assert_eq!(dot(&a, &a), (0..19).map(|i| (i * i) as f32).sum::<f32>());
+    }
+
+    #[test]
+    fn rms_norm_rows() {
+        let mut out = [0.0; 4];
+        rms_norm_into(&[3.0, 4.0, 0.0, 0.0], &[1.0, 2.0], 1e-5, &mut out);
+        let inv = 1.0 / (12.5f32 + 1e-5).sqrt();
+        assert_eq!(out, [3.0 * inv, 4.0 * inv * 2.0, 0.0, 0.0]);
+    }
+}

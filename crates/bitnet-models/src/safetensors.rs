@@ -1,0 +1,258 @@
+//! HF safetensors checkpoints: `model.safetensors`, or shards listed by
+//! `model.safetensors.index.json`, memory-mapped. The header is parsed and
+//! validated (offsets, sizes) by the `safetensors` crate; data is read from
+//! the map and converted, since a file's data may be unaligned.
+
+use crate::error::{Error, Result};
+use memmap2::Mmap;
+use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, Metadata};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// One memory-mapped safetensors file.
+struct Shard {
+    path: PathBuf,
+    map: Mmap,
+    data_start: usize,
+    metadata: Metadata,
+}
+
+/// A set of safetensors shards addressed by tensor name.
+pub struct SafetensorsCheckpoint {
+    shards: Vec<Shard>,
+    by_name: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for SafetensorsCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SafetensorsCheckpoint")
+            .field(
+                "shards",
+                &self.shards.iter().map(|s| &s.path).collect::<Vec<_>>(),
+            )
+            .field("tensors", &self.by_name.len())
+            .finish()
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Shard {
+    fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(io(path))?;
+        // SAFETY: the map is read-only and private to this process; like every
+        // mmap-based loader we assume the file is not truncated underneath us
+        // while the model is loaded.
+        let map = unsafe { Mmap::map(&file) }.map_err(io(path))?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&map).map_err(|e| Error::Safetensors {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(Shard {
+            path: path.to_path_buf(),
+            map,
+            data_start: 8 + header_len,
+            metadata,
+        })
+    }
+}
+
+/// A tensor's dtype, shape and raw little-endian bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct RawTensor<'a> {
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: &'a [usize],
+    /// Bytes (possibly unaligned).
+    pub data: &'a [u8],
+}
+
+impl SafetensorsCheckpoint {
+    /// Opens `dir/model.safetensors`, or the shards named by
+    /// `dir/model.safetensors.index.json`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        if single.exists() {
+            return Self::from_files(&[single]);
+        }
+        let index = dir.join("model.safetensors.index.json");
+        let text = std::fs::read_to_string(&index).map_err(|_| Error::MissingTensor {
+            name: "model.safetensors or model.safetensors.index.json".into(),
+            location: dir.display().to_string(),
+        })?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::InFile {
+            path: index.clone(),
+            message: format!("not JSON: {e}"),
+        })?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| Error::InFile {
+                path: index.clone(),
+                message: "no `weight_map` object".into(),
+            })?;
+        let mut files: Vec<PathBuf> = Vec::new();
+        for v in map.values() {
+            let name = v.as_str().ok_or_else(|| Error::InFile {
+                path: index.clone(),
+                message: "`weight_map` values must be file names".into(),
+            })?;
+            if name.contains('/') || name.contains('\\') || name == ".." {
+                return Err(Error::InFile {
+                    path: index.clone(),
+                    message: format!("shard `{name}` is not a plain file name"),
+                });
+            }
+            let p = dir.join(name);
+            if !files.contains(&p) {
+                files.push(p);
+            }
+        }
+        Self::from_files(&files)
+    }
+
+    /// Opens the given safetensors files as one checkpoint.
+    pub fn from_files(files: &[PathBuf]) -> Result<Self> {
+        let mut shards = Vec::with_capacity(files.len());
+        let mut by_name = HashMap::new();
+        for path in files {
+            let shard = Shard::open(path)?;
+            for name in shard.metadata.tensors().keys() {
+                by_name.insert(name.clone(), shards.len());
+            }
+            shards.push(shard);
+        }
+        Ok(SafetensorsCheckpoint { shards, by_name })
+    }
+
+    /// Whether a tensor is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// All tensor names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The raw tensor `name`.
+    pub fn raw(&self, name: &str) -> Result<RawTensor<'_>> {
+        let shard = self
+            .by_name
+            .get(name)
+            .map(|&i| &self.shards[i])
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+                location: self.location(),
+            })?;
+        let info = shard
+            .metadata
+            .info(name)
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+                location: shard.path.display().to_string(),
+            })?;
+        let (s, e) = info.data_offsets;
+        let data = shard
+            .map
+            .get(shard.data_start + s..shard.data_start + e)
+            .ok_or_else(|| Error::Safetensors {
+                path: shard.path.clone(),
+                message: format!("tensor `{name}` lies outside the file"),
+            })?;
+        Ok(RawTensor {
+            dtype: info.dtype,
+            shape: &info.shape,
+            data,
+        })
+    }
+
+    fn location(&self) -> String {
+        self.shards
+            .iter()
+            .map(|s| s.path.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// A float tensor (F32, F16 or BF16) of exactly `shape`, as f32.
+    pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let t = self.raw(name)?;
+        check_shape(name, t.shape, shape)?;
+        to_f32(name, &t)
+    }
+
+    /// A scalar float (shape `[]` or `[1]`), as f32.
+    pub fn scalar_f32(&self, name: &str) -> Result<f32> {
+        let t = self.raw(name)?;
+        if t.shape.iter().product::<usize>() != 1 {
+            return Err(Error::TensorShape {
+                name: name.to_string(),
+                expected: vec![1],
+                actual: t.shape.to_vec(),
+            });
+        }
+        Ok(to_f32(name, &t)?[0])
+    }
+
+    /// A U8 tensor of exactly `shape`.
+    pub fn u8(&self, name: &str, shape: &[usize]) -> Result<&[u8]> {
+        let t = self.raw(name)?;
+        check_shape(name, t.shape, shape)?;
+        if t.dtype != Dtype::U8 {
+            return Err(Error::TensorDtype {
+                name: name.to_string(),
+                dtype: format!("{:?}", t.dtype),
+                expected: "U8",
+            });
+        }
+        Ok(t.data)
+    }
+}
+
+fn check_shape(name: &str, actual: &[usize], expected: &[usize]) -> Result<()> {
+    if actual != expected {
+        return Err(Error::TensorShape {
+            name: name.to_string(),
+            expected: expected.to_vec(),
+            actual: actual.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+fn to_f32(name: &str, t: &RawTensor<'_>) -> Result<Vec<f32>> {
+    let d = t.data;
+    Ok(match t.dtype {
+        Dtype::F32 => d
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => d
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => d
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(Error::TensorDtype {
+                name: name.to_string(),
+                dtype: format!("{other:?}"),
+                expected: "F32, F16 or BF16",
+            });
+        }
+    })
+}
