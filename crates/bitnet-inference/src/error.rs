@@ -1,0 +1,43 @@
+//! The error type of `bitnet-inference`.
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong running a model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Loading the model failed.
+    #[error(transparent)]
+    Model(#[from] bitnet_models::Error),
+    /// A quantization or kernel call failed.
+    #[error(transparent)]
+    Quant(#[from] bitnet_quant::Error),
+    /// A token id outside the vocabulary.
+    #[error("token id {id} at position {position} is outside the vocabulary of {vocab}")]
+    TokenOutOfRange {
+        /// The id.
+        id: u32,
+        /// Its index in the input.
+        position: usize,
+        /// Vocabulary size.
+        vocab: usize,
+    },
+    /// The sequence would exceed the KV cache or the model's context.
+    #[error("sequence of {needed} tokens exceeds the context of {capacity}")]
+    ContextFull {
+        /// Tokens the sequence would hold.
+        needed: usize,
+        /// What fits.
+        capacity: usize,
+    },
+    /// A forward call with no tokens.
+    #[error("forward needs at least one token")]
+    EmptyInput,
+    /// A cache built for another model shape.
+    #[error("KV cache does not match the model: {0}")]
+    CacheMismatch(String),
+    /// A model whose shapes this engine cannot run.
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+}

@@ -1,0 +1,53 @@
+//! Greedy generation: prefill the prompt, then feed back the most likely
+//! token one step at a time through the KV cache.
+
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::model::{BitNetModel, Logits};
+use bitnet_core::Parallelism;
+
+/// Index of the largest logit (the first on ties; NaN never wins).
+pub fn argmax(logits: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] || logits[best].is_nan() {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Generates up to `max_new` tokens after `prompt` greedily, stopping after
+/// an end-of-sequence token of the model's config. Returns the new tokens.
+pub fn greedy(
+    model: &BitNetModel,
+    prompt: &[u32],
+    max_new: usize,
+    cache: &mut KvCache,
+    par: Parallelism<'_>,
+) -> Result<Vec<u32>> {
+    let mut out = Vec::with_capacity(max_new);
+    if max_new == 0 {
+        return Ok(out);
+    }
+    let mut logits = model.forward(prompt, cache, Logits::Last, par)?;
+    loop {
+        let next = argmax(&logits) as u32;
+        out.push(next);
+        if out.len() == max_new || model.config().eos_token_ids.contains(&next) {
+            return Ok(out);
+        }
+        logits = model.forward(&[next], cache, Logits::Last, par)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::argmax;
+
+    #[test]
+    fn argmax_first_max_and_nan() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+        assert_eq!(argmax(&[f32::NAN, 1.0, 0.5]), 1);
+    }
+}

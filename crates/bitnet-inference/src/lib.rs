@@ -1,0 +1,22 @@
+//! Running BitNet models: the forward pass over the ternary kernels, the KV
+//! cache and greedy generation.
+//!
+//! ```no_run
+//! use bitnet_core::Parallelism;
+//! use bitnet_inference::{BitNetModel, Logits};
+//!
+//! let model = BitNetModel::from_hf_dir(std::path::Path::new("model-dir"))?;
+//! let mut cache = model.new_cache(256);
+//! let logits = model.forward(&[1, 42, 7], &mut cache, Logits::Last, Parallelism::Sequential)?;
+//! assert_eq!(logits.len(), model.config().vocab_size);
+//! # Ok::<(), bitnet_inference::Error>(())
+//! ```
+
+pub mod error;
+pub mod generate;
+pub mod kv_cache;
+pub mod model;
+
+pub use error::{Error, Result};
+pub use kv_cache::KvCache;
+pub use model::{BitNetModel, Logits};
