@@ -113,6 +113,7 @@ impl BitNetConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
+            op: "read",
             source,
         })?;
         Self::from_json(&text).map_err(|e| e.in_file(path))

@@ -1,5 +1,9 @@
 //! BitNet model files for BitNet-Rust: configurations, weight containers and
-//! file formats (HF safetensors with `config.json`).
+//! file formats — HF safetensors with `config.json`, and the GGUF container
+//! ([`gguf`]: a memory-mapped reader that validates every length, count and
+//! offset before touching tensor data, and an atomic version-3 writer, both
+//! aware of llama.cpp's TQ1_0/TQ2_0, bitnet.cpp's I2_S and the type-id
+//! collision between the two forks).
 //!
 //! ```no_run
 //! use bitnet_models::weights::BitNetWeights;
@@ -10,6 +14,7 @@
 
 pub mod config;
 pub mod error;
+pub mod gguf;
 pub mod safetensors;
 pub mod weights;
 

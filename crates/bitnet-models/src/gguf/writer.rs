@@ -1,0 +1,419 @@
+//! The GGUF writer: collects metadata and tensors, checks each as it is
+//! added (sizes against shape and type, names, nesting, the dialect rules
+//! the reader enforces), and writes a version 3 file, zero-padding to the
+//! alignment, through a temporary file renamed into place.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::dialect::metadata_dialect;
+use super::metadata::{Metadata, MetadataArray, MetadataValue};
+use super::reader::ReadLimits;
+use super::types::{Dialect, GgmlType};
+use super::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS, VERSION};
+use crate::error::{Error, Result};
+
+const WRITER: &str = "<gguf writer>";
+
+struct PendingTensor<'a> {
+    name: String,
+    dims: Vec<u64>,
+    ty: GgmlType,
+    data: Cow<'a, [u8]>,
+}
+
+/// Builds a GGUF file. Tensor data may be borrowed (e.g. from another
+/// mapped file) or owned.
+pub struct GgufWriter<'a> {
+    metadata: Metadata,
+    tensors: Vec<PendingTensor<'a>>,
+    names: HashSet<String>,
+    alignment: u64,
+    limits: ReadLimits,
+}
+
+impl Default for GgufWriter<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn writer_path() -> PathBuf {
+    PathBuf::from(WRITER)
+}
+
+fn array_depth(a: &MetadataArray) -> u32 {
+    match a {
+        MetadataArray::Array(items) => 1 + items.iter().map(array_depth).max().unwrap_or(0),
+        _ => 1,
+    }
+}
+
+fn array_too_long(a: &MetadataArray, max: u64) -> bool {
+    a.len() as u64 > max
+        || matches!(a, MetadataArray::Array(items) if items.iter().any(|i| array_too_long(i, max)))
+}
+
+fn strings_too_long(v: &MetadataValue, max: u64) -> bool {
+    let long = |s: &String| s.len() as u64 > max;
+    match v {
+        MetadataValue::String(s) => long(s),
+        MetadataValue::Array(a) => array_strings_too_long(a, max),
+        _ => false,
+    }
+}
+
+fn array_strings_too_long(a: &MetadataArray, max: u64) -> bool {
+    match a {
+        MetadataArray::String(v) => v.iter().any(|s| s.len() as u64 > max),
+        MetadataArray::Array(v) => v.iter().any(|i| array_strings_too_long(i, max)),
+        _ => false,
+    }
+}
+
+impl<'a> GgufWriter<'a> {
+    /// An empty file with the default alignment (32).
+    pub fn new() -> Self {
+        GgufWriter {
+            metadata: Metadata::new(WRITER),
+            tensors: Vec::new(),
+            names: HashSet::new(),
+            alignment: DEFAULT_ALIGNMENT,
+            limits: ReadLimits::default(),
+        }
+    }
+
+    fn bad_metadata(key: &str, reason: String) -> Error {
+        Error::BadMetadata {
+            path: writer_path(),
+            key: key.to_owned(),
+            reason,
+        }
+    }
+
+    /// Adds a metadata pair. `general.alignment` must be a `u32` power of
+    /// two and sets the data alignment; it must come before any tensor.
+    pub fn add_metadata(&mut self, key: impl Into<String>, value: MetadataValue) -> Result<()> {
+        let key = key.into();
+        let l = &self.limits;
+        if key.len() as u64 > l.max_key_len {
+            return Err(Self::bad_metadata(
+                &key,
+                format!("key longer than {}", l.max_key_len),
+            ));
+        }
+        if strings_too_long(&value, l.max_string_len) {
+            return Err(Self::bad_metadata(
+                &key,
+                format!("a string is longer than {} bytes", l.max_string_len),
+            ));
+        }
+        if let MetadataValue::Array(a) = &value {
+            if array_depth(a) > l.max_depth {
+                return Err(Self::bad_metadata(
+                    &key,
+                    format!("arrays nested deeper than {}", l.max_depth),
+                ));
+            }
+            if array_too_long(a, l.max_array_len) {
+                return Err(Self::bad_metadata(
+                    &key,
+                    format!("an array has more than {} elements", l.max_array_len),
+                ));
+            }
+        }
+        if key == ALIGNMENT_KEY {
+            let MetadataValue::U32(a) = value else {
+                return Err(Self::bad_metadata(&key, "must be a u32".to_owned()));
+            };
+            if a == 0 || !a.is_power_of_two() {
+                return Err(Self::bad_metadata(
+                    &key,
+                    format!("alignment {a} is not a non-zero power of two"),
+                ));
+            }
+            if !self.tensors.is_empty() {
+                return Err(Self::bad_metadata(
+                    &key,
+                    "set it before adding tensors".to_owned(),
+                ));
+            }
+            self.alignment = a.into();
+        }
+        self.metadata
+            .insert(key, value)
+            .map_err(|(key, _)| Error::DuplicateKey {
+                path: writer_path(),
+                key,
+                offset: 0,
+            })
+    }
+
+    /// Adds a tensor of type `ty` with dimensions `dims` (GGUF order,
+    /// `dims[0]` the row length) whose packed bytes are `data`.
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        ty: GgmlType,
+        data: impl Into<Cow<'a, [u8]>>,
+    ) -> Result<()> {
+        let name = name.into();
+        let data = data.into();
+        let bad = |reason: String| Error::BadTensor {
+            path: writer_path(),
+            tensor: name.clone(),
+            reason,
+        };
+        if name.len() as u64 > self.limits.max_name_len {
+            return Err(bad(format!(
+                "name longer than {} bytes",
+                self.limits.max_name_len
+            )));
+        }
+        if dims.is_empty() || dims.len() > MAX_DIMS || dims.contains(&0) {
+            return Err(bad(format!(
+                "dimensions {dims:?}: GGUF needs 1 to {MAX_DIMS} non-zero dimensions"
+            )));
+        }
+        let size = ty
+            .byte_size(dims)
+            .map_err(|e| bad(format!("{ty} {dims:?}: {e}")))?;
+        if data.len() as u64 != size {
+            return Err(bad(format!(
+                "{ty} {dims:?} takes {size} bytes, got {}",
+                data.len()
+            )));
+        }
+        let conflict = self.tensors.iter().find(|t| {
+            (t.ty.is_bitnet_cpp_only() && ty.is_upstream_collision())
+                || (t.ty.is_upstream_collision() && ty.is_bitnet_cpp_only())
+        });
+        if let Some(other) = conflict {
+            return Err(bad(format!(
+                "{ty} cannot share a file with {} (tensor {:?}): type ids 36-40 would be ambiguous",
+                other.ty, other.name
+            )));
+        }
+        if self.names.contains(&name) {
+            return Err(Error::DuplicateTensor {
+                path: writer_path(),
+                tensor: name,
+            });
+        }
+        self.names.insert(name.clone());
+        self.tensors.push(PendingTensor {
+            name,
+            dims: dims.to_vec(),
+            ty,
+            data,
+        });
+        Ok(())
+    }
+
+    /// Checks what can only be checked with all metadata present.
+    fn check(&self) -> Result<()> {
+        if metadata_dialect(&self.metadata) == Some(Dialect::BitnetCpp)
+            && let Some(t) = self.tensors.iter().find(|t| t.ty.is_upstream_collision())
+        {
+            return Err(Error::BadTensor {
+                path: writer_path(),
+                tensor: t.name.clone(),
+                reason: format!(
+                    "{} (id {}) in a file whose metadata names a bitnet.cpp model would be \
+                     read as a bitnet.cpp type",
+                    t.ty,
+                    t.ty.id()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes the file to `out`; returns the bytes written. Errors name
+    /// `path` (use any label for in-memory targets).
+    pub fn write_to(&self, out: &mut impl Write, path: &Path) -> Result<u64> {
+        self.check()?;
+        let mut w = Counter { out, written: 0 };
+        let io = |source| Error::Io {
+            path: path.to_owned(),
+            op: "write",
+            source,
+        };
+        w.put(MAGIC).map_err(io)?;
+        w.put(&VERSION.to_le_bytes()).map_err(io)?;
+        w.put(&(self.tensors.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        w.put(&(self.metadata.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        for (key, value) in self.metadata.iter() {
+            put_str(&mut w, key).map_err(io)?;
+            w.put(&(value.value_type() as u32).to_le_bytes())
+                .map_err(io)?;
+            put_value(&mut w, value).map_err(io)?;
+        }
+        let mut offset = 0u64;
+        for t in &self.tensors {
+            put_str(&mut w, &t.name).map_err(io)?;
+            w.put(&(t.dims.len() as u32).to_le_bytes()).map_err(io)?;
+            for d in &t.dims {
+                w.put(&d.to_le_bytes()).map_err(io)?;
+            }
+            w.put(&t.ty.id().to_le_bytes()).map_err(io)?;
+            w.put(&offset.to_le_bytes()).map_err(io)?;
+            offset += (t.data.len() as u64).next_multiple_of(self.alignment);
+        }
+        w.pad(self.alignment).map_err(io)?;
+        for t in &self.tensors {
+            w.put(&t.data).map_err(io)?;
+            w.pad(self.alignment).map_err(io)?;
+        }
+        Ok(w.written)
+    }
+
+    /// The file as bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.write_to(&mut out, Path::new("<memory>"))?;
+        Ok(out)
+    }
+
+    /// Writes the file to `path` atomically: into a temporary file beside
+    /// it, flushed to disk, then renamed over `path`.
+    pub fn write_to_path(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        self.check()?;
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let file_name = path
+            .file_name()
+            .map_or_else(|| "gguf".into(), |n| n.to_string_lossy().into_owned());
+        let tmp = path.with_file_name(format!(
+            ".{file_name}.{}.{}.tmp",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let io = |op, p: &Path| {
+            let p = p.to_owned();
+            move |source| Error::Io {
+                path: p,
+                op,
+                source,
+            }
+        };
+        let file: File = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io("create", &tmp))?;
+        let result = (|| {
+            let mut buf = BufWriter::new(file);
+            self.write_to(&mut buf, &tmp)?;
+            let file = buf
+                .into_inner()
+                .map_err(|e| io("write", &tmp)(e.into_error()))?;
+            file.sync_all().map_err(io("sync", &tmp))?;
+            fs::rename(&tmp, path).map_err(io("rename", path))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// Counts bytes written so padding can be computed.
+struct Counter<'w, W: Write> {
+    out: &'w mut W,
+    written: u64,
+}
+
+impl<W: Write> Counter<'_, W> {
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn pad(&mut self, alignment: u64) -> std::io::Result<()> {
+        const ZEROS: [u8; 256] = [0; 256];
+        let mut left = self.written.next_multiple_of(alignment) - self.written;
+        while left > 0 {
+            let n = left.min(ZEROS.len() as u64);
+            self.put(&ZEROS[..n as usize])?;
+            left -= n;
+        }
+        Ok(())
+    }
+}
+
+fn put_str<W: Write>(w: &mut Counter<'_, W>, s: &str) -> std::io::Result<()> {
+    w.put(&(s.len() as u64).to_le_bytes())?;
+    w.put(s.as_bytes())
+}
+
+fn put_value<W: Write>(w: &mut Counter<'_, W>, v: &MetadataValue) -> std::io::Result<()> {
+    use MetadataValue as V;
+    match v {
+        V::U8(x) => w.put(&x.to_le_bytes()),
+        V::I8(x) => w.put(&x.to_le_bytes()),
+        V::U16(x) => w.put(&x.to_le_bytes()),
+        V::I16(x) => w.put(&x.to_le_bytes()),
+        V::U32(x) => w.put(&x.to_le_bytes()),
+        V::I32(x) => w.put(&x.to_le_bytes()),
+        V::F32(x) => w.put(&x.to_le_bytes()),
+        V::Bool(x) => w.put(&[u8::from(*x)]),
+        V::String(s) => put_str(w, s),
+        V::Array(a) => put_array(w, a),
+        V::U64(x) => w.put(&x.to_le_bytes()),
+        V::I64(x) => w.put(&x.to_le_bytes()),
+        V::F64(x) => w.put(&x.to_le_bytes()),
+    }
+}
+
+fn put_array<W: Write>(w: &mut Counter<'_, W>, a: &MetadataArray) -> std::io::Result<()> {
+    use MetadataArray as A;
+    w.put(&(a.element_type() as u32).to_le_bytes())?;
+    w.put(&(a.len() as u64).to_le_bytes())?;
+    macro_rules! each {
+        ($v:expr) => {{
+            for x in $v {
+                w.put(&x.to_le_bytes())?;
+            }
+            Ok(())
+        }};
+    }
+    match a {
+        A::U8(v) => w.put(v),
+        A::I8(v) => each!(v),
+        A::U16(v) => each!(v),
+        A::I16(v) => each!(v),
+        A::U32(v) => each!(v),
+        A::I32(v) => each!(v),
+        A::F32(v) => each!(v),
+        A::Bool(v) => {
+            for &b in v {
+                w.put(&[u8::from(b)])?;
+            }
+            Ok(())
+        }
+        A::String(v) => {
+            for s in v {
+                put_str(w, s)?;
+            }
+            Ok(())
+        }
+        A::Array(v) => {
+            for inner in v {
+                put_array(w, inner)?;
+            }
+            Ok(())
+        }
+        A::U64(v) => each!(v),
+        A::I64(v) => each!(v),
+        A::F64(v) => each!(v),
+    }
+}
