@@ -18,11 +18,14 @@ enum Command {
     /// Check this machine: CPU features, kernel dispatch, kernel self-tests,
     /// memory bandwidth and ternary kernel throughput.
     Doctor(commands::doctor::Args),
+    /// Generate text with a model (HF checkpoint directory), greedily.
+    Run(commands::run::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Doctor(args) => commands::doctor::run(args),
+        Command::Run(args) => commands::run::run(args),
     }
 }

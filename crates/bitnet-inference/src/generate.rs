@@ -26,6 +26,19 @@ pub fn greedy(
     cache: &mut KvCache,
     par: Parallelism<'_>,
 ) -> Result<Vec<u32>> {
+    greedy_with(model, prompt, max_new, cache, par, |_| true)
+}
+
+/// [`greedy`], calling `on_token` with each new token as soon as it is
+/// chosen (for streaming); generation stops early when it returns `false`.
+pub fn greedy_with(
+    model: &BitNetModel,
+    prompt: &[u32],
+    max_new: usize,
+    cache: &mut KvCache,
+    par: Parallelism<'_>,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<Vec<u32>> {
     let mut out = Vec::with_capacity(max_new);
     if max_new == 0 {
         return Ok(out);
@@ -34,7 +47,8 @@ pub fn greedy(
     loop {
         let next = argmax(&logits) as u32;
         out.push(next);
-        if out.len() == max_new || model.config().eos_token_ids.contains(&next) {
+        let go_on = on_token(next);
+        if !go_on || out.len() == max_new || model.config().eos_token_ids.contains(&next) {
             return Ok(out);
         }
         logits = model.forward(&[next], cache, Logits::Last, par)?;

@@ -7,6 +7,7 @@
 use bitnet_core::{Parallelism, build_pool};
 use bitnet_inference::generate::greedy;
 use bitnet_inference::{BitNetModel, Error, Logits};
+use bitnet_models::tokenizer::TextTokenizer;
 use safetensors::SafeTensors;
 use std::path::PathBuf;
 
@@ -162,6 +163,28 @@ fn bad_inputs_are_typed_errors() {
     ));
     let missing = model_dir_error("does-not-exist");
     assert!(missing.contains("does-not-exist"), "{missing}");
+}
+
+#[test]
+fn tokenizer_matches_hf_tokenizers_both_ways() {
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir("").join("tokenizer_expected.json")).unwrap(),
+    )
+    .unwrap();
+    let tok = TextTokenizer::from_file(&dir("online").join("tokenizer.json")).unwrap();
+    for case in expected.as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tok.encode(text, true).unwrap(), want, "{text:?}");
+        assert_eq!(tok.decode(&want, true).unwrap(), text);
+    }
+    let err = TextTokenizer::from_file(&dir("online").join("config.json")).unwrap_err();
+    assert!(err.to_string().contains("config.json"), "{err}");
 }
 
 fn model_dir_error(name: &str) -> String {

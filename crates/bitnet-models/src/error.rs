@@ -229,6 +229,14 @@ pub enum Error {
         /// Acceptable dtypes.
         expected: &'static str,
     },
+    /// A tokenizer file that does not load, or text it cannot encode.
+    #[error("{}: tokenizer: {message}", path.display())]
+    Tokenizer {
+        /// The tokenizer file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// Packed weights or quantization that failed.
     #[error("tensor `{name}`: {source}")]
     Quant {

@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod gguf;
 pub mod safetensors;
+pub mod tokenizer;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -1,3 +1,4 @@
 //! One module per subcommand, each with its own `Args` and a thin `run`.
 
 pub(crate) mod doctor;
+pub(crate) mod run;

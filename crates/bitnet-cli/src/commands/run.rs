@@ -1,0 +1,117 @@
+//! `bitnet run`: load an HF checkpoint directory, encode the prompt with its
+//! `tokenizer.json`, generate greedily and stream the text; timings go to
+//! stderr so stdout holds only the generation.
+
+use anyhow::{Context, bail};
+use bitnet_core::{Parallelism, build_pool, system};
+use bitnet_inference::BitNetModel;
+use bitnet_inference::generate::greedy_with;
+use bitnet_models::tokenizer::TextTokenizer;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Arguments of `bitnet run`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Model directory: `config.json`, `model.safetensors` (or a sharded
+    /// index) and, for text prompts, `tokenizer.json`.
+    #[arg(short, long)]
+    model: PathBuf,
+    /// Prompt text.
+    #[arg(short, long, conflicts_with = "ids")]
+    prompt: Option<String>,
+    /// Prompt as token ids instead of text, e.g. `--ids 1,42,7`.
+    #[arg(long, value_delimiter = ',')]
+    ids: Vec<u32>,
+    /// Tokens to generate at most.
+    #[arg(short = 'n', long, default_value_t = 32)]
+    max_tokens: usize,
+    /// Threads (default: all logical CPUs).
+    #[arg(short, long)]
+    threads: Option<usize>,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let threads = args.threads.unwrap_or_else(system::logical_cpus);
+    let pool =
+        build_pool(threads).with_context(|| format!("building a pool of {threads} threads"))?;
+    let par = Parallelism::Pool(&pool);
+
+    let start = Instant::now();
+    let model = BitNetModel::from_hf_dir(&args.model)
+        .with_context(|| format!("loading the model in {}", args.model.display()))?;
+    let tok_path = args.model.join("tokenizer.json");
+    let tokenizer = if tok_path.exists() {
+        Some(TextTokenizer::from_file(&tok_path)?)
+    } else {
+        None
+    };
+    eprintln!(
+        "loaded {} in {:.2} s",
+        args.model.display(),
+        start.elapsed().as_secs_f64()
+    );
+
+    let prompt: Vec<u32> = match (&args.prompt, &tokenizer) {
+        (Some(text), Some(t)) => t.encode(text, true)?,
+        (Some(_), None) => bail!(
+            "{} has no tokenizer.json: give the prompt as token ids with --ids",
+            args.model.display()
+        ),
+        (None, _) if !args.ids.is_empty() => args.ids.clone(),
+        (None, _) => bail!("give a prompt with --prompt TEXT or --ids 1,2,3"),
+    };
+    if prompt.is_empty() {
+        bail!("the prompt encodes to no tokens");
+    }
+
+    let mut cache = model.new_cache(prompt.len() + args.max_tokens);
+    let mut generated = Vec::new();
+    let mut printed = 0usize;
+    let mut stdout = std::io::stdout().lock();
+    let started = Instant::now();
+    let mut first_token_at = None;
+    let mut write_error = None;
+    let out = greedy_with(&model, &prompt, args.max_tokens, &mut cache, par, |id| {
+        first_token_at.get_or_insert_with(Instant::now);
+        generated.push(id);
+        let piece = match &tokenizer {
+            // Decode everything so far: a token may end mid UTF-8 sequence.
+            Some(t) => match t.decode(&generated, true) {
+                Ok(text) if text.len() > printed && text.is_char_boundary(printed) => {
+                    let piece = text[printed..].to_string();
+                    printed = text.len();
+                    piece
+                }
+                _ => String::new(),
+            },
+            None => format!("{id} "),
+        };
+        if let Err(e) = stdout
+            .write_all(piece.as_bytes())
+            .and_then(|_| stdout.flush())
+        {
+            write_error = Some(e);
+            return false;
+        }
+        true
+    })?;
+    if let Some(e) = write_error {
+        return Err(e).context("writing to stdout");
+    }
+    writeln!(stdout)?;
+    let first = first_token_at.unwrap_or(started);
+    let prefill = first.duration_since(started).as_secs_f64();
+    let decode = first.elapsed().as_secs_f64();
+    eprintln!(
+        "prompt {} tokens in {:.3} s ({:.1} t/s); generated {} tokens, decode {:.1} t/s, {threads} thread{}",
+        prompt.len(),
+        prefill,
+        prompt.len() as f64 / prefill.max(1e-9),
+        out.len(),
+        (out.len().saturating_sub(1)) as f64 / decode.max(1e-9),
+        if threads == 1 { "" } else { "s" }
+    );
+    Ok(())
+}
