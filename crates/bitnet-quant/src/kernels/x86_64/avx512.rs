@@ -4,7 +4,7 @@
 //! masking it with `0x03`, `0x0c`, `0x30`, `0xc0` (no shifts) yields weights
 //! scaled by 1, 4, 16, 64 that go straight into four accumulators, and the
 //! scaling is undone once per row with exact arithmetic shifts (every lane of
-//! accumulator `k` is a multiple of `4^k`). Two rows share each activation load.
+//! accumulator `k` is a multiple of `4^k`). Four rows share each activation load.
 //!
 //! GEMM (many tokens) is compute bound: each run of 4 rows is unpacked once
 //! (shift + mask) to one byte per weight in an L1-resident scratch buffer,
@@ -42,8 +42,29 @@ pub(crate) unsafe fn rows(task: &RowsTask<'_>, out: &mut [i32]) {
 /// Xeon VM, where the hardware prefetchers alone reach half the bandwidth).
 pub(crate) const PREFETCH_BYTES: usize = 8192;
 
+/// Rows GEMV processes together, sharing each activation load.
+pub(crate) const GEMV_ROWS: usize = 4;
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn gemv(task: &RowsTask<'_>, out: &mut [i32]) {
+    let rows = out.len();
+    let mut r = 0;
+    while r + GEMV_ROWS <= rows {
+        // SAFETY: rows r..r + GEMV_ROWS exist; features as guaranteed to `rows`.
+        unsafe { gemv_rows::<GEMV_ROWS>(task, r, out) };
+        r += GEMV_ROWS;
+    }
+    while r < rows {
+        // SAFETY: row r exists.
+        unsafe { gemv_rows::<1>(task, r, out) };
+        r += 1;
+    }
+}
+
+/// `R` rows of GEMV starting at row `r0`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn gemv_rows<const R: usize>(task: &RowsTask<'_>, r0: usize, out: &mut [i32]) {
     let row_bytes = task.blocks * 64;
     let wp = task.w.as_ptr();
     let xp = task.x.as_ptr();
@@ -53,46 +74,28 @@ unsafe fn gemv(task: &RowsTask<'_>, out: &mut [i32]) {
         _mm512_set1_epi8(0x30),
         _mm512_set1_epi8(0xc0u8 as i8),
     ];
-    let rows = out.len();
-    let mut r = 0;
-    while r + 2 <= rows {
-        let mut acc = [[_mm512_setzero_si512(); 4]; 2];
-        for b in 0..task.blocks {
-            // SAFETY: rows r and r + 1 exist and block b is inside them; the
-            // activations hold blocks * 256 codes.
-            unsafe {
-                let w0 = _mm512_loadu_si512(wp.add(r * row_bytes + b * 64).cast());
-                let w1 = _mm512_loadu_si512(wp.add((r + 1) * row_bytes + b * 64).cast());
-                // Ask for the lines a few rows ahead: hardware prefetchers
-                // alone leave one core well short of memory bandwidth.
-                // Prefetching never faults, so addresses past the end are fine.
-                let ahead = wp.wrapping_add(r * row_bytes + b * 64 + PREFETCH_BYTES);
-                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(row_bytes).cast());
-                for k in 0..4 {
-                    let x = _mm512_loadu_si512(xp.add(b * 256 + 64 * k).cast());
-                    acc[0][k] = _mm512_dpbusd_epi32(acc[0][k], _mm512_and_si512(w0, masks[k]), x);
-                    acc[1][k] = _mm512_dpbusd_epi32(acc[1][k], _mm512_and_si512(w1, masks[k]), x);
-                }
+    let mut acc = [[_mm512_setzero_si512(); 4]; R];
+    for b in 0..task.blocks {
+        let mut w = [_mm512_setzero_si512(); R];
+        for (i, w) in w.iter_mut().enumerate() {
+            let at = (r0 + i) * row_bytes + b * 64;
+            // SAFETY: row r0 + i exists and block b is inside it.
+            *w = unsafe { _mm512_loadu_si512(wp.add(at).cast()) };
+            // Hardware prefetchers alone leave one core well short of memory
+            // bandwidth; prefetching never faults, so addresses past the end
+            // are fine.
+            _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(at + PREFETCH_BYTES).cast());
+        }
+        for (k, &mask) in masks.iter().enumerate() {
+            // SAFETY: the activations hold blocks * 256 codes.
+            let x = unsafe { _mm512_loadu_si512(xp.add(b * 256 + 64 * k).cast()) };
+            for (a, &w) in acc.iter_mut().zip(&w) {
+                a[k] = _mm512_dpbusd_epi32(a[k], _mm512_and_si512(w, mask), x);
             }
         }
-        out[r] = combine(&acc[0]) - task.sums[0];
-        out[r + 1] = combine(&acc[1]) - task.sums[0];
-        r += 2;
     }
-    if r < rows {
-        let mut acc = [_mm512_setzero_si512(); 4];
-        for b in 0..task.blocks {
-            // SAFETY: row r exists; as above.
-            unsafe {
-                let w0 = _mm512_loadu_si512(wp.add(r * row_bytes + b * 64).cast());
-                for k in 0..4 {
-                    let x = _mm512_loadu_si512(xp.add(b * 256 + 64 * k).cast());
-                    acc[k] = _mm512_dpbusd_epi32(acc[k], _mm512_and_si512(w0, masks[k]), x);
-                }
-            }
-        }
-        out[r] = combine(&acc) - task.sums[0];
+    for (i, a) in acc.iter().enumerate() {
+        out[r0 + i] = combine(a) - task.sums[0];
     }
 }
 
