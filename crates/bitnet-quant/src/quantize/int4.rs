@@ -36,7 +36,7 @@ pub fn quantize(tensor: &str, data: &[f32], group: usize) -> Result<Int4Groups> 
         scales.push(s);
         for (j, &x) in chunk.iter().enumerate() {
             let i = g * group + j;
-            let q = (x * s).round_ties_even().clamp(-8.0, 7.0) as i8;
+            let q = super::round_half_even(x * s).clamp(-8.0, 7.0) as i8;
             packed[i / 2] |= ((q as u8) & 0x0f) << (4 * (i % 2));
         }
     }

@@ -17,14 +17,43 @@ use crate::formats::runtime::BLOCK;
 
 /// The absmax scale `127 / max(absmax, 1e-5)` of a run of values.
 pub fn absmax_scale(values: &[f32]) -> f32 {
-    let absmax = values.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    127.0 / absmax.max(EPS)
+    127.0 / super::absmax(values).max(EPS)
 }
 
 /// The int8 code of `x` under scale `s`.
 #[inline]
 pub fn int8_code(x: f32, s: f32) -> i8 {
-    (x * s).round_ties_even().clamp(-128.0, 127.0) as i8
+    // |x * s| <= 127 by construction of s, so the branch-free rounding holds.
+    super::round_small((x * s).clamp(-128.0, 127.0)) as i8
+}
+
+/// Quantizes one finite row into `out`; returns its scale and code sum.
+/// This runs once per layer input in decode, so on x86-64 it is compiled a
+/// second time with AVX2 (8 lanes instead of SSE2's 4) and picked at run time.
+fn quantize_into(row: &[f32], out: &mut [i8]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { quantize_into_avx2(row, out) };
+    }
+    quantize_into_generic(row, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantize_into_avx2(row: &[f32], out: &mut [i8]) -> (f32, i32) {
+    quantize_into_generic(row, out)
+}
+
+#[inline(always)]
+fn quantize_into_generic(row: &[f32], out: &mut [i8]) -> (f32, i32) {
+    let s = absmax_scale(row);
+    let mut sum = 0i32;
+    for (o, &x) in out.iter_mut().zip(row) {
+        *o = int8_code(x, s);
+        sum += i32::from(*o);
+    }
+    (s, sum)
 }
 
 /// Quantizes a whole tensor with one absmax scale; returns codes and scale.
@@ -95,13 +124,8 @@ impl QuantizedActivations {
     }
 
     fn quantize_row(&mut self, t: usize, row: &[f32]) {
-        let s = absmax_scale(row);
         let out = &mut self.codes.as_i8_mut()[t * self.stride..t * self.stride + self.cols];
-        let mut sum = 0i32;
-        for (o, &x) in out.iter_mut().zip(row) {
-            *o = int8_code(x, s);
-            sum += i32::from(*o);
-        }
+        let (s, sum) = quantize_into(row, out);
         self.scales[t] = s;
         self.sums[t] = sum;
     }

@@ -125,7 +125,17 @@ fn group_len(granularity: Granularity, cols: usize) -> usize {
 /// the f32 sum overflows give an infinite mean and a zero scale, which
 /// [`quantize`] rejects.
 pub fn absmean_scale(group: &[f32]) -> f32 {
-    let sum: f64 = group.iter().map(|v| f64::from(v.abs())).sum();
+    // Eight f64 lanes: vectorizes, and f64's 29 spare bits make the lane
+    // order invisible after rounding to f32.
+    let mut lanes = [0.0f64; 8];
+    let chunks = group.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|v| f64::from(v.abs())).sum();
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += f64::from(v.abs());
+        }
+    }
+    let sum = lanes.iter().sum::<f64>() + tail;
     let mean = (sum as f32) / group.len() as f32;
     1.0 / mean.max(EPS)
 }
@@ -146,7 +156,9 @@ fn check_scale(tensor: &str, s: f32) -> Result<f32> {
 /// The ternary code of `w` under scale `s`: round first, then clamp.
 #[inline]
 pub fn ternary_code(w: f32, s: f32) -> i8 {
-    (w * s).round_ties_even().clamp(-1.0, 1.0) as i8
+    // Clamping to ±2 first changes no result (rounding is monotonic) and
+    // keeps the branch-free rounding in range.
+    super::round_small((w * s).clamp(-2.0, 2.0)).clamp(-1.0, 1.0) as i8
 }
 
 /// Quantizes a row-major `rows x cols` float matrix named `tensor` to ternary.
