@@ -44,6 +44,20 @@ impl BitNetModel {
         Self::new(BitNetWeights::from_hf_dir(dir)?)
     }
 
+    /// Loads a BitNet GGUF file.
+    pub fn from_gguf(path: &Path) -> Result<Self> {
+        Self::new(BitNetWeights::from_gguf(path)?)
+    }
+
+    /// Loads `path`: a GGUF file, or an HF checkpoint directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        if path.is_file() {
+            Self::from_gguf(path)
+        } else {
+            Self::from_hf_dir(path)
+        }
+    }
+
     /// Wraps loaded weights.
     pub fn new(weights: BitNetWeights) -> Result<Self> {
         let c = &weights.config;

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod error;
 pub mod gguf;
+pub mod gguf_model;
 pub mod safetensors;
 pub mod tokenizer;
 pub mod weights;

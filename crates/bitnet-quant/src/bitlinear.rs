@@ -142,6 +142,14 @@ impl BitLinear {
     pub fn weights(&self) -> &PackedTernary {
         &self.weights
     }
+    /// The stored weight scale(s).
+    pub fn scale(&self) -> &WeightScale {
+        &self.scale
+    }
+    /// How the scale applies.
+    pub fn convention(&self) -> ScaleConvention {
+        self.convention
+    }
 
     /// `x` is row-major `[tokens, in]`; returns `[tokens, out]`.
     pub fn forward(&self, x: &[f32], tokens: usize, par: Parallelism<'_>) -> Result<Vec<f32>> {

@@ -1,4 +1,4 @@
-//! `bitnet run`: load an HF checkpoint directory, encode the prompt with its
+//! `bitnet run`: load a GGUF file or HF checkpoint directory, encode the prompt with its
 //! `tokenizer.json`, generate greedily and stream the text; timings go to
 //! stderr so stdout holds only the generation.
 
@@ -14,8 +14,9 @@ use std::time::Instant;
 /// Arguments of `bitnet run`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// Model directory: `config.json`, `model.safetensors` (or a sharded
-    /// index) and, for text prompts, `tokenizer.json`.
+    /// A BitNet GGUF file, or an HF checkpoint directory (`config.json`,
+    /// `model.safetensors` or a sharded index). Text prompts need a
+    /// `tokenizer.json` in that directory (beside the GGUF file).
     #[arg(short, long)]
     model: PathBuf,
     /// Prompt text.
@@ -39,9 +40,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let par = Parallelism::Pool(&pool);
 
     let start = Instant::now();
-    let model = BitNetModel::from_hf_dir(&args.model)
-        .with_context(|| format!("loading the model in {}", args.model.display()))?;
-    let tok_path = args.model.join("tokenizer.json");
+    let model = BitNetModel::load(&args.model)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let tok_dir = if args.model.is_file() {
+        args.model.parent().map(PathBuf::from).unwrap_or_default()
+    } else {
+        args.model.clone()
+    };
+    let tok_path = tok_dir.join("tokenizer.json");
     let tokenizer = if tok_path.exists() {
         Some(TextTokenizer::from_file(&tok_path)?)
     } else {
@@ -57,7 +63,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         (Some(text), Some(t)) => t.encode(text, true)?,
         (Some(_), None) => bail!(
             "{} has no tokenizer.json: give the prompt as token ids with --ids",
-            args.model.display()
+            tok_dir.display()
         ),
         (None, _) if !args.ids.is_empty() => args.ids.clone(),
         (None, _) => bail!("give a prompt with --prompt TEXT or --ids 1,2,3"),
