@@ -5,10 +5,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::dialect::metadata_dialect;
 use super::metadata::{Metadata, MetadataArray, MetadataValue};
@@ -287,15 +286,9 @@ impl<'a> GgufWriter<'a> {
     pub fn write_to_path(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         self.check()?;
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let file_name = path
             .file_name()
             .map_or_else(|| "gguf".into(), |n| n.to_string_lossy().into_owned());
-        let tmp = path.with_file_name(format!(
-            ".{file_name}.{}.{}.tmp",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
         let io = |op, p: &Path| {
             let p = p.to_owned();
             move |source| Error::Io {
@@ -304,11 +297,20 @@ impl<'a> GgufWriter<'a> {
                 source,
             }
         };
-        let file: File = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
+        // A fresh name beside the target: `create_new` refuses existing files,
+        // so concurrent writers (threads or processes) never share one.
+        let pid = std::process::id();
+        let mut attempt = 0u32;
+        let (tmp, file) = loop {
+            let tmp = path.with_file_name(format!(".{file_name}.{pid}.{attempt}.tmp"));
+            match OpenOptions::new().write(true).create_new(true).open(&tmp) {
+                Ok(file) => break (tmp, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 10_000 => {
+                    attempt += 1
+                }
+                Err(e) => return Err(io("create", &tmp)(e)),
+            }
+        };
         let result = (|| {
             let mut buf = BufWriter::new(file);
             self.write_to(&mut buf, &tmp)?;
