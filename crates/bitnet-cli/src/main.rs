@@ -20,6 +20,8 @@ enum Command {
     Doctor(commands::doctor::Args),
     /// Generate text with a model (HF checkpoint directory), greedily.
     Run(commands::run::Args),
+    /// Write a random-weight model of a real shape (HF directory or GGUF file).
+    Synth(commands::synth::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,5 +29,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Run(args) => commands::run::run(args),
+        Command::Synth(args) => commands::synth::run(args),
     }
 }

@@ -94,3 +94,49 @@ fn clear_errors() {
     ]);
     assert!(!ok && err.contains("999"), "{err}");
 }
+
+#[test]
+fn synth_then_run_hf_and_gguf_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("tiny-hf");
+    let gguf = dir.path().join("tiny.gguf");
+    let (ok, _, err) = bitnet(&[
+        "synth",
+        "--preset",
+        "tiny",
+        "--format",
+        "hf",
+        "--out",
+        hf.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = bitnet(&[
+        "synth",
+        "--preset",
+        "tiny",
+        "--format",
+        "gguf:tq2_0",
+        "--out",
+        gguf.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let run = |m: &str| {
+        let (ok, out, err) = bitnet(&[
+            "run",
+            "-m",
+            m,
+            "--prompt-ids",
+            "5,6,7,8",
+            "-n",
+            "6",
+            "-t",
+            "1",
+        ]);
+        assert!(ok, "{err}");
+        out
+    };
+    // Same seed, same weights: both files generate the same tokens.
+    assert_eq!(run(hf.to_str().unwrap()), run(gguf.to_str().unwrap()));
+    let (ok, _, err) = bitnet(&["synth", "--preset", "9b", "--out", "x"]);
+    assert!(!ok && err.contains("9b"), "{err}");
+}

@@ -262,6 +262,18 @@ impl Error {
         }
     }
 
+    /// Wraps an I/O error with the file and the operation that failed.
+    pub(crate) fn io<'a>(
+        path: &'a Path,
+        op: &'static str,
+    ) -> impl FnOnce(std::io::Error) -> Error + 'a {
+        move |source| Error::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    }
+
     /// Wraps a quantization error with the tensor it concerns.
     pub(crate) fn quant(name: &str) -> impl FnOnce(bitnet_quant::Error) -> Error + '_ {
         move |source| Error::Quant {

@@ -16,7 +16,9 @@ pub mod config;
 pub mod error;
 pub mod gguf;
 pub mod gguf_model;
+pub mod hf_export;
 pub mod safetensors;
+pub mod synth;
 pub mod tokenizer;
 pub mod weights;
 

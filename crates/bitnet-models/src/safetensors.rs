@@ -37,21 +37,13 @@ impl std::fmt::Debug for SafetensorsCheckpoint {
     }
 }
 
-fn io<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        op,
-        source,
-    }
-}
-
 impl Shard {
     fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(io(path, "open"))?;
+        let file = File::open(path).map_err(Error::io(path, "open"))?;
         // SAFETY: the map is read-only and private to this process; like every
         // mmap-based loader we assume the file is not truncated underneath us
         // while the model is loaded.
-        let map = unsafe { Mmap::map(&file) }.map_err(io(path, "map"))?;
+        let map = unsafe { Mmap::map(&file) }.map_err(Error::io(path, "map"))?;
         let (header_len, metadata) =
             SafeTensors::read_metadata(&map).map_err(|e| Error::Safetensors {
                 path: path.to_path_buf(),

@@ -22,8 +22,8 @@ pub(crate) struct Args {
     /// Prompt text.
     #[arg(short, long, conflicts_with = "ids")]
     prompt: Option<String>,
-    /// Prompt as token ids instead of text, e.g. `--ids 1,42,7`.
-    #[arg(long, value_delimiter = ',')]
+    /// Prompt as token ids instead of text, e.g. `--prompt-ids 1,42,7`.
+    #[arg(long = "prompt-ids", alias = "ids", value_delimiter = ',')]
     ids: Vec<u32>,
     /// Tokens to generate at most.
     #[arg(short = 'n', long, default_value_t = 32)]
@@ -62,11 +62,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let prompt: Vec<u32> = match (&args.prompt, &tokenizer) {
         (Some(text), Some(t)) => t.encode(text, true)?,
         (Some(_), None) => bail!(
-            "{} has no tokenizer.json: give the prompt as token ids with --ids",
+            "{} has no tokenizer.json: give the prompt as token ids with --prompt-ids",
             tok_dir.display()
         ),
         (None, _) if !args.ids.is_empty() => args.ids.clone(),
-        (None, _) => bail!("give a prompt with --prompt TEXT or --ids 1,2,3"),
+        (None, _) => bail!("give a prompt with --prompt TEXT or --prompt-ids 1,2,3"),
     };
     if prompt.is_empty() {
         bail!("the prompt encodes to no tokens");

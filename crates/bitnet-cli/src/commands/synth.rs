@@ -1,0 +1,49 @@
+//! `bitnet synth`: write a random-weight BitNet model of a real shape (HF
+//! checkpoint directory or GGUF file), for tests and benchmarks when no
+//! checkpoint is at hand.
+
+use anyhow::{Context, bail};
+use bitnet_models::gguf_model::TernaryType;
+use bitnet_models::hf_export::FloatDtype;
+use bitnet_models::synth::{Preset, synthesize};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Arguments of `bitnet synth`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Model shape: tiny, 125m, 700m or 2b4t.
+    #[arg(long)]
+    preset: String,
+    /// `hf` (a directory), or `gguf`, `gguf:i2_s`, `gguf:tq2_0`, `gguf:tq1_0` (a file).
+    #[arg(long, default_value = "hf")]
+    format: String,
+    /// Output directory (hf) or file (gguf).
+    #[arg(long)]
+    out: PathBuf,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let preset = Preset::parse(&args.preset)
+        .with_context(|| format!("unknown preset `{}` (tiny, 125m, 700m, 2b4t)", args.preset))?;
+    let ternary = match args.format.as_str() {
+        "hf" => None,
+        "gguf" | "gguf:i2_s" => Some(TernaryType::I2S),
+        "gguf:tq2_0" => Some(TernaryType::Tq2_0),
+        "gguf:tq1_0" => Some(TernaryType::Tq1_0),
+        other => bail!("unknown format `{other}` (hf, gguf, gguf:i2_s, gguf:tq2_0, gguf:tq1_0)"),
+    };
+    let start = Instant::now();
+    eprintln!("synthesizing {} (seed {}) ...", args.preset, args.seed);
+    let weights = synthesize(preset, args.seed)?;
+    eprintln!("writing {} ...", args.out.display());
+    match ternary {
+        None => weights.write_hf(&args.out, FloatDtype::BF16)?,
+        Some(t) => weights.write_gguf(&args.out, t)?,
+    }
+    eprintln!("done in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
