@@ -425,16 +425,12 @@ fn encode_ternary(name: &str, lin: &Linear, ternary: TernaryType) -> Result<(Ggm
     let Linear::Ternary(b) = lin else {
         return Err(Error::Config(format!("tensor `{name}` is not ternary")));
     };
-    let scale = match (b.scale(), b.convention()) {
-        (WeightScale::Tensor(s), ScaleConvention::Multiply) => *s,
-        (WeightScale::Tensor(s), ScaleConvention::Divide) => 1.0 / *s,
-        (WeightScale::Channel(_), _) => {
-            return Err(Error::Config(format!(
-                "tensor `{name}` has per-channel scales; GGUF export writes one scale per tensor"
-            )));
-        }
-    };
-    if ternary != TernaryType::I2S && b.in_features() % 256 != 0 {
+    let scale = b.tensor_multiplier().ok_or_else(|| {
+        Error::Config(format!(
+            "tensor `{name}` has per-channel scales; GGUF export writes one scale per tensor"
+        ))
+    })?;
+    if ternary != TernaryType::I2S && !b.in_features().is_multiple_of(256) {
         return Err(Error::Config(format!(
             "tensor `{name}`: {ternary:?} needs rows that are a multiple of 256 weights, this one has {} \
              (use I2_S)",

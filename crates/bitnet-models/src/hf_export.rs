@@ -7,7 +7,6 @@
 use crate::config::{Activation, LinearVariant};
 use crate::error::{Error, Result};
 use crate::weights::{BitNetWeights, Linear};
-use bitnet_quant::bitlinear::{ScaleConvention, WeightScale};
 use bitnet_quant::formats::hf2bit;
 use safetensors::tensor::{Dtype, TensorView};
 use std::path::Path;
@@ -128,15 +127,11 @@ impl BitNetWeights {
             let Linear::Ternary(b) = lin else {
                 return Err(Error::Config(format!("`{prefix}` is not ternary")));
             };
-            let scale = match (b.scale(), b.convention()) {
-                (WeightScale::Tensor(s), ScaleConvention::Multiply) => *s,
-                (WeightScale::Tensor(s), ScaleConvention::Divide) => 1.0 / *s,
-                (WeightScale::Channel(_), _) => {
-                    return Err(Error::Config(format!(
-                        "`{prefix}` has per-channel scales; the HF layout holds one per tensor"
-                    )));
-                }
-            };
+            let scale = b.tensor_multiplier().ok_or_else(|| {
+                Error::Config(format!(
+                    "`{prefix}` has per-channel scales; the HF layout holds one per tensor"
+                ))
+            })?;
             let (rows, cols) = (b.out_features(), b.in_features());
             let bytes =
                 hf2bit::pack(&b.weights().to_codes(), rows, cols).map_err(Error::quant(&prefix))?;

@@ -150,6 +150,16 @@ impl BitLinear {
     pub fn convention(&self) -> ScaleConvention {
         self.convention
     }
+    /// The per-tensor dequantizing multiplier (`mean |W|`, what
+    /// `autobitlinear`, I2_S and TQ* store) whichever convention the layer
+    /// was loaded with; `None` for per-channel scales.
+    pub fn tensor_multiplier(&self) -> Option<f32> {
+        match (&self.scale, self.convention) {
+            (WeightScale::Tensor(s), ScaleConvention::Multiply) => Some(*s),
+            (WeightScale::Tensor(s), ScaleConvention::Divide) => Some(1.0 / *s),
+            (WeightScale::Channel(_), _) => None,
+        }
+    }
 
     /// `x` is row-major `[tokens, in]`; returns `[tokens, out]`.
     pub fn forward(&self, x: &[f32], tokens: usize, par: Parallelism<'_>) -> Result<Vec<f32>> {

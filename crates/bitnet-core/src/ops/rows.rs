@@ -85,16 +85,8 @@ impl RopeTable {
     /// Rotates one head vector `x` (`head_dim` long) by the angles of table
     /// row `row`, writing into `out`.
     pub fn rotate(&self, x: &[f32], row: usize, out: &mut [f32]) {
-        let h = self.half;
-        let (c, s) = (
-            &self.cos[row * h..(row + 1) * h],
-            &self.sin[row * h..(row + 1) * h],
-        );
-        for i in 0..h {
-            let (x1, x2) = (x[i], x[i + h]);
-            out[i] = x1 * c[i] - x2 * s[i];
-            out[i + h] = x2 * c[i] + x1 * s[i];
-        }
+        out.copy_from_slice(x);
+        self.rotate_in_place(out, row);
     }
 
     /// Rotates one head vector in place.
