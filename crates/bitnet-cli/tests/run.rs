@@ -140,3 +140,40 @@ fn synth_then_run_hf_and_gguf_agree() {
     let (ok, _, err) = bitnet(&["synth", "--preset", "9b", "--out", "x"]);
     assert!(!ok && err.contains("9b"), "{err}");
 }
+
+#[test]
+fn json_output_and_sampling_are_reproducible() {
+    let m = tiny("online");
+    let args = |seed: &str| {
+        bitnet(&[
+            "run",
+            "-m",
+            m.to_str().unwrap(),
+            "--prompt-ids",
+            "10,20,30",
+            "-n",
+            "8",
+            "--temperature",
+            "1.0",
+            "--top-p",
+            "0.9",
+            "--seed",
+            seed,
+            "--output",
+            "json",
+        ])
+    };
+    let (ok, a, err) = args("7");
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(a.trim()).unwrap();
+    assert_eq!(v["prompt_tokens"], 3);
+    assert_eq!(
+        v["tokens"].as_array().unwrap().len(),
+        v["generated_tokens"].as_u64().unwrap() as usize
+    );
+    assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["text"].is_string());
+    let (_, b, _) = args("7");
+    let w: serde_json::Value = serde_json::from_str(b.trim()).unwrap();
+    assert_eq!(v["tokens"], w["tokens"], "same seed, same tokens");
+}

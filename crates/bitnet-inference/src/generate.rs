@@ -1,9 +1,10 @@
-//! Greedy generation: prefill the prompt, then feed back the most likely
-//! token one step at a time through the KV cache.
+//! Generation: prefill the prompt, then feed back the chosen token one step
+//! at a time through the KV cache (greedy, or through a [`Sampler`]).
 
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::model::{BitNetModel, Logits};
+use crate::sampler::{Sampler, SamplerParams};
 use bitnet_core::Parallelism;
 
 /// Index of the largest logit (the first on ties; NaN never wins).
@@ -37,6 +38,20 @@ pub fn greedy_with(
     max_new: usize,
     cache: &mut KvCache,
     par: Parallelism<'_>,
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<Vec<u32>> {
+    let mut sampler = Sampler::new(SamplerParams::default());
+    generate_with(model, prompt, max_new, cache, par, &mut sampler, on_token)
+}
+
+/// Generation with any sampler, streaming through `on_token`.
+pub fn generate_with(
+    model: &BitNetModel,
+    prompt: &[u32],
+    max_new: usize,
+    cache: &mut KvCache,
+    par: Parallelism<'_>,
+    sampler: &mut Sampler,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
     let mut out = Vec::with_capacity(max_new);
@@ -45,7 +60,7 @@ pub fn greedy_with(
     }
     let mut logits = model.forward(prompt, cache, Logits::Last, par)?;
     loop {
-        let next = argmax(&logits) as u32;
+        let next = sampler.sample(&logits);
         out.push(next);
         let go_on = on_token(next);
         if !go_on || out.len() == max_new || model.config().eos_token_ids.contains(&next) {

@@ -16,6 +16,7 @@ pub mod error;
 pub mod generate;
 pub mod kv_cache;
 pub mod model;
+pub mod sampler;
 
 pub use error::{Error, Result};
 pub use kv_cache::KvCache;

@@ -5,7 +5,8 @@
 use anyhow::{Context, bail};
 use bitnet_core::{Parallelism, build_pool, system};
 use bitnet_inference::BitNetModel;
-use bitnet_inference::generate::greedy_with;
+use bitnet_inference::generate::generate_with;
+use bitnet_inference::sampler::{Sampler, SamplerParams};
 use bitnet_models::tokenizer::TextTokenizer;
 use std::io::Write;
 use std::path::PathBuf;
@@ -31,6 +32,19 @@ pub(crate) struct Args {
     /// Threads (default: all logical CPUs).
     #[arg(short, long)]
     threads: Option<usize>,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling: keep the most likely tokens up to this probability.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// `text` streams the generation; `json` prints one object with the
+    /// tokens, text, speeds and peak memory.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    output: String,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
@@ -79,44 +93,82 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut first_token_at = None;
     let mut write_error = None;
-    let out = greedy_with(&model, &prompt, args.max_tokens, &mut cache, par, |id| {
-        first_token_at.get_or_insert_with(Instant::now);
-        generated.push(id);
-        let piece = match &tokenizer {
-            // Decode everything so far: a token may end mid UTF-8 sequence.
-            Some(t) => match t.decode(&generated, true) {
-                Ok(text) if text.len() > printed && text.is_char_boundary(printed) => {
-                    let piece = text[printed..].to_string();
-                    printed = text.len();
-                    piece
-                }
-                _ => String::new(),
-            },
-            None => format!("{id} "),
-        };
-        if let Err(e) = stdout
-            .write_all(piece.as_bytes())
-            .and_then(|_| stdout.flush())
-        {
-            write_error = Some(e);
-            return false;
-        }
-        true
-    })?;
+    let json = args.output == "json";
+    let mut sampler = Sampler::new(SamplerParams {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+    });
+    let out = generate_with(
+        &model,
+        &prompt,
+        args.max_tokens,
+        &mut cache,
+        par,
+        &mut sampler,
+        |id| {
+            first_token_at.get_or_insert_with(Instant::now);
+            generated.push(id);
+            if json {
+                return true;
+            }
+            let piece = match &tokenizer {
+                // Decode everything so far: a token may end mid UTF-8 sequence.
+                Some(t) => match t.decode(&generated, true) {
+                    Ok(text) if text.len() > printed && text.is_char_boundary(printed) => {
+                        let piece = text[printed..].to_string();
+                        printed = text.len();
+                        piece
+                    }
+                    _ => String::new(),
+                },
+                None => format!("{id} "),
+            };
+            if let Err(e) = stdout
+                .write_all(piece.as_bytes())
+                .and_then(|_| stdout.flush())
+            {
+                write_error = Some(e);
+                return false;
+            }
+            true
+        },
+    )?;
     if let Some(e) = write_error {
         return Err(e).context("writing to stdout");
     }
-    writeln!(stdout)?;
     let first = first_token_at.unwrap_or(started);
     let prefill = first.duration_since(started).as_secs_f64();
     let decode = first.elapsed().as_secs_f64();
+    let prefill_tps = prompt.len() as f64 / prefill.max(1e-9);
+    let decode_tps = (out.len().saturating_sub(1)) as f64 / decode.max(1e-9);
+    if json {
+        let text = match &tokenizer {
+            Some(t) => Some(t.decode(&out, true)?),
+            None => None,
+        };
+        let report = serde_json::json!({
+            "model": args.model.display().to_string(),
+            "prompt_tokens": prompt.len(),
+            "generated_tokens": out.len(),
+            "tokens": out,
+            "text": text,
+            "threads": threads,
+            "prefill_tokens_per_s": prefill_tps,
+            "decode_tokens_per_s": decode_tps,
+            "peak_rss_bytes": system::peak_rss_bytes(),
+        });
+        writeln!(stdout, "{report}")?;
+        return Ok(());
+    }
+    writeln!(stdout)?;
     eprintln!(
         "prompt {} tokens in {:.3} s ({:.1} t/s); generated {} tokens, decode {:.1} t/s, {threads} thread{}",
         prompt.len(),
         prefill,
-        prompt.len() as f64 / prefill.max(1e-9),
+        prefill_tps,
         out.len(),
-        (out.len().saturating_sub(1)) as f64 / decode.max(1e-9),
+        decode_tps,
         if threads == 1 { "" } else { "s" }
     );
     Ok(())
