@@ -250,17 +250,19 @@ impl BitNetModel {
         let w = self.weights.output_weight();
         let rows = x.len() / h;
         let mut logits = vec![0.0f32; rows * vocab];
-        let row_logits = |(t, out): (usize, &mut [f32])| {
-            let xt = &x[t * h..(t + 1) * h];
-            for (v, o) in out.iter_mut().enumerate() {
+        // Logits of vocabulary rows `first..` for hidden state `xt`.
+        let fill = |xt: &[f32], first: usize, out: &mut [f32]| {
+            for (k, o) in out.iter_mut().enumerate() {
+                let v = first + k;
                 *o = dot(xt, &w[v * h..(v + 1) * h]);
             }
         };
         match par {
-            Parallelism::Sequential => logits
-                .chunks_exact_mut(vocab)
-                .enumerate()
-                .for_each(row_logits),
+            Parallelism::Sequential => {
+                for (t, out) in logits.chunks_exact_mut(vocab).enumerate() {
+                    fill(&x[t * h..(t + 1) * h], 0, out);
+                }
+            }
             Parallelism::Pool(pool) => pool.install(|| {
                 // Split the vocabulary so one position also uses every thread.
                 logits
@@ -268,12 +270,9 @@ impl BitNetModel {
                     .enumerate()
                     .for_each(|(t, out)| {
                         let xt = &x[t * h..(t + 1) * h];
-                        out.par_chunks_mut(1024).enumerate().for_each(|(chunk, o)| {
-                            for (k, o) in o.iter_mut().enumerate() {
-                                let v = chunk * 1024 + k;
-                                *o = dot(xt, &w[v * h..(v + 1) * h]);
-                            }
-                        });
+                        out.par_chunks_mut(1024)
+                            .enumerate()
+                            .for_each(|(chunk, o)| fill(xt, chunk * 1024, o));
                     })
             }),
         }

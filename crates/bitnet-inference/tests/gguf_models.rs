@@ -2,35 +2,15 @@
 //! transformers logits again; a synthetic model whose rows fit TQ blocks
 //! gives the same logits from I2_S, TQ2_0 and TQ1_0 files.
 
-use bitnet_core::Parallelism;
-use bitnet_inference::{BitNetModel, Logits};
+use bitnet_inference::BitNetModel;
 use bitnet_models::config::BitNetConfig;
 use bitnet_models::gguf_model::TernaryType;
 use bitnet_models::weights::{BitNetWeights, Layer, Linear};
 use bitnet_quant::bitlinear::{BitLinear, ScaleConvention, WeightScale};
 use bitnet_quant::formats::runtime::PackedTernary;
-use safetensors::SafeTensors;
-use std::path::PathBuf;
 
-fn tiny(variant: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tiny")
-        .join(variant)
-}
-
-fn logits(model: &BitNetModel, ids: &[u32]) -> Vec<f32> {
-    let mut cache = model.new_cache(64);
-    model
-        .forward(ids, &mut cache, Logits::All, Parallelism::Sequential)
-        .unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
-}
+mod common;
+use common::{Expected, dir as tiny, logits, max_abs_diff};
 
 #[test]
 fn hf_packed_and_exported_i2s_give_the_reference_logits() {
@@ -41,22 +21,8 @@ fn hf_packed_and_exported_i2s_give_the_reference_logits() {
         "bitlinear_offline",
         "online_untied",
     ] {
-        let exp = std::fs::read(tiny(variant).join("expected.safetensors")).unwrap();
-        let st = SafeTensors::deserialize(&exp).unwrap();
-        let ids: Vec<u32> = st
-            .tensor("ids_p2")
-            .unwrap()
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-            .collect();
-        let want: Vec<f32> = st
-            .tensor("logits_p2")
-            .unwrap()
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
+        let exp = Expected::load(variant);
+        let (ids, want) = (exp.ids("ids_p2"), exp.f32("logits_p2"));
 
         let weights = BitNetWeights::from_hf_dir(&tiny(variant)).unwrap();
         let path = dir.path().join(format!("{variant}.gguf"));

@@ -8,8 +8,6 @@ use bitnet_core::{Parallelism, build_pool};
 use bitnet_inference::generate::greedy;
 use bitnet_inference::{BitNetModel, Error, Logits};
 use bitnet_models::tokenizer::TextTokenizer;
-use safetensors::SafeTensors;
-use std::path::PathBuf;
 
 const VARIANTS: [&str; 5] = [
     "float",
@@ -19,47 +17,8 @@ const VARIANTS: [&str; 5] = [
     "online_untied",
 ];
 
-fn dir(variant: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tiny")
-        .join(variant)
-}
-
-struct Expected {
-    bytes: Vec<u8>,
-}
-
-impl Expected {
-    fn load(variant: &str) -> Self {
-        Expected {
-            bytes: std::fs::read(dir(variant).join("expected.safetensors")).unwrap(),
-        }
-    }
-    fn tensor(&self, name: &str) -> (Vec<usize>, Vec<u8>) {
-        let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st.tensor(name).unwrap();
-        (t.shape().to_vec(), t.data().to_vec())
-    }
-    fn ids(&self, name: &str) -> Vec<u32> {
-        let (_, d) = self.tensor(name);
-        d.chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-            .collect()
-    }
-    fn f32(&self, name: &str) -> Vec<f32> {
-        let (_, d) = self.tensor(name);
-        d.chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    }
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
-}
+mod common;
+use common::{Expected, dir, max_abs_diff};
 
 #[test]
 fn logits_match_transformers_for_every_variant() {

@@ -111,11 +111,7 @@ struct RawConfig {
 impl BitNetConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            op: "read",
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(Error::io(path, "read"))?;
         Self::from_json(&text).map_err(|e| e.in_file(path))
     }
 

@@ -16,13 +16,14 @@
 
 use crate::config::{Activation, BitNetConfig, LinearVariant};
 use crate::error::{Error, Result};
+use crate::float_bytes;
 use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
 use crate::weights::{BitNetWeights, Layer, Linear};
 use bitnet_quant::bitlinear::{BitLinear, ScaleConvention, WeightScale};
 use bitnet_quant::formats::runtime::PackedTernary;
 use bitnet_quant::formats::tq1_0::{self, BlockTq1_0};
 use bitnet_quant::formats::tq2_0::{self, BlockTq2_0};
-use bitnet_quant::formats::{QuantBlock, blocks_from_bytes, blocks_to_bytes, i2s};
+use bitnet_quant::formats::{blocks_from_bytes, blocks_to_bytes, i2s};
 use std::path::Path;
 
 /// The ternary tensor type to write.
@@ -133,18 +134,9 @@ fn float_tensor(file: &GgufFile, name: &str, shape: &[usize]) -> Result<Vec<f32>
     let ty = check_dims(file, name, shape)?;
     let b = file.tensor_bytes(name)?;
     Ok(match ty {
-        GgmlType::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        GgmlType::F16 => b
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        GgmlType::BF16 => b
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
+        GgmlType::F32 => float_bytes::f32s(b),
+        GgmlType::F16 => float_bytes::f16s(b),
+        GgmlType::BF16 => float_bytes::bf16s(b),
         GgmlType::Q8_0 => b
             .chunks_exact(34)
             .flat_map(|blk| {
@@ -451,6 +443,3 @@ fn encode_ternary(name: &str, lin: &Linear, ternary: TernaryType) -> Result<(Ggm
         ),
     })
 }
-
-// Block sizes the row-length checks above rely on.
-const _: () = assert!(BlockTq2_0::BYTES == 66 && BlockTq1_0::BYTES == 54);

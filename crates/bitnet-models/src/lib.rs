@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod error;
+mod float_bytes;
 pub mod gguf;
 pub mod gguf_model;
 pub mod hf_export;

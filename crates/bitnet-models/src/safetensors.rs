@@ -4,6 +4,7 @@
 //! the map and converted, since a file's data may be unaligned.
 
 use crate::error::{Error, Result};
+use crate::float_bytes;
 use memmap2::Mmap;
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, Metadata};
@@ -228,18 +229,9 @@ fn check_shape(name: &str, actual: &[usize], expected: &[usize]) -> Result<()> {
 fn to_f32(name: &str, t: &RawTensor<'_>) -> Result<Vec<f32>> {
     let d = t.data;
     Ok(match t.dtype {
-        Dtype::F32 => d
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => d
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => d
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
+        Dtype::F32 => float_bytes::f32s(d),
+        Dtype::F16 => float_bytes::f16s(d),
+        Dtype::BF16 => float_bytes::bf16s(d),
         other => {
             return Err(Error::TensorDtype {
                 name: name.to_string(),

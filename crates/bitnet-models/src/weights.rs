@@ -101,15 +101,13 @@ impl BitNetWeights {
     pub fn from_checkpoint(config: BitNetConfig, ckpt: &SafetensorsCheckpoint) -> Result<Self> {
         let (h, v) = (config.hidden_size, config.vocab_size);
         let embed_tokens = ckpt.f32("model.embed_tokens.weight", &[v, h])?;
-        let lm_head = if ckpt.contains("lm_head.weight") && !config.tie_word_embeddings {
-            Some(ckpt.f32("lm_head.weight", &[v, h])?)
-        } else if config.tie_word_embeddings {
+        // A tied checkpoint may still carry a copy of the embeddings as
+        // `lm_head.weight`; it is not needed. An untied one must have it
+        // (`f32` reports it missing, with the files searched).
+        let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            return Err(Error::MissingTensor {
-                name: "lm_head.weight".into(),
-                location: "an untied checkpoint (tie_word_embeddings = false)".into(),
-            });
+            Some(ckpt.f32("lm_head.weight", &[v, h])?)
         };
         let layers = (0..config.num_layers)
             .map(|i| load_layer(&config, ckpt, i))

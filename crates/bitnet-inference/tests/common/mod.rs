@@ -1,0 +1,61 @@
+//! Helpers shared by the integration tests: fixture paths, the reference
+//! outputs in `expected.safetensors`, and logit comparison.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use bitnet_core::Parallelism;
+use bitnet_inference::{BitNetModel, Logits};
+use safetensors::SafeTensors;
+use std::path::PathBuf;
+
+/// The tiny transformers-made checkpoint of `variant`.
+pub(crate) fn dir(variant: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny")
+        .join(variant)
+}
+
+/// The reference outputs of one variant.
+pub(crate) struct Expected {
+    bytes: Vec<u8>,
+}
+
+impl Expected {
+    pub(crate) fn load(variant: &str) -> Self {
+        Expected {
+            bytes: std::fs::read(dir(variant).join("expected.safetensors")).unwrap(),
+        }
+    }
+    fn data(&self, name: &str) -> Vec<u8> {
+        let st = SafeTensors::deserialize(&self.bytes).unwrap();
+        st.tensor(name).unwrap().data().to_vec()
+    }
+    /// An I64 id tensor as u32 ids.
+    pub(crate) fn ids(&self, name: &str) -> Vec<u32> {
+        self.data(name)
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+            .collect()
+    }
+    /// An F32 tensor.
+    pub(crate) fn f32(&self, name: &str) -> Vec<f32> {
+        self.data(name)
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    }
+}
+
+/// Logits at every position of `ids`, from a fresh cache.
+pub(crate) fn logits(model: &BitNetModel, ids: &[u32]) -> Vec<f32> {
+    let mut cache = model.new_cache(64);
+    model
+        .forward(ids, &mut cache, Logits::All, Parallelism::Sequential)
+        .unwrap()
+}
+
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+}
