@@ -20,4 +20,4 @@ pub mod sampler;
 
 pub use error::{Error, Result};
 pub use kv_cache::KvCache;
-pub use model::{BitNetModel, Logits};
+pub use model::{BatchEntry, BitNetModel, Logits, Workspace};

@@ -95,7 +95,8 @@ impl BitNetModel {
 
     /// Runs `ids` at the positions after those already in `cache`, appends
     /// their keys and values, and returns logits `[positions, vocab]` for
-    /// the positions `which` selects.
+    /// the positions `which` selects. Allocates its buffers; a generation
+    /// loop uses [`Self::forward_batch`] with a [`Workspace`] instead.
     pub fn forward(
         &self,
         ids: &[u32],
@@ -103,10 +104,102 @@ impl BitNetModel {
         which: Logits,
         par: Parallelism<'_>,
     ) -> Result<Vec<f32>> {
+        let mut ws = Workspace::default();
+        let mut batch = [BatchEntry { ids, cache }];
+        Ok(self
+            .forward_batch(&mut batch, which, &mut ws, par)?
+            .to_vec())
+    }
+
+    /// One forward pass over several independent sequences at once: every
+    /// entry's `ids` run at the positions after those in its own cache.
+    /// The linear layers see all tokens of all entries as one matrix (one
+    /// GEMM pass), attention runs per entry over its own cache.
+    ///
+    /// Returns logits in `ws`: with [`Logits::Last`], one row per entry in
+    /// batch order; with [`Logits::All`], a row per token, entry after
+    /// entry. Every entry is checked before any cache changes, so an
+    /// error leaves all caches as they were.
+    pub fn forward_batch<'w>(
+        &self,
+        batch: &mut [BatchEntry<'_>],
+        which: Logits,
+        ws: &'w mut Workspace,
+        par: Parallelism<'_>,
+    ) -> Result<&'w [f32]> {
         let c = self.config();
-        if ids.is_empty() {
+        if batch.is_empty() {
             return Err(Error::EmptyInput);
         }
+        ws.spans.clear();
+        let mut total = 0;
+        for e in batch.iter() {
+            self.check_entry(e)?;
+            ws.spans.push(Span {
+                offset: total,
+                len: e.ids.len(),
+                start: e.cache.len(),
+            });
+            total += e.ids.len();
+        }
+        let h = c.hidden_size;
+        let mut x = std::mem::take(&mut ws.x);
+        x.resize(total * h, 0.0);
+        for (&id, row) in batch
+            .iter()
+            .flat_map(|e| e.ids.iter())
+            .zip(x.chunks_exact_mut(h))
+        {
+            self.weights.embed_tokens.row_into(id as usize, row);
+        }
+        let result = self
+            .weights
+            .layers
+            .iter()
+            .enumerate()
+            .try_for_each(|(l, layer)| self.layer_forward(l, layer, &mut x, batch, ws, par));
+        if result.is_err() {
+            ws.x = x;
+            // Rows written for this call are not committed: caches keep their length.
+            return result.map(|_| &[][..]);
+        }
+        for e in batch.iter_mut() {
+            e.cache.advance(e.ids.len());
+        }
+
+        // Final norm over the selected rows, then the output layer.
+        let mut normed = std::mem::take(&mut ws.normed);
+        normed.clear();
+        match which {
+            Logits::All => {
+                normed.resize(total * h, 0.0);
+                rms_norm_into(&x, &self.weights.norm, c.rms_norm_eps, &mut normed);
+            }
+            Logits::Last => {
+                normed.resize(batch.len() * h, 0.0);
+                for (span, out) in ws.spans.iter().zip(normed.chunks_exact_mut(h)) {
+                    let last = span.offset + span.len - 1;
+                    rms_norm_into(
+                        &x[last * h..(last + 1) * h],
+                        &self.weights.norm,
+                        c.rms_norm_eps,
+                        out,
+                    );
+                }
+            }
+        }
+        self.lm_head(&normed, &mut ws.logits, par);
+        ws.x = x;
+        ws.normed = normed;
+        Ok(&ws.logits)
+    }
+
+    fn check_entry(&self, e: &BatchEntry<'_>) -> Result<()> {
+        let c = self.config();
+        if e.ids.is_empty() {
+            return Err(Error::EmptyInput);
+        }
+        let cache = &e.cache;
         if cache.layers() != c.num_layers || cache.kv_dim() != c.kv_dim() {
             return Err(Error::CacheMismatch(format!(
                 "cache has {} layers of width {}, model {} of width {}",
@@ -116,38 +209,26 @@ impl BitNetModel {
                 c.kv_dim()
             )));
         }
-        cache.reserve(ids.len())?;
-        if cache.len() + ids.len() > self.rope.len() {
+        cache.reserve(e.ids.len())?;
+        if cache.len() + e.ids.len() > self.rope.len() {
             return Err(Error::ContextFull {
-                needed: cache.len() + ids.len(),
+                needed: cache.len() + e.ids.len(),
                 capacity: self.rope.len(),
             });
         }
-        let (n, h) = (ids.len(), c.hidden_size);
-        let mut x = vec![0.0f32; n * h];
-        for (i, (&id, row)) in ids.iter().zip(x.chunks_exact_mut(h)).enumerate() {
-            let id_usize = id as usize;
-            if id_usize >= c.vocab_size {
-                return Err(Error::TokenOutOfRange {
-                    id,
-                    position: i,
-                    vocab: c.vocab_size,
-                });
-            }
-            row.copy_from_slice(&self.weights.embed_tokens[id_usize * h..(id_usize + 1) * h]);
+        if let Some((position, &id)) = e
+            .ids
+            .iter()
+            .enumerate()
+            .find(|&(_, &id)| id as usize >= c.vocab_size)
+        {
+            return Err(Error::TokenOutOfRange {
+                id,
+                position,
+                vocab: c.vocab_size,
+            });
         }
-        for (l, layer) in self.weights.layers.iter().enumerate() {
-            self.layer_forward(l, layer, &mut x, n, cache, par)?;
-        }
-        cache.advance(n);
-
-        let rows: &[f32] = match which {
-            Logits::All => &x,
-            Logits::Last => &x[(n - 1) * h..],
-        };
-        let mut normed = vec![0.0f32; rows.len()];
-        rms_norm_into(rows, &self.weights.norm, c.rms_norm_eps, &mut normed);
-        Ok(self.lm_head(&normed, par))
+        Ok(())
     }
 
     fn layer_forward(
@@ -155,106 +236,170 @@ impl BitNetModel {
         l: usize,
         layer: &Layer,
         x: &mut [f32],
-        n: usize,
-        cache: &mut KvCache,
+        batch: &mut [BatchEntry<'_>],
+        ws: &mut Workspace,
         par: Parallelism<'_>,
     ) -> Result<()> {
         let c = self.config();
         let (h, kv, f, d) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.head_dim);
-        let start = cache.len();
+        let n = x.len() / h;
+        let eps = c.rms_norm_eps;
+        let Workspace {
+            a,
+            q,
+            k,
+            v,
+            o,
+            o_heads,
+            proj,
+            gate,
+            up,
+            scores,
+            xq,
+            dots,
+            spans,
+            ..
+        } = ws;
+        for (buf, len) in [
+            (&mut *a, n * h),
+            (&mut *q, n * h),
+            (&mut *k, n * kv),
+            (&mut *v, n * kv),
+            (&mut *o, n * h),
+            (&mut *o_heads, n * h),
+            (&mut *proj, n * h),
+            (&mut *gate, n * f),
+            (&mut *up, n * f),
+        ] {
+            buf.resize(len, 0.0);
+        }
 
         // Attention.
-        let mut a = vec![0.0f32; n * h];
-        rms_norm_into(x, &layer.input_layernorm, c.rms_norm_eps, &mut a);
-        let (mut q, mut k, mut v) = (vec![0.0; n * h], vec![0.0; n * kv], vec![0.0; n * kv]);
-        let shared = quantize_for(&[&layer.q_proj, &layer.k_proj, &layer.v_proj], &a, n, h)?;
-        linear(&layer.q_proj, &a, shared.as_ref(), n, &mut q, par)?;
-        linear(&layer.k_proj, &a, shared.as_ref(), n, &mut k, par)?;
-        linear(&layer.v_proj, &a, shared.as_ref(), n, &mut v, par)?;
-        for i in 0..n {
-            for head in q[i * h..(i + 1) * h].chunks_exact_mut(d) {
-                self.rope.rotate_in_place(head, start + i);
+        rms_norm_into(x, &layer.input_layernorm, eps, a);
+        let shared = quantize_for(&[&layer.q_proj, &layer.k_proj, &layer.v_proj], a, n, xq)?;
+        linear(&layer.q_proj, a, shared, xq, n, q, dots, par)?;
+        linear(&layer.k_proj, a, shared, xq, n, k, dots, par)?;
+        linear(&layer.v_proj, a, shared, xq, n, v, dots, par)?;
+        for (span, e) in spans.iter().zip(batch.iter_mut()) {
+            for i in 0..span.len {
+                let (row, pos) = (span.offset + i, span.start + i);
+                for head in q[row * h..(row + 1) * h].chunks_exact_mut(d) {
+                    self.rope.rotate_in_place(head, pos);
+                }
+                for head in k[row * kv..(row + 1) * kv].chunks_exact_mut(d) {
+                    self.rope.rotate_in_place(head, pos);
+                }
             }
-            for head in k[i * kv..(i + 1) * kv].chunks_exact_mut(d) {
-                self.rope.rotate_in_place(head, start + i);
-            }
+            let rows = span.offset * kv..(span.offset + span.len) * kv;
+            e.cache.write(l, &k[rows.clone()], &v[rows]);
+            self.attention(l, q, e.cache, *span, o_heads, o, scores, par);
         }
-        cache.write(l, &k, &v);
-        let mut o = vec![0.0f32; n * h];
-        self.attention(l, &q, cache, start, n, &mut o);
-        let mut o_normed = vec![0.0f32; n * h];
-        rms_norm_into(&o, &layer.attn_sub_norm, c.rms_norm_eps, &mut o_normed);
-        let mut proj = vec![0.0f32; n * h];
-        linear(&layer.o_proj, &o_normed, None, n, &mut proj, par)?;
-        x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+        rms_norm_into(o, &layer.attn_sub_norm, eps, a);
+        linear(&layer.o_proj, a, false, xq, n, proj, dots, par)?;
+        x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
 
         // Feed-forward.
-        rms_norm_into(x, &layer.post_attention_layernorm, c.rms_norm_eps, &mut a);
-        let (mut gate, mut up) = (vec![0.0f32; n * f], vec![0.0f32; n * f]);
-        let shared = quantize_for(&[&layer.gate_proj, &layer.up_proj], &a, n, h)?;
-        linear(&layer.gate_proj, &a, shared.as_ref(), n, &mut gate, par)?;
-        linear(&layer.up_proj, &a, shared.as_ref(), n, &mut up, par)?;
+        rms_norm_into(x, &layer.post_attention_layernorm, eps, a);
+        let shared = quantize_for(&[&layer.gate_proj, &layer.up_proj], a, n, xq)?;
+        linear(&layer.gate_proj, a, shared, xq, n, gate, dots, par)?;
+        linear(&layer.up_proj, a, shared, xq, n, up, dots, par)?;
         let act = match c.activation {
             Activation::Relu2 => relu2,
             Activation::Silu => silu,
         };
-        gate.iter_mut().zip(&up).for_each(|(g, u)| *g = act(*g) * u);
-        let mut inner = vec![0.0f32; n * f];
-        rms_norm_into(&gate, &layer.ffn_sub_norm, c.rms_norm_eps, &mut inner);
-        linear(&layer.down_proj, &inner, None, n, &mut proj, par)?;
-        x.iter_mut().zip(&proj).for_each(|(x, p)| *x += p);
+        gate.iter_mut()
+            .zip(up.iter())
+            .for_each(|(g, u)| *g = act(*g) * u);
+        // `up` is free again: it takes the normalized inner activation.
+        rms_norm_into(gate, &layer.ffn_sub_norm, eps, up);
+        linear(&layer.down_proj, up, false, xq, n, proj, dots, par)?;
+        x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
         Ok(())
     }
 
-    /// Causal attention of `n` new queries (positions `start..start + n`)
-    /// over the cached keys and values of layer `l`, into `o` `[n, hidden]`.
+    /// Causal attention of one entry's queries (rows `span.offset..` of
+    /// `q`, positions `span.start..`) over its cached keys and values of
+    /// layer `l`, into the same rows of `o`. Heads run in parallel, each
+    /// into its own slice of `o_heads` (head-major) and of `scores`.
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         l: usize,
         q: &[f32],
         cache: &KvCache,
-        start: usize,
-        n: usize,
+        span: Span,
+        o_heads: &mut [f32],
         o: &mut [f32],
+        scores: &mut Vec<f32>,
+        par: Parallelism<'_>,
     ) {
         let c = self.config();
-        let (h, kv, d) = (c.hidden_size, c.kv_dim(), c.head_dim);
-        let group = c.num_heads / c.num_kv_heads;
+        let (h, kv, d, heads) = (c.hidden_size, c.kv_dim(), c.head_dim, c.num_heads);
+        let group = heads / c.num_kv_heads;
+        let (n, start) = (span.len, span.start);
         let (keys, values) = cache.read(l, start + n);
         let scale = 1.0 / (d as f32).sqrt();
-        let mut scores = vec![0.0f32; start + n];
-        for i in 0..n {
-            let visible = start + i + 1;
-            for head in 0..c.num_heads {
-                let kv_off = (head / group) * d;
-                let qh = &q[i * h + head * d..i * h + (head + 1) * d];
+        let ctx = start + n;
+        scores.resize(heads * ctx, 0.0);
+        let o_heads = &mut o_heads[..heads * n * d];
+        let head_task = |head: usize, out: &mut [f32], scores: &mut [f32]| {
+            let kv_off = (head / group) * d;
+            for i in 0..n {
+                let visible = start + i + 1;
+                let row = span.offset + i;
+                let qh = &q[row * h + head * d..row * h + (head + 1) * d];
                 for (j, s) in scores[..visible].iter_mut().enumerate() {
                     *s = dot(qh, &keys[j * kv + kv_off..j * kv + kv_off + d]) * scale;
                 }
                 // At least one position is visible, so the row is never all -inf.
                 softmax_in_place(&mut scores[..visible]);
-                let out = &mut o[i * h + head * d..i * h + (head + 1) * d];
+                let out = &mut out[i * d..(i + 1) * d];
                 out.fill(0.0);
                 for (j, &p) in scores[..visible].iter().enumerate() {
                     let vj = &values[j * kv + kv_off..j * kv + kv_off + d];
                     out.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
                 }
             }
+        };
+        match par {
+            Parallelism::Pool(pool) if heads > 1 => pool.install(|| {
+                o_heads
+                    .par_chunks_mut(n * d)
+                    .zip(scores.par_chunks_mut(ctx))
+                    .enumerate()
+                    .for_each(|(head, (out, s))| head_task(head, out, s))
+            }),
+            _ => {
+                for (head, (out, s)) in o_heads
+                    .chunks_mut(n * d)
+                    .zip(scores.chunks_mut(ctx))
+                    .enumerate()
+                {
+                    head_task(head, out, s);
+                }
+            }
+        }
+        // Head-major back to row-major `[n, heads * d]`.
+        for (head, block) in o_heads.chunks_exact(n * d).enumerate() {
+            for (i, src) in block.chunks_exact(d).enumerate() {
+                let row = span.offset + i;
+                o[row * h + head * d..row * h + (head + 1) * d].copy_from_slice(src);
+            }
         }
     }
 
-    /// `[rows, vocab]` logits of normalized hidden states `x` `[rows, hidden]`.
-    fn lm_head(&self, x: &[f32], par: Parallelism<'_>) -> Vec<f32> {
+    /// `[rows, vocab]` logits of normalized hidden states `x` `[rows, hidden]`
+    /// into `logits`.
+    fn lm_head(&self, x: &[f32], logits: &mut Vec<f32>, par: Parallelism<'_>) {
         let c = self.config();
         let (h, vocab) = (c.hidden_size, c.vocab_size);
         let w = self.weights.output_weight();
         let rows = x.len() / h;
-        let mut logits = vec![0.0f32; rows * vocab];
+        logits.resize(rows * vocab, 0.0);
         // Logits of vocabulary rows `first..` for hidden state `xt`.
         let fill = |xt: &[f32], first: usize, out: &mut [f32]| {
             for (k, o) in out.iter_mut().enumerate() {
-                let v = first + k;
-                *o = dot(xt, &w[v * h..(v + 1) * h]);
+                *o = w.dot_row(first + k, xt);
             }
         };
         match par {
@@ -276,50 +421,123 @@ impl BitNetModel {
                     })
             }),
         }
-        logits
     }
 }
 
-/// Quantizes `a` once when the layers reading it are ternary.
+/// One sequence of a [`BitNetModel::forward_batch`] call.
+#[derive(Debug)]
+pub struct BatchEntry<'a> {
+    /// New tokens of this sequence.
+    pub ids: &'a [u32],
+    /// Its cache: positions so far; receives the new keys and values.
+    pub cache: &'a mut KvCache,
+}
+
+/// Rows of one batch entry: `len` tokens from row `offset` of the batch,
+/// at positions `start..start + len` of its sequence.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    offset: usize,
+    len: usize,
+    start: usize,
+}
+
+/// The buffers of forward passes, kept between calls so that a decode
+/// loop allocates nothing once they have grown to its largest batch.
+#[derive(Debug)]
+pub struct Workspace {
+    x: Vec<f32>,
+    a: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    o: Vec<f32>,
+    o_heads: Vec<f32>,
+    proj: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    normed: Vec<f32>,
+    scores: Vec<f32>,
+    logits: Vec<f32>,
+    xq: QuantizedActivations,
+    dots: Vec<i32>,
+    spans: Vec<Span>,
+}
+
+impl Default for Workspace {
+    fn default() -> Self {
+        Workspace {
+            x: Vec::new(),
+            a: Vec::new(),
+            q: Vec::new(),
+            k: Vec::new(),
+            v: Vec::new(),
+            o: Vec::new(),
+            o_heads: Vec::new(),
+            proj: Vec::new(),
+            gate: Vec::new(),
+            up: Vec::new(),
+            normed: Vec::new(),
+            scores: Vec::new(),
+            logits: Vec::new(),
+            xq: QuantizedActivations::zeroed(0, 0),
+            dots: Vec::new(),
+            spans: Vec::new(),
+        }
+    }
+}
+
+impl Workspace {
+    /// Empty buffers; they grow on first use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The logits of the last forward call.
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
+    /// Mutable logits of the last forward call (samplers apply penalties in place).
+    pub fn logits_mut(&mut self) -> &mut [f32] {
+        &mut self.logits
+    }
+}
+
+/// Quantizes `a` into `xq` once when the layers reading it are ternary;
+/// returns whether it did.
 fn quantize_for(
     layers: &[&Linear],
     a: &[f32],
     n: usize,
-    cols: usize,
-) -> Result<Option<QuantizedActivations>> {
-    if layers.iter().any(|l| matches!(l, Linear::Ternary(_))) {
-        Ok(Some(QuantizedActivations::quantize(
-            "hidden state",
-            a,
-            n,
-            cols,
-        )?))
-    } else {
-        Ok(None)
+    xq: &mut QuantizedActivations,
+) -> Result<bool> {
+    let ternary = layers.iter().any(|l| matches!(l, Linear::Ternary(_)));
+    if ternary {
+        xq.quantize_into("hidden state", a, n, a.len() / n)?;
     }
+    Ok(ternary)
 }
 
-/// `out [n, rows] = x [n, cols] · Wᵀ`, reusing `xq` for ternary layers when given.
+/// `out [n, rows] = x [n, cols] · Wᵀ`. Ternary layers read `xq`, which
+/// holds `x` quantized when `quantized` is true and is refilled otherwise.
+#[allow(clippy::too_many_arguments)]
 fn linear(
     layer: &Linear,
     x: &[f32],
-    xq: Option<&QuantizedActivations>,
+    quantized: bool,
+    xq: &mut QuantizedActivations,
     n: usize,
     out: &mut [f32],
+    dots: &mut Vec<i32>,
     par: Parallelism<'_>,
 ) -> Result<()> {
     match layer {
         Linear::Ternary(b) => {
-            let owned;
-            let q = match xq {
-                Some(q) => q,
-                None => {
-                    owned = QuantizedActivations::quantize("hidden state", x, n, b.in_features())?;
-                    &owned
-                }
-            };
-            let mut scratch = Vec::new();
-            b.forward_quantized(q, out, &mut scratch, par)?;
+            if !quantized {
+                xq.quantize_into("hidden state", x, n, b.in_features())?;
+            }
+            b.forward_quantized(xq, out, dots, par)?;
         }
         Linear::Float { weight, rows, cols } => {
             for (xt, ot) in x.chunks_exact(*cols).zip(out.chunks_exact_mut(*rows)) {

@@ -4,6 +4,7 @@
 
 use bitnet_inference::BitNetModel;
 use bitnet_models::config::BitNetConfig;
+use bitnet_models::float_matrix::FloatMatrix;
 use bitnet_models::gguf_model::TernaryType;
 use bitnet_models::weights::{BitNetWeights, Layer, Linear};
 use bitnet_quant::bitlinear::{BitLinear, ScaleConvention, WeightScale};
@@ -95,7 +96,8 @@ fn synthetic() -> BitNetWeights {
         })
         .collect();
     BitNetWeights {
-        embed_tokens: rand(config.vocab_size * h, 1.0),
+        embed_tokens: FloatMatrix::from_f32(config.vocab_size, h, rand(config.vocab_size * h, 1.0))
+            .unwrap(),
         norm: vec![1.0; h],
         lm_head: None,
         layers,

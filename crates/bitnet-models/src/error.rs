@@ -237,6 +237,14 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// Tensor data that cannot be used (wrong byte length, NaN scales...).
+    #[error("tensor `{name}`: {message}")]
+    TensorData {
+        /// Tensor name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Packed weights or quantization that failed.
     #[error("tensor `{name}`: {source}")]
     Quant {
@@ -257,6 +265,18 @@ impl Error {
             Error::Config(message) => Error::InFile {
                 path: path.to_path_buf(),
                 message,
+            },
+            other => other,
+        }
+    }
+
+    /// Names the file a tensor-data error came from.
+    pub(crate) fn at_path(self, path: &Path) -> Error {
+        match self {
+            Error::TensorData { name, message } => Error::BadTensor {
+                path: path.to_path_buf(),
+                tensor: name,
+                reason: message,
             },
             other => other,
         }

@@ -17,6 +17,7 @@
 use crate::config::{Activation, BitNetConfig, LinearVariant};
 use crate::error::{Error, Result};
 use crate::float_bytes;
+use crate::float_matrix::{FloatEncoding, FloatMatrix};
 use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
 use crate::weights::{BitNetWeights, Layer, Linear};
 use bitnet_quant::bitlinear::{BitLinear, ScaleConvention, WeightScale};
@@ -154,6 +155,45 @@ fn float_tensor(file: &GgufFile, name: &str, shape: &[usize]) -> Result<Vec<f32>
     })
 }
 
+/// A `[rows, cols]` float matrix (token embeddings, output layer) that
+/// stays in the file: F32, F16, BF16 or Q8_0.
+fn float_matrix(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<FloatMatrix> {
+    let ty = check_dims(file, name, &[rows, cols])?;
+    let encoding = match ty {
+        GgmlType::F32 => FloatEncoding::F32,
+        GgmlType::F16 => FloatEncoding::F16,
+        GgmlType::BF16 => FloatEncoding::BF16,
+        GgmlType::Q8_0 => FloatEncoding::Q8_0,
+        other => {
+            return Err(Error::TensorDtype {
+                name: name.to_string(),
+                dtype: other.name().to_string(),
+                expected: "F32, F16, BF16 or Q8_0 (re-export embeddings and output in one of these)",
+            });
+        }
+    };
+    let bytes = file.tensor_bytes(name)?;
+    let map = file.shared_map();
+    let start = crate::mapped::offset_in(map, bytes).ok_or_else(|| Error::BadTensor {
+        path: file.content().source().to_path_buf(),
+        tensor: name.to_string(),
+        reason: "tensor data is not inside the mapped file".into(),
+    })?;
+    FloatMatrix::mapped(name, map.clone(), start, bytes.len(), rows, cols, encoding)
+        .map_err(|e| e.at_path(file.content().source()))
+}
+
+/// The GGUF type and bytes that store `m` without conversion.
+fn gguf_float(m: &FloatMatrix) -> (GgmlType, Vec<u8>) {
+    let ty = match m.encoding() {
+        FloatEncoding::F32 => GgmlType::F32,
+        FloatEncoding::F16 => GgmlType::F16,
+        FloatEncoding::BF16 => GgmlType::BF16,
+        FloatEncoding::Q8_0 => GgmlType::Q8_0,
+    };
+    (ty, m.encoded_bytes().into_owned())
+}
+
 /// Per-block scales → one per tensor or one per row.
 fn block_scale(name: &str, scales: &[f32], rows: usize) -> Result<WeightScale> {
     let nonzero: Vec<f32> = scales.iter().copied().filter(|&d| d != 0.0).collect();
@@ -264,11 +304,11 @@ impl BitNetWeights {
             config.intermediate_size,
             config.vocab_size,
         );
-        let embed_tokens = float_tensor(&file, "token_embd.weight", &[v, h])?;
+        let embed_tokens = float_matrix(&file, "token_embd.weight", v, h)?;
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(float_tensor(&file, "output.weight", &[v, h])?)
+            Some(float_matrix(&file, "output.weight", v, h)?)
         };
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
@@ -285,7 +325,12 @@ impl BitNetWeights {
             let mut lin = LINEARS
                 .iter()
                 .zip(dims)
-                .map(|(name, (r, c))| ternary_linear(&file, &n(name), r, c))
+                .map(|(name, (r, c))| {
+                    let linear = ternary_linear(&file, &n(name), r, c);
+                    // Repacked: the file's copy need not stay resident.
+                    file.release(&n(name));
+                    linear
+                })
                 .collect::<Result<Vec<_>>>()?
                 .into_iter();
             let mut next = || {
@@ -364,12 +409,8 @@ impl BitNetWeights {
         }
         let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
-        w.add_tensor(
-            "token_embd.weight",
-            &[h as u64, v as u64],
-            GgmlType::F32,
-            f32_bytes(&self.embed_tokens),
-        )?;
+        let (ty, bytes) = gguf_float(&self.embed_tokens);
+        w.add_tensor("token_embd.weight", &[h as u64, v as u64], ty, bytes)?;
         w.add_tensor(
             "output_norm.weight",
             &[h as u64],
@@ -377,12 +418,8 @@ impl BitNetWeights {
             f32_bytes(&self.norm),
         )?;
         if let Some(head) = &self.lm_head {
-            w.add_tensor(
-                "output.weight",
-                &[h as u64, v as u64],
-                GgmlType::F32,
-                f32_bytes(head),
-            )?;
+            let (ty, bytes) = gguf_float(head);
+            w.add_tensor("output.weight", &[h as u64, v as u64], ty, bytes)?;
         }
         for (i, l) in self.layers.iter().enumerate() {
             let n = |s: &str| format!("blk.{i}.{s}.weight");

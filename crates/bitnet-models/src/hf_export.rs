@@ -82,11 +82,11 @@ impl BitNetWeights {
         float(
             "model.embed_tokens.weight".into(),
             vec![v, h],
-            &self.embed_tokens,
+            &self.embed_tokens.to_f32(),
         );
         float("model.norm.weight".into(), vec![h], &self.norm);
         if let Some(head) = &self.lm_head {
-            float("lm_head.weight".into(), vec![v, h], head);
+            float("lm_head.weight".into(), vec![v, h], &head.to_f32());
         }
         let mut packed = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {

@@ -15,9 +15,11 @@
 pub mod config;
 pub mod error;
 mod float_bytes;
+pub mod float_matrix;
 pub mod gguf;
 pub mod gguf_model;
 pub mod hf_export;
+mod mapped;
 pub mod safetensors;
 pub mod synth;
 pub mod tokenizer;

@@ -5,17 +5,19 @@
 
 use crate::error::{Error, Result};
 use crate::float_bytes;
+use crate::float_matrix::{FloatEncoding, FloatMatrix};
 use memmap2::Mmap;
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, Metadata};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One memory-mapped safetensors file.
 struct Shard {
     path: PathBuf,
-    map: Mmap,
+    map: Arc<Mmap>,
     data_start: usize,
     metadata: Metadata,
 }
@@ -52,7 +54,7 @@ impl Shard {
             })?;
         Ok(Shard {
             path: path.to_path_buf(),
-            map,
+            map: Arc::new(map),
             data_start: 8 + header_len,
             metadata,
         })
@@ -185,6 +187,48 @@ impl SafetensorsCheckpoint {
         let t = self.raw(name)?;
         check_shape(name, t.shape, shape)?;
         to_f32(name, &t)
+    }
+
+    /// A `[rows, cols]` float matrix (F32, F16 or BF16) left in the mapped
+    /// file rather than copied.
+    pub fn float_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<FloatMatrix> {
+        let t = self.raw(name)?;
+        check_shape(name, t.shape, &[rows, cols])?;
+        let encoding = match t.dtype {
+            Dtype::F32 => FloatEncoding::F32,
+            Dtype::F16 => FloatEncoding::F16,
+            Dtype::BF16 => FloatEncoding::BF16,
+            other => {
+                return Err(Error::TensorDtype {
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                    expected: "F32, F16 or BF16",
+                });
+            }
+        };
+        let shard = &self.shards[self.by_name[name]];
+        let start =
+            crate::mapped::offset_in(&shard.map, t.data).ok_or_else(|| Error::Safetensors {
+                path: shard.path.clone(),
+                message: format!("tensor `{name}` lies outside the file"),
+            })?;
+        FloatMatrix::mapped(
+            name,
+            shard.map.clone(),
+            start,
+            t.data.len(),
+            rows,
+            cols,
+            encoding,
+        )
+    }
+
+    /// Lets the pages of tensor `name` leave the resident set once it has
+    /// been converted (see [`crate::mapped::release`]).
+    pub fn release(&self, name: &str) {
+        if let (Ok(t), Some(&i)) = (self.raw(name), self.by_name.get(name)) {
+            crate::mapped::release(&self.shards[i].map, t.data);
+        }
     }
 
     /// A scalar float (shape `[]` or `[1]`), as f32.

@@ -9,6 +9,7 @@
 
 use crate::config::BitNetConfig;
 use crate::error::Result;
+use crate::float_matrix::{FloatEncoding, FloatMatrix};
 use crate::weights::{BitNetWeights, Layer, Linear};
 use bitnet_quant::bitlinear::{BitLinear, ScaleConvention, WeightScale};
 use bitnet_quant::formats::runtime::PackedTernary;
@@ -145,9 +146,17 @@ pub fn synthesize(preset: Preset, seed: u64) -> Result<BitNetWeights> {
             down_proj: ternary(h, f, &mut rng)?,
         });
     }
-    let embed_tokens = (0..config.vocab_size * h)
-        .map(|_| bf16(0.02 * rng.normal()))
+    // bf16, as the 2B-4T checkpoint stores them.
+    let embed_bytes = (0..config.vocab_size * h)
+        .flat_map(|_| half::bf16::from_f32(0.02 * rng.normal()).to_le_bytes())
         .collect();
+    let embed_tokens = FloatMatrix::from_encoded(
+        "model.embed_tokens.weight",
+        embed_bytes,
+        config.vocab_size,
+        h,
+        FloatEncoding::BF16,
+    )?;
     Ok(BitNetWeights {
         embed_tokens,
         norm: norm(h, &mut rng),

@@ -4,10 +4,12 @@
 //! Ternary layers are repacked once, here, into the kernels' layout
 //! ([`bitnet_quant::formats::runtime`]); online checkpoints are ternarized
 //! here with the reference's absmean quantizer; float checkpoints keep float
-//! linear layers. Norms, embeddings and the output layer are f32.
+//! linear layers. Norms are f32; embeddings and the output layer stay in
+//! the file's encoding ([`FloatMatrix`]), mapped rather than copied.
 
 use crate::config::{BitNetConfig, LinearVariant};
 use crate::error::{Error, Result};
+use crate::float_matrix::FloatMatrix;
 use crate::safetensors::SafetensorsCheckpoint;
 use bitnet_quant::bitlinear::{BitLinear, ScaleConvention, WeightScale};
 use bitnet_quant::formats::{hf2bit, runtime::PackedTernary};
@@ -79,14 +81,14 @@ pub struct Layer {
 pub struct BitNetWeights {
     /// The model's configuration.
     pub config: BitNetConfig,
-    /// Token embeddings, row-major `[vocab, hidden]`.
-    pub embed_tokens: Vec<f32>,
+    /// Token embeddings `[vocab, hidden]`, in the file's encoding.
+    pub embed_tokens: FloatMatrix,
     /// Transformer blocks.
     pub layers: Vec<Layer>,
     /// Final RMSNorm, `[hidden]`.
     pub norm: Vec<f32>,
     /// Separate output layer `[vocab, hidden]`; `None` when tied to the embeddings.
-    pub lm_head: Option<Vec<f32>>,
+    pub lm_head: Option<FloatMatrix>,
 }
 
 impl BitNetWeights {
@@ -100,14 +102,14 @@ impl BitNetWeights {
     /// Builds the weights from an opened checkpoint.
     pub fn from_checkpoint(config: BitNetConfig, ckpt: &SafetensorsCheckpoint) -> Result<Self> {
         let (h, v) = (config.hidden_size, config.vocab_size);
-        let embed_tokens = ckpt.f32("model.embed_tokens.weight", &[v, h])?;
+        let embed_tokens = ckpt.float_matrix("model.embed_tokens.weight", v, h)?;
         // A tied checkpoint may still carry a copy of the embeddings as
         // `lm_head.weight`; it is not needed. An untied one must have it
         // (`f32` reports it missing, with the files searched).
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(ckpt.f32("lm_head.weight", &[v, h])?)
+            Some(ckpt.float_matrix("lm_head.weight", v, h)?)
         };
         let layers = (0..config.num_layers)
             .map(|i| load_layer(&config, ckpt, i))
@@ -122,8 +124,8 @@ impl BitNetWeights {
     }
 
     /// The output layer, `[vocab, hidden]` (the embeddings when tied).
-    pub fn output_weight(&self) -> &[f32] {
-        self.lm_head.as_deref().unwrap_or(&self.embed_tokens)
+    pub fn output_weight(&self) -> &FloatMatrix {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 }
 
@@ -161,6 +163,8 @@ fn load_linear(
         let bytes = ckpt.u8(&name, &[rows.div_ceil(4), cols])?;
         let codes = hf2bit::unpack(bytes, rows, cols).map_err(Error::quant(&name))?;
         let runtime = PackedTernary::from_codes(&codes, rows, cols).map_err(Error::quant(&name))?;
+        // Repacked: the file's copy need not stay resident.
+        ckpt.release(&name);
         let scale_name = format!("{prefix}.weight_scale");
         let scale = ckpt.scalar_f32(&scale_name)?;
         let layer = BitLinear::new(runtime, WeightScale::Tensor(scale), convention)
@@ -177,6 +181,7 @@ fn load_linear(
             let latent = ckpt.f32(&name, &[rows, cols])?;
             let t = quantize(&name, &latent, rows, cols, Granularity::PerTensor)
                 .map_err(Error::quant(&name))?;
+            ckpt.release(&name);
             Ok(Linear::Ternary(
                 BitLinear::from_ternary(&t).map_err(Error::quant(&name))?,
             ))

@@ -23,6 +23,13 @@ impl AlignedBytes {
         }
     }
 
+    /// Resizes to `len` bytes (rounded up to a multiple of 64); new bytes
+    /// are `fill`. Shrinking keeps the allocation, so a buffer that goes
+    /// back and forth between sizes allocates only for the largest.
+    pub fn resize(&mut self, len: usize, fill: u8) {
+        self.lines.resize(len.div_ceil(64), Line([fill; 64]));
+    }
+
     /// Bytes as a slice.
     pub fn as_bytes(&self) -> &[u8] {
         // SAFETY: `Line` is `repr(C)` over `[u8; 64]` with no padding (size

@@ -648,7 +648,7 @@ fn read_tensor_info(c: &mut Cursor<'_>) -> Result<RawTensor> {
 /// replaces files by rename, which leaves an open mapping intact.
 #[derive(Debug)]
 pub struct GgufFile {
-    map: memmap2::Mmap,
+    map: std::sync::Arc<memmap2::Mmap>,
     content: GgufContent,
 }
 
@@ -685,7 +685,10 @@ impl GgufFile {
         // as untrusted and checks every offset against the mapped length.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io("map"))?;
         let content = GgufContent::parse_with(&map, path, limits)?;
-        Ok(GgufFile { map, content })
+        Ok(GgufFile {
+            map: std::sync::Arc::new(map),
+            content,
+        })
     }
 
     /// The parsed header, metadata and tensor table.
@@ -713,5 +716,17 @@ impl GgufFile {
     /// The whole file.
     pub fn as_bytes(&self) -> &[u8] {
         &self.map
+    }
+    /// The shared mapping, for tensors that stay in the file
+    /// ([`crate::float_matrix::FloatMatrix`]).
+    pub(crate) fn shared_map(&self) -> &std::sync::Arc<memmap2::Mmap> {
+        &self.map
+    }
+    /// Lets the pages of tensor `name` leave the resident set once it has
+    /// been converted (see [`crate::mapped::release`]).
+    pub fn release(&self, name: &str) {
+        if let Ok(bytes) = self.tensor_bytes(name) {
+            crate::mapped::release(&self.map, bytes);
+        }
     }
 }

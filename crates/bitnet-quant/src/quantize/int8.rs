@@ -123,6 +123,32 @@ impl QuantizedActivations {
         Ok(())
     }
 
+    /// Quantizes a `tokens x cols` matrix into this buffer, whatever shape
+    /// it had before, reusing its allocations (they grow to the largest
+    /// shape seen): the engine keeps one per session.
+    pub fn quantize_into(
+        &mut self,
+        tensor: &str,
+        data: &[f32],
+        tokens: usize,
+        cols: usize,
+    ) -> Result<()> {
+        check_matrix("int8 per-token quantize", data.len(), tokens, cols)?;
+        check_finite(tensor, data, "int8 per-token quantize")?;
+        let stride = cols.div_ceil(BLOCK) * BLOCK;
+        self.codes.resize(tokens * stride, 0);
+        self.scales.resize(tokens, 127.0 / EPS);
+        self.sums.resize(tokens, 0);
+        (self.tokens, self.cols, self.stride) = (tokens, cols, stride);
+        for t in 0..tokens {
+            // The kernels read whole blocks: the padding must be zero even
+            // where an earlier, wider shape left codes.
+            self.codes.as_i8_mut()[t * stride + cols..(t + 1) * stride].fill(0);
+            self.quantize_row(t, &data[t * cols..(t + 1) * cols]);
+        }
+        Ok(())
+    }
+
     fn quantize_row(&mut self, t: usize, row: &[f32]) {
         let out = &mut self.codes.as_i8_mut()[t * self.stride..t * self.stride + self.cols];
         let (s, sum) = quantize_into(row, out);
@@ -234,5 +260,22 @@ mod tests {
         q.requantize("x", &[1.0, 2.0, -4.0]).unwrap();
         assert_eq!(q.codes(0), &[32, 64, -127]);
         assert!(q.requantize("x", &[1.0]).is_err());
+    }
+
+    #[test]
+    fn quantize_into_any_shape_equals_fresh_quantize() {
+        let wide: Vec<f32> = (0..2 * 300)
+            .map(|i| (i as f32 * 0.37).sin() * 9.0)
+            .collect();
+        let narrow: Vec<f32> = (0..3 * 5).map(|i| i as f32 - 7.0).collect();
+        let mut q = QuantizedActivations::zeroed(0, 0);
+        for (data, tokens, cols) in [(&wide, 2, 300), (&narrow, 3, 5), (&wide, 1, 600)] {
+            q.quantize_into("x", data, tokens, cols).unwrap();
+            assert_eq!(
+                q,
+                QuantizedActivations::quantize("x", data, tokens, cols).unwrap()
+            );
+        }
+        assert!(q.quantize_into("x", &narrow, 4, 5).is_err());
     }
 }

@@ -1,0 +1,446 @@
+//! Dense float matrices that stay in the encoding of the file they came
+//! from: the token embeddings and the output layer.
+//!
+//! These two tensors are the largest float tensors of a BitNet model (for
+//! 2B-4T, 128,256 x 2,560 in bf16: 656 MB). Decoding them to an owned f32
+//! copy would double their resident size, so a [`FloatMatrix`] keeps the
+//! bytes where they are — usually a view into the memory-mapped model file —
+//! and decodes one block at a time into a stack buffer: a row for an
+//! embedding lookup, a dot product per vocabulary row for the logits.
+
+use crate::error::{Error, Result};
+use bitnet_core::ops::rows::dot;
+use memmap2::Mmap;
+use std::sync::Arc;
+
+/// How the elements of a [`FloatMatrix`] are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FloatEncoding {
+    /// Little-endian f32.
+    F32,
+    /// Little-endian IEEE half.
+    F16,
+    /// Little-endian bfloat16.
+    BF16,
+    /// ggml Q8_0: blocks of 32 int8 with one f16 scale (34 bytes).
+    Q8_0,
+}
+
+impl FloatEncoding {
+    /// Elements per block.
+    pub fn block_elems(self) -> usize {
+        match self {
+            FloatEncoding::F32 | FloatEncoding::F16 | FloatEncoding::BF16 => 1,
+            FloatEncoding::Q8_0 => 32,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            FloatEncoding::F32 => 4,
+            FloatEncoding::F16 | FloatEncoding::BF16 => 2,
+            FloatEncoding::Q8_0 => 34,
+        }
+    }
+
+    /// Bytes of a row of `cols` elements; `None` when `cols` is not a whole
+    /// number of blocks.
+    pub fn row_bytes(self, cols: usize) -> Option<usize> {
+        cols.is_multiple_of(self.block_elems())
+            .then(|| cols / self.block_elems() * self.block_bytes())
+    }
+
+    /// Decodes `bytes` (whole blocks) into `out`, one f32 per element.
+    /// Callers pass matching lengths; scales were validated at load.
+    fn decode(self, bytes: &[u8], out: &mut [f32]) {
+        match self {
+            FloatEncoding::F32 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            FloatEncoding::F16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            FloatEncoding::BF16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
+                }
+            }
+            FloatEncoding::Q8_0 => {
+                for (o, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(34)) {
+                    let d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                    for (o, &q) in o.iter_mut().zip(&b[2..]) {
+                        *o = d * f32::from(q as i8);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a block's scale fields are finite (float encodings carry
+    /// no scale). Bit patterns of NaN elements are caught by the caller's
+    /// finiteness scan instead.
+    fn block_scales_finite(self, block: &[u8]) -> bool {
+        let f16_at = |i: usize| half::f16::from_le_bytes([block[i], block[i + 1]]).is_finite();
+        match self {
+            FloatEncoding::F32 | FloatEncoding::F16 | FloatEncoding::BF16 => true,
+            FloatEncoding::Q8_0 => f16_at(0),
+        }
+    }
+}
+
+/// Where a matrix's encoded bytes live.
+#[derive(Clone)]
+enum Bytes {
+    /// Owned f32 values (built in memory, or a small tensor).
+    F32(Vec<f32>),
+    /// A range of a memory-mapped file, kept alive by the `Arc`.
+    Mapped {
+        map: Arc<Mmap>,
+        start: usize,
+        len: usize,
+    },
+    /// Owned encoded bytes.
+    Owned(Vec<u8>),
+}
+
+/// A `[rows, cols]` row-major float matrix in its file's encoding.
+///
+/// ```
+/// use bitnet_models::float_matrix::FloatMatrix;
+/// let m = FloatMatrix::from_f32(2, 3, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+/// let mut row = [0.0; 3];
+/// m.row_into(1, &mut row);
+/// assert_eq!(row, [4.0, 5.0, 6.0]);
+/// assert_eq!(m.dot_row(0, &[1.0, 1.0, 1.0]), 6.0);
+/// ```
+#[derive(Clone)]
+pub struct FloatMatrix {
+    rows: usize,
+    cols: usize,
+    encoding: FloatEncoding,
+    row_bytes: usize,
+    bytes: Bytes,
+}
+
+impl std::fmt::Debug for FloatMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let place = match self.bytes {
+            Bytes::F32(_) => "owned f32",
+            Bytes::Mapped { .. } => "mapped",
+            Bytes::Owned(_) => "owned",
+        };
+        f.debug_struct("FloatMatrix")
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("encoding", &self.encoding)
+            .field("storage", &place)
+            .finish()
+    }
+}
+
+impl PartialEq for FloatMatrix {
+    /// Equal shapes and equal decoded values.
+    fn eq(&self, other: &Self) -> bool {
+        self.rows == other.rows && self.cols == other.cols && self.to_f32() == other.to_f32()
+    }
+}
+
+/// Elements decoded per step into a stack buffer (a multiple of every block size).
+const CHUNK: usize = 256;
+
+impl FloatMatrix {
+    /// An owned f32 matrix; `data` must hold `rows * cols` values.
+    pub fn from_f32(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
+        if rows.checked_mul(cols) != Some(data.len()) {
+            return Err(Error::TensorShape {
+                name: "float matrix".into(),
+                expected: vec![rows, cols],
+                actual: vec![data.len()],
+            });
+        }
+        Ok(FloatMatrix {
+            rows,
+            cols,
+            encoding: FloatEncoding::F32,
+            row_bytes: cols * 4,
+            bytes: Bytes::F32(data),
+        })
+    }
+
+    /// A matrix over `map[start..start + len]`, validated: the length
+    /// matches the shape and every block scale and float element is
+    /// finite. `name` appears in errors.
+    pub fn mapped(
+        name: &str,
+        map: Arc<Mmap>,
+        start: usize,
+        len: usize,
+        rows: usize,
+        cols: usize,
+        encoding: FloatEncoding,
+    ) -> Result<Self> {
+        let row_bytes = Self::check_len(name, len, rows, cols, encoding)?;
+        if start.checked_add(len).is_none_or(|end| end > map.len()) {
+            return Err(Error::TensorData {
+                name: name.into(),
+                message: format!("tensor `{name}` lies outside the mapped file"),
+            });
+        }
+        let m = FloatMatrix {
+            rows,
+            cols,
+            encoding,
+            row_bytes,
+            bytes: Bytes::Mapped { map, start, len },
+        };
+        m.check_finite(name)?;
+        Ok(m)
+    }
+
+    /// A matrix over owned encoded `bytes`, validated like [`Self::mapped`].
+    pub fn from_encoded(
+        name: &str,
+        bytes: Vec<u8>,
+        rows: usize,
+        cols: usize,
+        encoding: FloatEncoding,
+    ) -> Result<Self> {
+        let row_bytes = Self::check_len(name, bytes.len(), rows, cols, encoding)?;
+        let m = FloatMatrix {
+            rows,
+            cols,
+            encoding,
+            row_bytes,
+            bytes: Bytes::Owned(bytes),
+        };
+        m.check_finite(name)?;
+        Ok(m)
+    }
+
+    fn check_len(
+        name: &str,
+        len: usize,
+        rows: usize,
+        cols: usize,
+        encoding: FloatEncoding,
+    ) -> Result<usize> {
+        let row_bytes = encoding.row_bytes(cols).ok_or_else(|| Error::TensorData {
+            name: name.into(),
+            message: format!(
+                "tensor `{name}`: rows of {cols} are not whole {encoding:?} blocks of {}",
+                encoding.block_elems()
+            ),
+        })?;
+        if rows.checked_mul(row_bytes) != Some(len) {
+            return Err(Error::TensorData {
+                name: name.into(),
+                message: format!(
+                    "tensor `{name}` holds {len} bytes; {rows} x {cols} {encoding:?} needs {}",
+                    rows.saturating_mul(row_bytes)
+                ),
+            });
+        }
+        Ok(row_bytes)
+    }
+
+    /// Rejects NaN/inf scales and elements: one pass over the bytes at load.
+    fn check_finite(&self, name: &str) -> Result<()> {
+        let bytes = self.encoded();
+        let block = self.encoding.block_bytes();
+        if let Some(i) = bytes
+            .chunks_exact(block)
+            .position(|b| !self.encoding.block_scales_finite(b))
+        {
+            return Err(Error::TensorData {
+                name: name.into(),
+                message: format!(
+                    "tensor `{name}`: block {i} has a NaN or infinite scale ({:?})",
+                    self.encoding
+                ),
+            });
+        }
+        let mut buf = [0.0f32; CHUNK];
+        for r in 0..self.rows {
+            for c0 in (0..self.cols).step_by(CHUNK) {
+                let n = CHUNK.min(self.cols - c0);
+                self.decode_span(r, c0, &mut buf[..n]);
+                if let Some(k) = buf[..n].iter().position(|v| !v.is_finite()) {
+                    return Err(Error::TensorData {
+                        name: name.into(),
+                        message: format!(
+                            "tensor `{name}`: element [{r}, {}] is not finite",
+                            c0 + k
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn encoded(&self) -> &[u8] {
+        match &self.bytes {
+            Bytes::F32(_) => &[],
+            Bytes::Mapped { map, start, len } => &map[*start..*start + *len],
+            Bytes::Owned(b) => b,
+        }
+    }
+
+    /// The matrix in its encoding, as a file would store it.
+    pub fn encoded_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
+        match &self.bytes {
+            Bytes::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            _ => self.encoded().into(),
+        }
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// The element encoding.
+    pub fn encoding(&self) -> FloatEncoding {
+        self.encoding
+    }
+    /// Bytes the matrix occupies in its encoding.
+    pub fn size_bytes(&self) -> usize {
+        self.rows * self.row_bytes
+    }
+
+    /// Decodes `out.len()` elements of row `r` from column `c0` (a multiple
+    /// of the block size; `out` a whole number of blocks or the row's end).
+    fn decode_span(&self, r: usize, c0: usize, out: &mut [f32]) {
+        if let Bytes::F32(v) = &self.bytes {
+            let at = r * self.cols + c0;
+            out.copy_from_slice(&v[at..at + out.len()]);
+            return;
+        }
+        let (be, bb) = (self.encoding.block_elems(), self.encoding.block_bytes());
+        let from = r * self.row_bytes + c0 / be * bb;
+        let to = from + out.len().div_ceil(be) * bb;
+        self.encoding.decode(&self.encoded()[from..to], out);
+    }
+
+    /// Decodes row `r` into `out` (`cols` long).
+    ///
+    /// # Panics
+    /// If `r >= rows` or `out.len() != cols` (callers check token ids).
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        assert!(
+            r < self.rows && out.len() == self.cols,
+            "row {r} of {self:?}"
+        );
+        for (k, chunk) in out.chunks_mut(CHUNK).enumerate() {
+            self.decode_span(r, k * CHUNK, chunk);
+        }
+    }
+
+    /// `row(r) · x` for `x` of `cols` values, decoding block by block.
+    ///
+    /// # Panics
+    /// If `r >= rows` or `x.len() != cols`.
+    pub fn dot_row(&self, r: usize, x: &[f32]) -> f32 {
+        assert!(r < self.rows && x.len() == self.cols, "row {r} of {self:?}");
+        if let Bytes::F32(v) = &self.bytes {
+            return dot(x, &v[r * self.cols..(r + 1) * self.cols]);
+        }
+        let mut buf = [0.0f32; CHUNK];
+        let mut sum = 0.0;
+        for (k, xs) in x.chunks(CHUNK).enumerate() {
+            let b = &mut buf[..xs.len()];
+            self.decode_span(r, k * CHUNK, b);
+            sum += dot(xs, b);
+        }
+        sum
+    }
+
+    /// The whole matrix as f32, row-major.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        if self.cols > 0 {
+            for (r, row) in out.chunks_exact_mut(self.cols).enumerate() {
+                self.row_into(r, row);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(values: &[f32], enc: FloatEncoding) -> Vec<u8> {
+        match enc {
+            FloatEncoding::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            FloatEncoding::F16 => values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+            FloatEncoding::BF16 => values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                .collect(),
+            _ => unreachable!("test encodes plain floats only"),
+        }
+    }
+
+    #[test]
+    fn encodings_decode_rows_and_dots_like_f32() {
+        let (rows, cols) = (3, 300);
+        // Values exact in bf16 and f16.
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 29) as f32 - 14.0) / 8.0)
+            .collect();
+        let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.1).sin()).collect();
+        let reference = FloatMatrix::from_f32(rows, cols, values.clone()).unwrap();
+        for enc in [FloatEncoding::F32, FloatEncoding::F16, FloatEncoding::BF16] {
+            let m = FloatMatrix::from_encoded("t", encode(&values, enc), rows, cols, enc).unwrap();
+            assert_eq!(m, reference);
+            for r in 0..rows {
+                let (a, b) = (m.dot_row(r, &x), reference.dot_row(r, &x));
+                assert!((a - b).abs() < 1e-4, "{enc:?} row {r}: {a} vs {b}");
+            }
+            assert_eq!(m.size_bytes(), rows * cols * enc.block_bytes());
+        }
+    }
+
+    #[test]
+    fn q8_0_decodes_and_rejects_bad_scales() {
+        let mut block = vec![0u8; 34];
+        block[..2].copy_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
+        for i in 0..32 {
+            block[2 + i] = (i as i8 - 16) as u8;
+        }
+        let m = FloatMatrix::from_encoded("q", block.clone(), 1, 32, FloatEncoding::Q8_0).unwrap();
+        let row = m.to_f32();
+        assert_eq!(row[0], -8.0);
+        assert_eq!(row[31], 7.5);
+        block[..2].copy_from_slice(&half::f16::NAN.to_le_bytes());
+        let err = FloatMatrix::from_encoded("q", block, 1, 32, FloatEncoding::Q8_0).unwrap_err();
+        assert!(err.to_string().contains("NaN"), "{err}");
+    }
+
+    #[test]
+    fn rejects_wrong_lengths_and_non_finite_elements() {
+        let e = FloatMatrix::from_encoded("w", vec![0; 10], 2, 3, FloatEncoding::F16).unwrap_err();
+        assert!(e.to_string().contains("needs 12"), "{e}");
+        let e =
+            FloatMatrix::from_encoded("w", vec![0; 34], 1, 20, FloatEncoding::Q8_0).unwrap_err();
+        assert!(e.to_string().contains("whole"), "{e}");
+        let bad = encode(&[1.0, f32::INFINITY], FloatEncoding::BF16);
+        let e = FloatMatrix::from_encoded("w", bad, 1, 2, FloatEncoding::BF16).unwrap_err();
+        assert!(e.to_string().contains("[0, 1]"), "{e}");
+        assert!(FloatMatrix::from_f32(2, 2, vec![0.0; 3]).is_err());
+    }
+}
