@@ -166,14 +166,29 @@ fn json_output_and_sampling_are_reproducible() {
     let (ok, a, err) = args("7");
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(a.trim()).unwrap();
-    assert_eq!(v["prompt_tokens"], 3);
+    for key in [
+        "text",
+        "prompt_ids",
+        "generated_ids",
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+        "peak_rss_bytes",
+        "finish_reason",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}: {v}");
+    }
+    assert_eq!(v["prompt_ids"], serde_json::json!([10, 20, 30]));
     assert_eq!(
-        v["tokens"].as_array().unwrap().len(),
+        v["generated_ids"].as_array().unwrap().len(),
         v["generated_tokens"].as_u64().unwrap() as usize
     );
     assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0);
     assert!(v["text"].is_string());
     let (_, b, _) = args("7");
     let w: serde_json::Value = serde_json::from_str(b.trim()).unwrap();
-    assert_eq!(v["tokens"], w["tokens"], "same seed, same tokens");
+    assert_eq!(
+        v["generated_ids"], w["generated_ids"],
+        "same seed, same tokens"
+    );
 }

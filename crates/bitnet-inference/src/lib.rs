@@ -17,7 +17,12 @@ pub mod generate;
 pub mod kv_cache;
 pub mod model;
 pub mod sampler;
+pub mod text;
 
 pub use error::{Error, Result};
+pub use generate::{
+    FinishReason, GenerateParams, Generation, PieceDecoder, Session, generate, generate_batch,
+};
 pub use kv_cache::KvCache;
 pub use model::{BatchEntry, BitNetModel, Logits, Workspace};
+pub use sampler::{Sampler, SamplerParams};

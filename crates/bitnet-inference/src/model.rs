@@ -194,6 +194,45 @@ impl BitNetModel {
         Ok(&ws.logits)
     }
 
+    /// The residual stream `[ids, hidden]` after the first `layers`
+    /// decoder layers (0: the embeddings), from an empty cache: for
+    /// checking one layer at a time against a reference.
+    pub fn hidden_states(
+        &self,
+        ids: &[u32],
+        layers: usize,
+        par: Parallelism<'_>,
+    ) -> Result<Vec<f32>> {
+        let c = self.config();
+        if layers > c.num_layers {
+            return Err(Error::Unsupported(format!(
+                "the model has {} layers, not {layers}",
+                c.num_layers
+            )));
+        }
+        let mut cache = self.new_cache(ids.len());
+        let mut batch = [BatchEntry {
+            ids,
+            cache: &mut cache,
+        }];
+        self.check_entry(&batch[0])?;
+        let mut ws = Workspace::default();
+        ws.spans.push(Span {
+            offset: 0,
+            len: ids.len(),
+            start: 0,
+        });
+        let h = c.hidden_size;
+        let mut x = vec![0.0f32; ids.len() * h];
+        for (&id, row) in ids.iter().zip(x.chunks_exact_mut(h)) {
+            self.weights.embed_tokens.row_into(id as usize, row);
+        }
+        for (l, layer) in self.weights.layers[..layers].iter().enumerate() {
+            self.layer_forward(l, layer, &mut x, &mut batch, &mut ws, par)?;
+        }
+        Ok(x)
+    }
+
     fn check_entry(&self, e: &BatchEntry<'_>) -> Result<()> {
         let c = self.config();
         if e.ids.is_empty() {

@@ -1,83 +1,50 @@
-//! `bitnet run`: load a GGUF file or HF checkpoint directory, encode the prompt with its
-//! `tokenizer.json`, generate greedily and stream the text; timings go to
-//! stderr so stdout holds only the generation.
+//! `bitnet run`: load a model, encode the prompt, generate and stream the
+//! text to stdout. Timings go to stderr, so stdout holds only the
+//! generation; `--output json` prints one object instead (a stable
+//! scripting interface).
 
+use crate::commands::model_args::{LoadedModel, ModelArgs, SamplingArgs};
 use anyhow::{Context, bail};
-use bitnet_core::{Parallelism, build_pool, system};
-use bitnet_inference::BitNetModel;
-use bitnet_inference::generate::generate_with;
-use bitnet_inference::sampler::{Sampler, SamplerParams};
-use bitnet_models::tokenizer::TextTokenizer;
+use bitnet_core::system;
+use bitnet_inference::generate::{Session, generate};
+use bitnet_inference::text::TokenizerDecoder;
 use std::io::Write;
-use std::path::PathBuf;
-use std::time::Instant;
 
 /// Arguments of `bitnet run`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// A BitNet GGUF file, or an HF checkpoint directory (`config.json`,
-    /// `model.safetensors` or a sharded index). Text prompts need a
-    /// `tokenizer.json` in that directory (beside the GGUF file).
-    #[arg(short, long)]
-    model: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Prompt text.
     #[arg(short, long, conflicts_with = "ids")]
     prompt: Option<String>,
     /// Prompt as token ids instead of text, e.g. `--prompt-ids 1,42,7`.
     #[arg(long = "prompt-ids", alias = "ids", value_delimiter = ',')]
     ids: Vec<u32>,
-    /// Tokens to generate at most.
-    #[arg(short = 'n', long, default_value_t = 32)]
-    max_tokens: usize,
-    /// Threads (default: all logical CPUs).
-    #[arg(short, long)]
-    threads: Option<usize>,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    /// Nucleus sampling: keep the most likely tokens up to this probability.
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    /// Seed for sampling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Do not add the tokenizer's special tokens (BOS) to a text prompt.
+    #[arg(long)]
+    no_special: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// `text` streams the generation; `json` prints one object with the
-    /// tokens, text, speeds and peak memory.
+    /// prompt and generated ids, text, speeds and peak memory.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     output: String,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
-    let threads = args.threads.unwrap_or_else(system::logical_cpus);
-    let pool =
-        build_pool(threads).with_context(|| format!("building a pool of {threads} threads"))?;
-    let par = Parallelism::Pool(&pool);
-
-    let start = Instant::now();
-    let model = BitNetModel::load(&args.model)
-        .with_context(|| format!("loading {}", args.model.display()))?;
-    let tok_dir = if args.model.is_file() {
-        args.model.parent().map(PathBuf::from).unwrap_or_default()
-    } else {
-        args.model.clone()
-    };
-    let tok_path = tok_dir.join("tokenizer.json");
-    let tokenizer = if tok_path.exists() {
-        Some(TextTokenizer::from_file(&tok_path)?)
-    } else {
-        None
-    };
-    eprintln!(
-        "loaded {} in {:.2} s",
-        args.model.display(),
-        start.elapsed().as_secs_f64()
-    );
-
-    let prompt: Vec<u32> = match (&args.prompt, &tokenizer) {
-        (Some(text), Some(t)) => t.encode(text, true)?,
+    let loaded = LoadedModel::load(&args.model)?;
+    let LoadedModel {
+        model,
+        tokenizer,
+        threads,
+        ..
+    } = &loaded;
+    let prompt: Vec<u32> = match (&args.prompt, tokenizer) {
+        (Some(text), Some(t)) => t.encode(text, !args.no_special)?,
         (Some(_), None) => bail!(
-            "{} has no tokenizer.json: give the prompt as token ids with --prompt-ids",
-            tok_dir.display()
+            "{} has no tokenizer: give the prompt as token ids with --prompt-ids",
+            args.model.describe()
         ),
         (None, _) if !args.ids.is_empty() => args.ids.clone(),
         (None, _) => bail!("give a prompt with --prompt TEXT or --prompt-ids 1,2,3"),
@@ -85,75 +52,70 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     if prompt.is_empty() {
         bail!("the prompt encodes to no tokens");
     }
-
-    let mut cache = model.new_cache(prompt.len() + args.max_tokens);
-    let mut generated = Vec::new();
-    let mut printed = 0usize;
-    let mut stdout = std::io::stdout().lock();
-    let started = Instant::now();
-    let mut first_token_at = None;
-    let mut write_error = None;
+    let params = args.sampling.params(tokenizer.as_ref())?;
+    let needed = prompt.len() + params.max_tokens;
+    let context = model.config().max_position_embeddings;
+    if prompt.len() >= context {
+        bail!(
+            "the prompt has {} tokens; the model's context is {context}",
+            prompt.len()
+        );
+    }
+    let mut session = Session::new(model, needed.min(context));
     let json = args.output == "json";
-    let mut sampler = Sampler::new(SamplerParams {
-        temperature: args.temperature,
-        top_p: args.top_p,
-        seed: args.seed,
-    });
-    let out = generate_with(
-        &model,
+    let mut decoder = tokenizer.as_ref().map(|t| TokenizerDecoder::new(t, true));
+    let mut stdout = std::io::stdout().lock();
+    let mut write_error = None;
+    let generation = generate(
+        model,
+        &mut session,
         &prompt,
-        args.max_tokens,
-        &mut cache,
-        par,
-        &mut sampler,
-        |id| {
-            first_token_at.get_or_insert_with(Instant::now);
-            generated.push(id);
+        &params,
+        decoder
+            .as_mut()
+            .map(|d| d as &mut dyn bitnet_inference::PieceDecoder),
+        loaded.parallelism(),
+        |id, text| {
             if json {
                 return true;
             }
-            let piece = match &tokenizer {
-                // Decode everything so far: a token may end mid UTF-8 sequence.
-                Some(t) => match t.decode(&generated, true) {
-                    Ok(text) if text.len() > printed && text.is_char_boundary(printed) => {
-                        let piece = text[printed..].to_string();
-                        printed = text.len();
-                        piece
-                    }
-                    _ => String::new(),
-                },
-                None => format!("{id} "),
+            let piece = if tokenizer.is_some() {
+                text.to_string()
+            } else {
+                format!("{id} ")
             };
-            if let Err(e) = stdout
+            match stdout
                 .write_all(piece.as_bytes())
                 .and_then(|_| stdout.flush())
             {
-                write_error = Some(e);
-                return false;
+                Ok(()) => true,
+                Err(e) => {
+                    write_error = Some(e);
+                    false
+                }
             }
-            true
         },
     )?;
     if let Some(e) = write_error {
         return Err(e).context("writing to stdout");
     }
-    let first = first_token_at.unwrap_or(started);
-    let prefill = first.duration_since(started).as_secs_f64();
-    let decode = first.elapsed().as_secs_f64();
-    let prefill_tps = prompt.len() as f64 / prefill.max(1e-9);
-    let decode_tps = (out.len().saturating_sub(1)) as f64 / decode.max(1e-9);
+    let prefill = generation.prefill_time.as_secs_f64();
+    let decode = generation.decode_time.as_secs_f64();
+    let prefill_tps = generation.prompt_tokens_computed as f64 / prefill.max(1e-9);
+    let decode_tps = generation.tokens.len().saturating_sub(1) as f64 / decode.max(1e-9);
     if json {
-        let text = match &tokenizer {
-            Some(t) => Some(t.decode(&out, true)?),
-            None => None,
-        };
         let report = serde_json::json!({
-            "model": args.model.display().to_string(),
+            "model": args.model.describe(),
+            "text": tokenizer.as_ref().map(|_| generation.text.clone()),
+            "prompt_ids": prompt,
+            "generated_ids": generation.tokens,
+            "finish_reason": generation.finish.openai_name(),
             "prompt_tokens": prompt.len(),
-            "generated_tokens": out.len(),
-            "tokens": out,
-            "text": text,
+            "generated_tokens": generation.tokens.len(),
             "threads": threads,
+            "load_seconds": loaded.load_time.as_secs_f64(),
+            "prefill_seconds": prefill,
+            "decode_seconds": decode,
             "prefill_tokens_per_s": prefill_tps,
             "decode_tokens_per_s": decode_tps,
             "peak_rss_bytes": system::peak_rss_bytes(),
@@ -163,13 +125,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     }
     writeln!(stdout)?;
     eprintln!(
-        "prompt {} tokens in {:.3} s ({:.1} t/s); generated {} tokens, decode {:.1} t/s, {threads} thread{}",
+        "prompt {} tokens in {:.3} s ({:.1} t/s); generated {} tokens, decode {:.1} t/s, {threads} thread{}; stopped: {:?}",
         prompt.len(),
         prefill,
         prefill_tps,
-        out.len(),
+        generation.tokens.len(),
         decode_tps,
-        if threads == 1 { "" } else { "s" }
+        if *threads == 1 { "" } else { "s" },
+        generation.finish,
     );
     Ok(())
 }

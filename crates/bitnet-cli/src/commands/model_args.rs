@@ -1,0 +1,163 @@
+//! Arguments shared by the commands that load and run a model (`run`,
+//! `chat`, `perplexity`): where the model is, threads, and sampling.
+
+use anyhow::{Context, bail};
+use bitnet_core::{Parallelism, build_pool, system};
+use bitnet_inference::BitNetModel;
+use bitnet_inference::generate::GenerateParams;
+use bitnet_inference::sampler::SamplerParams;
+use bitnet_models::tokenizer::TextTokenizer;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Which model to load and how many threads to run it on.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ModelArgs {
+    /// A BitNet GGUF file, or an HF checkpoint directory (`config.json`,
+    /// `model.safetensors` or a sharded index). Text needs a tokenizer:
+    /// `tokenizer.json` in the directory (beside a GGUF file).
+    #[arg(short, long)]
+    pub(crate) model: PathBuf,
+    /// Threads (default: all logical CPUs).
+    #[arg(short, long)]
+    pub(crate) threads: Option<usize>,
+}
+
+impl ModelArgs {
+    /// The model's location, for messages.
+    pub(crate) fn describe(&self) -> String {
+        self.model.display().to_string()
+    }
+}
+
+/// A loaded model with its tokenizer (if any) and thread pool.
+pub(crate) struct LoadedModel {
+    pub(crate) model: BitNetModel,
+    pub(crate) tokenizer: Option<TextTokenizer>,
+    pub(crate) pool: rayon::ThreadPool,
+    pub(crate) threads: usize,
+    pub(crate) load_time: Duration,
+}
+
+impl LoadedModel {
+    /// Loads the model and its tokenizer, reporting the time on stderr.
+    pub(crate) fn load(args: &ModelArgs) -> anyhow::Result<Self> {
+        let threads = args.threads.unwrap_or_else(system::logical_cpus);
+        if threads == 0 {
+            bail!("--threads must be at least 1");
+        }
+        let pool =
+            build_pool(threads).with_context(|| format!("building a pool of {threads} threads"))?;
+        let start = Instant::now();
+        let path = &args.model;
+        if !path.exists() {
+            bail!("{} does not exist", path.display());
+        }
+        let model =
+            BitNetModel::load(path).with_context(|| format!("loading {}", path.display()))?;
+        let tokenizer = find_tokenizer(path)?;
+        let load_time = start.elapsed();
+        eprintln!(
+            "loaded {} in {:.2} s",
+            path.display(),
+            load_time.as_secs_f64()
+        );
+        Ok(LoadedModel {
+            model,
+            tokenizer,
+            pool,
+            threads,
+            load_time,
+        })
+    }
+
+    /// Parallelism over this model's pool.
+    pub(crate) fn parallelism(&self) -> Parallelism<'_> {
+        Parallelism::Pool(&self.pool)
+    }
+}
+
+/// The `tokenizer.json` of a checkpoint directory, or beside a GGUF file.
+fn find_tokenizer(model: &Path) -> anyhow::Result<Option<TextTokenizer>> {
+    let dir = if model.is_file() {
+        model.parent().map(Path::to_path_buf).unwrap_or_default()
+    } else {
+        model.to_path_buf()
+    };
+    let path = dir.join("tokenizer.json");
+    if path.exists() {
+        Ok(Some(TextTokenizer::from_file(&path)?))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Sampling and stopping.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct SamplingArgs {
+    /// Tokens to generate at most.
+    #[arg(short = 'n', long, default_value_t = 32)]
+    pub(crate) max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Keep only the K most likely tokens (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling: keep the most likely tokens up to this probability.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Drop tokens less likely than this fraction of the most likely one.
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// Repetition penalty on tokens of the prompt and the generation (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Presence penalty, -2 to 2 (OpenAI's).
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    /// Frequency penalty, -2 to 2 (OpenAI's).
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when this text appears (repeatable); it is not printed.
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Stop at these token ids, e.g. `--stop-ids 13,128009`.
+    #[arg(long = "stop-ids", value_delimiter = ',')]
+    stop_ids: Vec<u32>,
+    /// Keep generating past the model's end-of-sequence tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+}
+
+impl SamplingArgs {
+    /// Validated generation settings.
+    pub(crate) fn params(
+        &self,
+        _tokenizer: Option<&TextTokenizer>,
+    ) -> anyhow::Result<GenerateParams> {
+        let sampler = SamplerParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repeat_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: self.seed,
+        };
+        if let Err(e) = sampler.validate() {
+            bail!("{e}");
+        }
+        Ok(GenerateParams {
+            max_tokens: self.max_tokens,
+            sampler,
+            stop_token_ids: self.stop_ids.clone(),
+            stop_strings: self.stop.clone(),
+            ignore_eos: self.ignore_eos,
+        })
+    }
+}
