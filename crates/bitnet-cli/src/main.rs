@@ -18,8 +18,10 @@ enum Command {
     /// Check this machine: CPU features, kernel dispatch, kernel self-tests,
     /// memory bandwidth and ternary kernel throughput.
     Doctor(commands::doctor::Args),
-    /// Generate text with a model (HF checkpoint directory), greedily.
+    /// Generate text with a model (GGUF file or HF checkpoint directory).
     Run(commands::run::Args),
+    /// Perplexity over a text file (and KL divergence against a base model).
+    Perplexity(commands::perplexity::Args),
     /// Write a random-weight model of a real shape (HF directory or GGUF file).
     Synth(commands::synth::Args),
 }
@@ -30,5 +32,6 @@ fn main() -> anyhow::Result<()> {
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Synth(args) => commands::synth::run(args),
+        Command::Perplexity(args) => commands::perplexity::run(args),
     }
 }

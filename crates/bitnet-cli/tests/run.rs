@@ -192,3 +192,67 @@ fn json_output_and_sampling_are_reproducible() {
         "same seed, same tokens"
     );
 }
+
+#[test]
+fn perplexity_saves_logits_and_reports_kl() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text.txt");
+    let corpus: String = (0..40)
+        .map(|i| format!("Line {i}: the quick brown fox jumps over the lazy dog. "))
+        .collect();
+    std::fs::write(&text, corpus).unwrap();
+    let saved = dir.path().join("base.logprobs");
+    let run = |variant: &str, extra: &[&str]| {
+        let m = tiny(variant);
+        let mut args = vec![
+            "perplexity",
+            "-m",
+            m.to_str().unwrap(),
+            "-f",
+            text.to_str().unwrap(),
+            "--ctx",
+            "64",
+            "--chunks",
+            "3",
+            "--output",
+            "json",
+            "-t",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = bitnet(&args);
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
+    };
+    let base = run("online", &["--save-logits", saved.to_str().unwrap()]);
+    assert_eq!(base["chunks"], 3);
+    assert_eq!(base["scored_tokens"], 3 * 31);
+    let ppl = base["perplexity"].as_f64().unwrap();
+    assert!(ppl.is_finite() && ppl > 1.0, "{base}");
+    // The same model against itself: KL ~ 0 (f16 rounding), same top token.
+    let same = run("online", &["--kl-base", saved.to_str().unwrap()]);
+    assert_eq!(same["perplexity"], base["perplexity"]);
+    let kl = &same["kl_divergence"];
+    assert!(kl["mean"].as_f64().unwrap().abs() < 1e-3, "{kl}");
+    assert_eq!(kl["same_top_token"], 1.0);
+    // Another output layer: a real divergence.
+    let other = run("online_untied", &["--kl-base", saved.to_str().unwrap()]);
+    assert!(
+        other["kl_divergence"]["mean"].as_f64().unwrap() > 0.01,
+        "{other}"
+    );
+    // A mismatched base is refused with a reason.
+    let m = tiny("online");
+    let (ok, _, err) = bitnet(&[
+        "perplexity",
+        "-m",
+        m.to_str().unwrap(),
+        "-f",
+        text.to_str().unwrap(),
+        "--ctx",
+        "32",
+        "--kl-base",
+        saved.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("does not match"), "{err}");
+}

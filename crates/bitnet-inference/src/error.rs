@@ -37,6 +37,25 @@ pub enum Error {
     /// A cache built for another model shape.
     #[error("KV cache does not match the model: {0}")]
     CacheMismatch(String),
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A file this crate reads that is not in its format or does not fit.
+    #[error("{}: {message}", path.display())]
+    BadFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Settings that cannot work (e.g. a context too short to score).
+    #[error("{0}")]
+    InvalidArgument(String),
     /// A model whose shapes this engine cannot run.
     #[error("unsupported model: {0}")]
     Unsupported(String),

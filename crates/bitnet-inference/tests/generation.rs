@@ -230,3 +230,29 @@ fn stop_ids_strings_and_cancel() {
     assert_eq!(cancelled.tokens.len(), 3);
     assert_eq!(cancelled.finish, FinishReason::Cancelled);
 }
+
+#[test]
+fn perplexity_equals_the_one_from_transformers_logits() {
+    use bitnet_inference::perplexity::{Chunking, log_softmax, perplexity};
+    let model = BitNetModel::from_hf_dir(&dir("online")).unwrap();
+    let exp = Expected::load("online");
+    let ids = exp.ids("ids_p2");
+    let reference = exp.f32("logits_p2");
+    let vocab = model.config().vocab_size;
+    let chunking = Chunking::new(ids.len(), ids.len()).unwrap();
+    let mut nll = 0.0f64;
+    let mut row = vec![0.0; vocab];
+    for pos in chunking.first_scored()..ids.len() - 1 {
+        log_softmax(&reference[pos * vocab..(pos + 1) * vocab], &mut row);
+        nll -= f64::from(row[ids[pos + 1] as usize]);
+    }
+    let want = (nll / chunking.scored_per_chunk() as f64).exp();
+    let got = perplexity(&model, &ids, chunking, None, SEQ, None, None, |_, _, _| {}).unwrap();
+    assert_eq!(got.count, chunking.scored_per_chunk());
+    let rel = (got.perplexity() - want).abs() / want;
+    assert!(
+        rel < 1e-4,
+        "ours {} vs transformers {want}",
+        got.perplexity()
+    );
+}

@@ -2,5 +2,6 @@
 
 pub(crate) mod doctor;
 pub(crate) mod model_args;
+pub(crate) mod perplexity;
 pub(crate) mod run;
 pub(crate) mod synth;
