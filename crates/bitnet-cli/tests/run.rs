@@ -256,3 +256,64 @@ fn perplexity_saves_logits_and_reports_kl() {
     ]);
     assert!(!ok && err.contains("does not match"), "{err}");
 }
+
+#[test]
+fn hf_models_come_from_the_cache_offline_and_fail_clearly_without_network() {
+    // The layout huggingface_hub writes: refs/main names the snapshot.
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--owner--tiny");
+    let snap = repo.join("snapshots/5ca1ab1e");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "5ca1ab1e").unwrap();
+    let src = tiny("bitlinear_offline");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(f), snap.join(f)).unwrap();
+    }
+    let c = cache.path().to_str().unwrap();
+    let (ok, out, err) = bitnet(&[
+        "run",
+        "--hf",
+        "owner/tiny",
+        "--hf-cache",
+        c,
+        "--offline",
+        "-p",
+        "hi",
+        "-n",
+        "3",
+        "--output",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["generated_ids"].as_array().unwrap().len(), 3, "{v}");
+
+    let (ok, _, err) = bitnet(&[
+        "run",
+        "--hf",
+        "owner/missing",
+        "--hf-cache",
+        c,
+        "--offline",
+        "-p",
+        "hi",
+    ]);
+    assert!(
+        !ok && err.contains("owner/missing") && err.contains("offline"),
+        "{err}"
+    );
+
+    // Online, but the Hub is unreachable: a clear error, no hang.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args(["run", "--hf", "owner/missing", "--hf-cache", c, "-p", "hi"])
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env_remove("HF_HUB_OFFLINE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("could not download"),
+        "{err}"
+    );
+}

@@ -237,6 +237,14 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A model that could not be found in, or fetched into, the HF cache.
+    #[error("Hugging Face repo `{repo}`: {message}")]
+    Hub {
+        /// The repository id.
+        repo: String,
+        /// What failed and what to do.
+        message: String,
+    },
     /// Tensor data that cannot be used (wrong byte length, NaN scales...).
     #[error("tensor `{name}`: {message}")]
     TensorData {

@@ -19,6 +19,8 @@ pub mod float_matrix;
 pub mod gguf;
 pub mod gguf_model;
 pub mod hf_export;
+#[cfg(feature = "hub")]
+pub mod hub;
 mod mapped;
 pub mod safetensors;
 pub mod synth;

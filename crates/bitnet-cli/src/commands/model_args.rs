@@ -6,6 +6,7 @@ use bitnet_core::{Parallelism, build_pool, system};
 use bitnet_inference::BitNetModel;
 use bitnet_inference::generate::GenerateParams;
 use bitnet_inference::sampler::SamplerParams;
+use bitnet_models::hub::HubModel;
 use bitnet_models::tokenizer::TextTokenizer;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,8 +17,24 @@ pub(crate) struct ModelArgs {
     /// A BitNet GGUF file, or an HF checkpoint directory (`config.json`,
     /// `model.safetensors` or a sharded index). Text needs a tokenizer:
     /// `tokenizer.json` in the directory (beside a GGUF file).
-    #[arg(short, long)]
-    pub(crate) model: PathBuf,
+    #[arg(short, long, required_unless_present = "hf", conflicts_with = "hf")]
+    pub(crate) model: Option<PathBuf>,
+    /// A model on the Hugging Face Hub, e.g. `microsoft/bitnet-b1.58-2B-4T`:
+    /// taken from the standard HF cache, downloaded into it when missing.
+    #[arg(long, value_name = "REPO")]
+    hf: Option<String>,
+    /// With --hf: a GGUF file of the repository instead of its safetensors.
+    #[arg(long, requires = "hf", value_name = "FILE")]
+    hf_file: Option<String>,
+    /// With --hf: branch, tag or commit.
+    #[arg(long, requires = "hf", default_value = "main")]
+    revision: String,
+    /// With --hf: the cache directory (default: $HF_HOME/hub or ~/.cache/huggingface/hub).
+    #[arg(long, requires = "hf", value_name = "DIR")]
+    hf_cache: Option<PathBuf>,
+    /// With --hf: never use the network (also HF_HUB_OFFLINE=1).
+    #[arg(long, requires = "hf")]
+    offline: bool,
     /// Threads (default: all logical CPUs).
     #[arg(short, long)]
     pub(crate) threads: Option<usize>,
@@ -26,7 +43,27 @@ pub(crate) struct ModelArgs {
 impl ModelArgs {
     /// The model's location, for messages.
     pub(crate) fn describe(&self) -> String {
-        self.model.display().to_string()
+        match (&self.model, &self.hf) {
+            (Some(p), _) => p.display().to_string(),
+            (None, Some(repo)) => format!("hf:{repo}"),
+            (None, None) => "(no model)".into(),
+        }
+    }
+
+    /// The local path of the model, fetching it from the Hub for --hf.
+    pub(crate) fn local_path(&self) -> anyhow::Result<PathBuf> {
+        match (&self.model, &self.hf) {
+            (Some(p), _) => Ok(p.clone()),
+            (None, Some(repo)) => {
+                let mut hub = HubModel::new(repo);
+                hub.revision = self.revision.clone();
+                hub.gguf_file = self.hf_file.clone();
+                hub.cache_dir = self.hf_cache.clone();
+                hub.offline |= self.offline;
+                Ok(hub.resolve()?)
+            }
+            (None, None) => bail!("give a model with --model PATH or --hf REPO"),
+        }
     }
 }
 
@@ -49,7 +86,7 @@ impl LoadedModel {
         let pool =
             build_pool(threads).with_context(|| format!("building a pool of {threads} threads"))?;
         let start = Instant::now();
-        let path = &args.model;
+        let path = &args.local_path()?;
         if !path.exists() {
             bail!("{} does not exist", path.display());
         }
