@@ -22,6 +22,8 @@ enum Command {
     Run(commands::run::Args),
     /// Write a random-weight model of a real shape (HF directory or GGUF file).
     Synth(commands::synth::Args),
+    /// Show the token ids and pieces of a text under a model's tokenizer.
+    Tokenize(commands::tokenize::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +32,6 @@ fn main() -> anyhow::Result<()> {
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Synth(args) => commands::synth::run(args),
+        Command::Tokenize(args) => commands::tokenize::run(args),
     }
 }
