@@ -229,3 +229,31 @@ fn gguf_py_written_tokenizer_gives_hf_ids() {
         );
     }
 }
+
+#[test]
+fn embedded_tokenizer_json_is_used_for_other_models() {
+    let json = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../bitnet-inference/tests/fixtures/tiny/float/tokenizer.json"),
+    )
+    .unwrap();
+    let s = |v: &str| MetadataValue::String(v.into());
+    let (_dir, path) = metadata_file(vec![
+        ("tokenizer.ggml.model", s("llama")),
+        ("tokenizer.huggingface.json", s(&json)),
+        ("tokenizer.ggml.eos_token_id", MetadataValue::U32(10)),
+    ]);
+    let file = bitnet_models::gguf::GgufFile::open(&path).unwrap();
+    let tok = TextTokenizer::from_gguf(&file).unwrap();
+    assert_eq!(tok.encode("hi", true).unwrap(), [104, 105]);
+    assert_eq!(tok.eos_id(), Some(10));
+
+    let (_dir, path) = metadata_file(vec![
+        ("tokenizer.ggml.model", s("llama")),
+        ("tokenizer.huggingface.json", s(&json)),
+        ("tokenizer.ggml.eos_token_id", MetadataValue::U32(999)),
+    ]);
+    let file = bitnet_models::gguf::GgufFile::open(&path).unwrap();
+    let e = TextTokenizer::from_gguf(&file).unwrap_err();
+    assert!(matches!(e, Error::BadMetadata { .. }), "{e}");
+}

