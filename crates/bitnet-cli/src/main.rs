@@ -20,10 +20,14 @@ enum Command {
     Doctor(commands::doctor::Args),
     /// Generate text with a model (GGUF file or HF checkpoint directory).
     Run(commands::run::Args),
+    /// Chat with a model interactively (its chat template, multi-turn history).
+    Chat(commands::chat::Args),
     /// Perplexity over a text file (and KL divergence against a base model).
     Perplexity(commands::perplexity::Args),
     /// Write a random-weight model of a real shape (HF directory or GGUF file).
     Synth(commands::synth::Args),
+    /// Show the token ids and pieces of a text under a model's tokenizer.
+    Tokenize(commands::tokenize::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,6 +36,8 @@ fn main() -> anyhow::Result<()> {
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Synth(args) => commands::synth::run(args),
+        Command::Chat(args) => commands::chat::run(args),
         Command::Perplexity(args) => commands::perplexity::run(args),
+        Command::Tokenize(args) => commands::tokenize::run(args),
     }
 }

@@ -317,3 +317,69 @@ fn hf_models_come_from_the_cache_offline_and_fail_clearly_without_network() {
         "{err}"
     );
 }
+
+#[test]
+fn chat_keeps_history_reuses_the_cache_and_resets() {
+    use std::io::Write;
+    // The tiny vocabulary is bytes, so Llama-3's markers would fill its
+    // 128-token context: give the model a short template of its own.
+    let m = tempfile::tempdir().unwrap();
+    let src = tiny("bitlinear_offline");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(f), m.path().join(f)).unwrap();
+    }
+    let template = "{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}\n{% endfor %}\
+                    {% if add_generation_prompt %}a:{% endif %}";
+    std::fs::write(
+        m.path().join("tokenizer_config.json"),
+        serde_json::json!({ "chat_template": template }).to_string(),
+    )
+    .unwrap();
+    let m = m.path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args([
+            "chat",
+            "-m",
+            m.to_str().unwrap(),
+            "-n",
+            "4",
+            "-t",
+            "1",
+            "--ignore-eos",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello\nhow are you?\n/reset\nagain\n/exit\nnever read\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    // "[N prompt tokens, M cached; ...]" per turn.
+    let turns: Vec<(usize, usize)> = err
+        .lines()
+        .filter(|l| l.contains("prompt tokens"))
+        .map(|l| {
+            let n: Vec<usize> = l
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            (n[0], n[1])
+        })
+        .collect();
+    assert_eq!(turns.len(), 3, "{err}");
+    assert_eq!(turns[0].1, 0, "first turn has nothing cached: {err}");
+    // The second turn re-renders the first (template + answer): its prefix is cached.
+    assert!(
+        turns[1].0 > turns[0].0 && turns[1].1 > turns[0].0 / 2,
+        "{err}"
+    );
+    assert_eq!(turns[2].1, 0, "reset forgets the cache: {err}");
+    assert!(err.contains("conversation reset"), "{err}");
+}

@@ -1,26 +1,17 @@
-//! Streaming detokenization over a [`TextTokenizer`].
+//! Streaming detokenization: a [`PieceDecoder`] over a [`TextTokenizer`]
+//! and its [`StreamDecoder`] (a short window of ids, so each step decodes
+//! a handful of tokens, never the whole history, and no piece splits a
+//! UTF-8 character).
 
 use crate::error::Result;
 use crate::generate::PieceDecoder;
-use bitnet_models::tokenizer::TextTokenizer;
+use bitnet_models::tokenizer::{StreamDecoder, TextTokenizer};
 
-/// Decodes generated ids into text pieces that never split a character.
-///
-/// It keeps a short window of recent ids: the text of the window minus
-/// the text of its older part is the new piece, so each step decodes a
-/// handful of tokens (not the whole history), and a piece is held back
-/// while it ends in an incomplete character (`U+FFFD`), as byte-level
-/// BPE can split one across tokens. This is the method of transformers'
-/// `TextStreamer` and tokenizers' `DecodeStream`.
+/// Decodes generated ids into text pieces with `tokenizer`.
 #[derive(Debug)]
 pub struct TokenizerDecoder<'t> {
     tokenizer: &'t TextTokenizer,
-    skip_special: bool,
-    ids: Vec<u32>,
-    /// Start of the window.
-    prefix: usize,
-    /// Ids before this are already emitted.
-    read: usize,
+    stream: StreamDecoder,
 }
 
 impl<'t> TokenizerDecoder<'t> {
@@ -28,52 +19,17 @@ impl<'t> TokenizerDecoder<'t> {
     pub fn new(tokenizer: &'t TextTokenizer, skip_special: bool) -> Self {
         TokenizerDecoder {
             tokenizer,
-            skip_special,
-            ids: Vec::new(),
-            prefix: 0,
-            read: 0,
+            stream: tokenizer.stream_decoder(skip_special),
         }
     }
 }
 
 impl PieceDecoder for TokenizerDecoder<'_> {
     fn step(&mut self, id: u32) -> Result<Option<String>> {
-        self.ids.push(id);
-        let done = self
-            .tokenizer
-            .decode(&self.ids[self.prefix..self.read], self.skip_special)?;
-        let all = self
-            .tokenizer
-            .decode(&self.ids[self.prefix..], self.skip_special)?;
-        if all.len() > done.len() && all.is_char_boundary(done.len()) && !all.ends_with('\u{FFFD}')
-        {
-            let piece = all[done.len()..].to_string();
-            // Drop ids that can no longer affect the text, keeping the
-            // window (and so each step's work) bounded.
-            self.prefix = self.read;
-            self.read = self.ids.len();
-            if self.prefix > 64 {
-                self.ids.drain(..self.prefix);
-                self.read -= self.prefix;
-                self.prefix = 0;
-            }
-            return Ok(Some(piece));
-        }
-        Ok(None)
+        Ok(self.stream.step(self.tokenizer, id)?)
     }
 
     fn flush(&mut self) -> Result<String> {
-        let done = self
-            .tokenizer
-            .decode(&self.ids[self.prefix..self.read], self.skip_special)?;
-        let all = self
-            .tokenizer
-            .decode(&self.ids[self.prefix..], self.skip_special)?;
-        self.prefix = self.ids.len();
-        self.read = self.ids.len();
-        Ok(match all.get(done.len()..) {
-            Some(rest) if all.starts_with(&done) => rest.to_string(),
-            _ => String::new(),
-        })
+        Ok(self.stream.flush(self.tokenizer)?.unwrap_or_default())
     }
 }

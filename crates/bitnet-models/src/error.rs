@@ -253,6 +253,29 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A GGUF tokenizer model this crate cannot build.
+    #[error(
+        "{}: tokenizer model {model:?} is not supported (supported: {supported}); \
+         put a tokenizer.json beside the file instead",
+        path.display()
+    )]
+    UnsupportedTokenizer {
+        /// The GGUF file.
+        path: PathBuf,
+        /// `tokenizer.ggml.model` as found.
+        model: String,
+        /// The models that are supported.
+        supported: &'static str,
+    },
+    /// A chat template that does not compile or render.
+    #[error("{}: chat template: {message}", path.display())]
+    ChatTemplate {
+        /// Where the template came from (`tokenizer_config.json`, a GGUF
+        /// file, or `<built-in llama-3>`).
+        path: PathBuf,
+        /// The template engine's complaint, with the line where it has one.
+        message: String,
+    },
     /// Packed weights or quantization that failed.
     #[error("tensor `{name}`: {source}")]
     Quant {

@@ -3,7 +3,9 @@
 //! ([`gguf`]: a memory-mapped reader that validates every length, count and
 //! offset before touching tensor data, and an atomic version-3 writer, both
 //! aware of llama.cpp's TQ1_0/TQ2_0, bitnet.cpp's I2_S and the type-id
-//! collision between the two forks).
+//! collision between the two forks); tokenizers ([`tokenizer`]: HF
+//! `tokenizer.json` with `tokenizer_config.json`, or built from GGUF
+//! metadata) and chat templates ([`chat`]).
 //!
 //! ```no_run
 //! use bitnet_models::weights::BitNetWeights;
@@ -12,6 +14,7 @@
 //! # Ok::<(), bitnet_models::Error>(())
 //! ```
 
+pub mod chat;
 pub mod config;
 pub mod error;
 mod float_bytes;

@@ -51,7 +51,10 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<()> {
     let mut history = system.clone();
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        eprintln!("chatting with {} — /reset starts over, /exit quits", args.model.describe());
+        eprintln!(
+            "chatting with {} — /reset starts over, /exit quits",
+            args.model.describe()
+        );
     }
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -105,7 +108,10 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<()> {
             &params,
             Some(&mut decoder as &mut dyn PieceDecoder),
             loaded.parallelism(),
-            |_, text| match stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+            |_, text| match stdout
+                .write_all(text.as_bytes())
+                .and_then(|_| stdout.flush())
+            {
                 Ok(()) => true,
                 Err(e) => {
                     write_error = Some(e);

@@ -1,7 +1,9 @@
 //! One module per subcommand, each with its own `Args` and a thin `run`.
 
+pub(crate) mod chat;
 pub(crate) mod doctor;
 pub(crate) mod model_args;
 pub(crate) mod perplexity;
 pub(crate) mod run;
 pub(crate) mod synth;
+pub(crate) mod tokenize;

@@ -114,18 +114,21 @@ impl LoadedModel {
     }
 }
 
-/// The `tokenizer.json` of a checkpoint directory, or beside a GGUF file.
+/// The model's tokenizer: `tokenizer.json` (with `tokenizer_config.json`)
+/// of a checkpoint directory, or a GGUF file's tokenizer metadata (or the
+/// `tokenizer.json` beside it). `None` when the model has none at all;
+/// a tokenizer that is present but broken is an error.
 fn find_tokenizer(model: &Path) -> anyhow::Result<Option<TextTokenizer>> {
-    let dir = if model.is_file() {
-        model.parent().map(Path::to_path_buf).unwrap_or_default()
-    } else {
-        model.to_path_buf()
-    };
-    let path = dir.join("tokenizer.json");
-    if path.exists() {
-        Ok(Some(TextTokenizer::from_file(&path)?))
-    } else {
-        Ok(None)
+    if model.is_dir() && !model.join("tokenizer.json").is_file() {
+        return Ok(None);
+    }
+    match TextTokenizer::for_model(model) {
+        Ok(t) => Ok(Some(t)),
+        // A GGUF file without `tokenizer.ggml.*` and nothing beside it.
+        Err(bitnet_models::Error::MissingKey { key, .. }) if key.starts_with("tokenizer.") => {
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("loading the tokenizer of {}", model.display())),
     }
 }
 
@@ -171,10 +174,11 @@ pub(crate) struct SamplingArgs {
 }
 
 impl SamplingArgs {
-    /// Validated generation settings.
+    /// Validated generation settings; the tokenizer's end-of-turn ids
+    /// (`<|eot_id|>` and the like) stop generation too, unless `--ignore-eos`.
     pub(crate) fn params(
         &self,
-        _tokenizer: Option<&TextTokenizer>,
+        tokenizer: Option<&TextTokenizer>,
     ) -> anyhow::Result<GenerateParams> {
         let sampler = SamplerParams {
             temperature: self.temperature,
@@ -189,10 +193,14 @@ impl SamplingArgs {
         if let Err(e) = sampler.validate() {
             bail!("{e}");
         }
+        let mut stop_token_ids = self.stop_ids.clone();
+        if !self.ignore_eos {
+            stop_token_ids.extend(tokenizer.map(TextTokenizer::stop_ids).unwrap_or_default());
+        }
         Ok(GenerateParams {
             max_tokens: self.max_tokens,
             sampler,
-            stop_token_ids: self.stop_ids.clone(),
+            stop_token_ids,
             stop_strings: self.stop.clone(),
             ignore_eos: self.ignore_eos,
         })
