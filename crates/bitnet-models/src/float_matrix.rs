@@ -9,6 +9,7 @@
 //! embedding lookup, a dot product per vocabulary row for the logits.
 
 use crate::error::{Error, Result};
+use crate::float_dot::{self, RowFormat};
 use bitnet_core::ops::rows::dot;
 use memmap2::Mmap;
 use std::sync::Arc;
@@ -353,6 +354,16 @@ impl FloatMatrix {
         assert!(r < self.rows && x.len() == self.cols, "row {r} of {self:?}");
         if let Bytes::F32(v) = &self.bytes {
             return dot(x, &v[r * self.cols..(r + 1) * self.cols]);
+        }
+        let format = match self.encoding {
+            FloatEncoding::F32 => Some(RowFormat::F32),
+            FloatEncoding::F16 => Some(RowFormat::F16),
+            FloatEncoding::BF16 => Some(RowFormat::BF16),
+            _ => None,
+        };
+        if let Some(format) = format {
+            let row = &self.encoded()[r * self.row_bytes..(r + 1) * self.row_bytes];
+            return float_dot::dot(format, x, row);
         }
         let mut buf = [0.0f32; CHUNK];
         let mut sum = 0.0;

@@ -86,8 +86,18 @@ pub fn unpack(bytes: &[u8], n: usize) -> Result<(Vec<i8>, f32)> {
     }
     let mut codes = vec![0i8; n];
     for (src, dst) in packed.chunks(GROUP / 4).zip(codes.chunks_mut(GROUP)) {
-        for (i, d) in dst.iter_mut().enumerate() {
-            *d = ((src[i % 32] >> (6 - 2 * (i / 32))) & 3) as i8 - 1;
+        if src.len() == 32 && dst.len() == 128 {
+            // A whole group: four slices of 32, one per bit pair (vectorizes).
+            for (k, part) in dst.chunks_exact_mut(32).enumerate() {
+                let shift = 6 - 2 * k;
+                for (d, &b) in part.iter_mut().zip(src) {
+                    *d = ((b >> shift) & 3) as i8 - 1;
+                }
+            }
+        } else {
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = ((src[i % 32] >> (6 - 2 * (i / 32))) & 3) as i8 - 1;
+            }
         }
     }
     Ok((codes, scale))

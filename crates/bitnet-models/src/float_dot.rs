@@ -1,0 +1,180 @@
+//! Dot products of an f32 vector with a row stored as little-endian f32,
+//! f16 or bf16 bytes — the output layer's inner loop, run once per
+//! vocabulary row per token.
+//!
+//! One generic body with 16 independent accumulators is compiled three
+//! times: plain, with AVX2+FMA-free AVX2, and with AVX-512; the dispatch is
+//! decided once per call from cached CPU features. The compiler never fuses
+//! a multiply and an add, so every version computes the same sums in the
+//! same order: the plain one is the reference the others are tested
+//! against bit for bit.
+//!
+//! Half floats are widened with integer operations that vectorize: a bf16
+//! is the top half of an f32; an f16's exponent and mantissa shifted into
+//! place and multiplied by 2^112 give the f32 exactly, normals and
+//! subnormals alike. NaN and infinity are not handled: matrices are
+//! checked finite when loaded.
+
+/// How a row's elements are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RowFormat {
+    /// Little-endian f32.
+    F32,
+    /// Little-endian IEEE half.
+    F16,
+    /// Little-endian bfloat16.
+    BF16,
+}
+
+impl RowFormat {
+    fn width(self) -> usize {
+        match self {
+            RowFormat::F32 => 4,
+            RowFormat::F16 | RowFormat::BF16 => 2,
+        }
+    }
+}
+
+#[inline(always)]
+fn widen(format: RowFormat, b: &[u8], i: usize) -> f32 {
+    match format {
+        RowFormat::F32 => f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]),
+        RowFormat::BF16 => {
+            f32::from_bits(u32::from(u16::from_le_bytes([b[2 * i], b[2 * i + 1]])) << 16)
+        }
+        RowFormat::F16 => {
+            let h = u32::from(u16::from_le_bytes([b[2 * i], b[2 * i + 1]]));
+            let magnitude = f32::from_bits((h & 0x7fff) << 13) * f32::from_bits(0x7780_0000);
+            f32::from_bits(magnitude.to_bits() | ((h & 0x8000) << 16))
+        }
+    }
+}
+
+const LANES: usize = 16;
+
+#[inline(always)]
+fn dot_body(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
+    let w = format.width();
+    let mut acc = [0.0f32; LANES];
+    let blocks = x.len() / LANES;
+    for blk in 0..blocks {
+        let xs = &x[blk * LANES..(blk + 1) * LANES];
+        let bs = &b[blk * LANES * w..(blk + 1) * LANES * w];
+        for k in 0..LANES {
+            acc[k] += xs[k] * widen(format, bs, k);
+        }
+    }
+    let mut tail = 0.0f32;
+    for i in blocks * LANES..x.len() {
+        tail += x[i] * widen(format, b, i);
+    }
+    // Fixed pairwise reduction, the same in every version.
+    let mut width = LANES / 2;
+    while width > 0 {
+        for k in 0..width {
+            acc[k] += acc[k + width];
+        }
+        width /= 2;
+    }
+    acc[0] + tail
+}
+
+/// The plain version (the reference).
+pub(crate) fn dot_reference(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
+    dot_body(format, x, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dot_avx2(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
+    dot_body(format, x, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn dot_avx512(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
+    dot_body(format, x, b)
+}
+
+/// `x · row`, where `b` holds `x.len()` elements in `format`.
+pub(crate) fn dot(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
+    debug_assert_eq!(b.len(), x.len() * format.width());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the CPU has AVX-512 F and BW (checked just above).
+            return unsafe { dot_avx512(format, x, b) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { dot_avx2(format, x, b) };
+        }
+    }
+    dot_reference(format, x, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode(format: RowFormat, v: &[f32]) -> Vec<u8> {
+        match format {
+            RowFormat::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            RowFormat::F16 => v
+                .iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect(),
+            RowFormat::BF16 => v
+                .iter()
+                .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn f16_widening_is_exact_for_every_finite_value() {
+        for bits in 0u16..=u16::MAX {
+            let h = half::f16::from_bits(bits);
+            if h.is_finite() {
+                let got = widen(RowFormat::F16, &bits.to_le_bytes(), 0);
+                assert_eq!(got.to_bits(), h.to_f32().to_bits(), "{bits:#06x}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_version_equals_the_reference(
+            x in prop::collection::vec(-4.0f32..4.0, 0..300),
+            seed in any::<u32>(),
+        ) {
+            let w: Vec<f32> = (0..x.len())
+                .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 500.0 - 2.0)
+                .collect();
+            for format in [RowFormat::F32, RowFormat::F16, RowFormat::BF16] {
+                let b = encode(format, &w);
+                let want = dot_reference(format, &x, &b);
+                // Against f64 math on the decoded values.
+                let exact: f64 = x.iter().enumerate()
+                    .map(|(i, &xi)| f64::from(xi) * f64::from(widen(format, &b, i)))
+                    .sum();
+                prop_assert!((f64::from(want) - exact).abs() < 1e-3 * (1.0 + exact.abs()));
+                prop_assert_eq!(dot(format, &x, &b).to_bits(), want.to_bits());
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        // SAFETY: AVX2 checked just above.
+                        let v = unsafe { dot_avx2(format, &x, &b) };
+                        prop_assert_eq!(v.to_bits(), want.to_bits());
+                    }
+                    if std::arch::is_x86_feature_detected!("avx512bw") {
+                        // SAFETY: AVX-512 checked just above.
+                        let v = unsafe { dot_avx512(format, &x, &b) };
+                        prop_assert_eq!(v.to_bits(), want.to_bits());
+                    }
+                }
+            }
+        }
+    }
+}
