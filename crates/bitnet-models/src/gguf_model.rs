@@ -16,8 +16,7 @@
 
 use crate::config::{Activation, BitNetConfig, LinearVariant};
 use crate::error::{Error, Result};
-use crate::float_bytes;
-use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
+use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue, dequant};
 use crate::weights::{BitNetWeights, Layer, Linear};
 use bitnet_quant::bitlinear::{BitLinear, ScaleConvention, WeightScale};
 use bitnet_quant::formats::runtime::PackedTernary;
@@ -129,29 +128,18 @@ fn check_dims(file: &GgufFile, name: &str, shape: &[usize]) -> Result<GgmlType> 
     Ok(info.ggml_type())
 }
 
-/// A float tensor (F32, F16, BF16 or Q8_0) of row-major `shape`, as f32.
+/// A float tensor (F32, F16, BF16, Q8_0, Q4_K or Q6_K) of row-major
+/// `shape`, as f32.
 fn float_tensor(file: &GgufFile, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
     let ty = check_dims(file, name, shape)?;
-    let b = file.tensor_bytes(name)?;
-    Ok(match ty {
-        GgmlType::F32 => float_bytes::f32s(b),
-        GgmlType::F16 => float_bytes::f16s(b),
-        GgmlType::BF16 => float_bytes::bf16s(b),
-        GgmlType::Q8_0 => b
-            .chunks_exact(34)
-            .flat_map(|blk| {
-                let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                blk[2..].iter().map(move |&q| f32::from(q as i8) * d)
-            })
-            .collect(),
-        other => {
-            return Err(Error::TensorDtype {
-                name: name.to_string(),
-                dtype: other.name().to_string(),
-                expected: "F32, F16, BF16 or Q8_0 (re-export embeddings and output in one of these)",
-            });
-        }
-    })
+    if !dequant::is_supported(ty) {
+        return Err(Error::TensorDtype {
+            name: name.to_string(),
+            dtype: ty.name().to_string(),
+            expected: "F32, F16, BF16, Q8_0, Q4_K or Q6_K (re-export embeddings and output in one of these)",
+        });
+    }
+    file.dequantize_tensor(name)
 }
 
 /// Per-block scales → one per tensor or one per row.
