@@ -2,6 +2,8 @@
 //! `model.safetensors.index.json`, memory-mapped. The header is parsed and
 //! validated (offsets, sizes) by the `safetensors` crate; data is read from
 //! the map and converted, since a file's data may be unaligned.
+//! [`SafetensorsCheckpoint::from_bytes`] parses a buffer in memory through
+//! the same code (for tests and fuzzing).
 
 use crate::error::{Error, Result};
 use crate::float_bytes;
@@ -12,10 +14,26 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-/// One memory-mapped safetensors file.
+/// A shard's bytes: a read-only map of the file, or a buffer in memory.
+enum Bytes {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// One safetensors file, parsed.
 struct Shard {
     path: PathBuf,
-    map: Mmap,
+    map: Bytes,
     data_start: usize,
     metadata: Metadata,
 }
@@ -45,6 +63,11 @@ impl Shard {
         // mmap-based loader we assume the file is not truncated underneath us
         // while the model is loaded.
         let map = unsafe { Mmap::map(&file) }.map_err(Error::io(path, "map"))?;
+        Self::parse(path, Bytes::Map(map))
+    }
+
+    /// Parses and validates the header of `map` (which came from `path`).
+    fn parse(path: &Path, map: Bytes) -> Result<Self> {
         let (header_len, metadata) =
             SafeTensors::read_metadata(&map).map_err(|e| Error::Safetensors {
                 path: path.to_path_buf(),
@@ -114,18 +137,33 @@ impl SafetensorsCheckpoint {
         Self::from_files(&files)
     }
 
+    /// Parses one safetensors file held in memory; `source` names it in
+    /// errors (e.g. `<memory>`). The same validation as for files.
+    pub fn from_bytes(bytes: Vec<u8>, source: &Path) -> Result<Self> {
+        Ok(Self::from_shards(vec![Shard::parse(
+            source,
+            Bytes::Owned(bytes),
+        )?]))
+    }
+
     /// Opens the given safetensors files as one checkpoint.
     pub fn from_files(files: &[PathBuf]) -> Result<Self> {
-        let mut shards = Vec::with_capacity(files.len());
+        Ok(Self::from_shards(
+            files
+                .iter()
+                .map(|p| Shard::open(p))
+                .collect::<Result<Vec<_>>>()?,
+        ))
+    }
+
+    fn from_shards(shards: Vec<Shard>) -> Self {
         let mut by_name = HashMap::new();
-        for path in files {
-            let shard = Shard::open(path)?;
+        for (i, shard) in shards.iter().enumerate() {
             for name in shard.metadata.tensors().keys() {
-                by_name.insert(name.clone(), shards.len());
+                by_name.insert(name.clone(), i);
             }
-            shards.push(shard);
         }
-        Ok(SafetensorsCheckpoint { shards, by_name })
+        SafetensorsCheckpoint { shards, by_name }
     }
 
     /// Whether a tensor is present.
@@ -240,4 +278,25 @@ fn to_f32(name: &str, t: &RawTensor<'_>) -> Result<Vec<f32>> {
             });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_bytes_parses_and_names_the_source_in_errors() {
+        let data = [1.0f32, -2.0].iter().flat_map(|v| v.to_le_bytes());
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![2], &[0u8; 8]).unwrap();
+        let mut bytes = safetensors::serialize([("w", view)], None).unwrap();
+        let n = bytes.len();
+        bytes[n - 8..].copy_from_slice(&data.collect::<Vec<u8>>());
+        let ckpt = SafetensorsCheckpoint::from_bytes(bytes, Path::new("<memory>")).unwrap();
+        assert_eq!(ckpt.names(), ["w"]);
+        assert_eq!(ckpt.f32("w", &[2]).unwrap(), [1.0, -2.0]);
+        let err = SafetensorsCheckpoint::from_bytes(vec![9; 12], Path::new("<memory>"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("<memory>"), "{err}");
+    }
 }
