@@ -18,6 +18,8 @@ enum Command {
     /// Check this machine: CPU features, kernel dispatch, kernel self-tests,
     /// memory bandwidth and ternary kernel throughput.
     Doctor(commands::doctor::Args),
+    /// Show what a GGUF file or HF checkpoint holds: metadata and tensors.
+    Inspect(commands::inspect::Args),
     /// Generate text with a model (HF checkpoint directory), greedily.
     Run(commands::run::Args),
     /// Write a random-weight model of a real shape (HF directory or GGUF file).
@@ -28,6 +30,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Doctor(args) => commands::doctor::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Synth(args) => commands::synth::run(args),
     }

@@ -1,5 +1,6 @@
 //! One module per subcommand, each with its own `Args` and a thin `run`.
 
 pub(crate) mod doctor;
+pub(crate) mod inspect;
 pub(crate) mod run;
 pub(crate) mod synth;
