@@ -14,7 +14,6 @@
 
 pub mod config;
 pub mod error;
-mod float_bytes;
 pub mod gguf;
 pub mod gguf_model;
 pub mod hf_export;

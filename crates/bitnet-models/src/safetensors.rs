@@ -6,7 +6,7 @@
 //! the same code (for tests and fuzzing).
 
 use crate::error::{Error, Result};
-use crate::float_bytes;
+use crate::gguf::{GgmlType, dequantize};
 use memmap2::Mmap;
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, Metadata};
@@ -264,12 +264,12 @@ fn check_shape(name: &str, actual: &[usize], expected: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// Decodes with the GGUF row decoder, so both formats share one float path.
 fn to_f32(name: &str, t: &RawTensor<'_>) -> Result<Vec<f32>> {
-    let d = t.data;
-    Ok(match t.dtype {
-        Dtype::F32 => float_bytes::f32s(d),
-        Dtype::F16 => float_bytes::f16s(d),
-        Dtype::BF16 => float_bytes::bf16s(d),
+    let ty = match t.dtype {
+        Dtype::F32 => GgmlType::F32,
+        Dtype::F16 => GgmlType::F16,
+        Dtype::BF16 => GgmlType::BF16,
         other => {
             return Err(Error::TensorDtype {
                 name: name.to_string(),
@@ -277,7 +277,9 @@ fn to_f32(name: &str, t: &RawTensor<'_>) -> Result<Vec<f32>> {
                 expected: "F32, F16 or BF16",
             });
         }
-    })
+    };
+    // The header parser checked that the data holds whole elements.
+    dequantize(ty, t.data).map_err(|e| Error::Config(format!("tensor `{name}`: {e}")))
 }
 
 #[cfg(test)]
