@@ -95,10 +95,10 @@ def model(rng):
     return w
 
 
-def gguf_tensors(w, ternary):
+def gguf_tensors(w, ternary, embd_dtype=np.float16):
     """(name, array, raw type or None) in llama.cpp's names; `ternary` is a
     quantization type or None for F32."""
-    out = [("token_embd.weight", w["embd"].astype(np.float16), None),
+    out = [("token_embd.weight", w["embd"].astype(embd_dtype), None),
            ("output_norm.weight", w["output_norm"], None)]
     for i in range(LAYERS):
         for g, _, _ in NORMS:
@@ -117,7 +117,7 @@ def gguf_tensors(w, ternary):
     return out
 
 
-def write_gguf(path, w, ternary, file_type):
+def write_gguf(path, w, ternary, file_type, embd_dtype=np.float16):
     tokens, types, merges = vocab()
     wr = gguf.GGUFWriter(str(path), "bitnet")
     wr.add_name("bitnet-rust gguf_py fixture")
@@ -139,7 +139,7 @@ def write_gguf(path, w, ternary, file_type):
     wr.add_token_merges(merges)
     wr.add_bos_token_id(BOS)
     wr.add_eos_token_id(EOS)
-    for name, arr, raw in gguf_tensors(w, ternary):
+    for name, arr, raw in gguf_tensors(w, ternary, embd_dtype):
         if raw is None:
             wr.add_tensor(name, arr)
         else:
@@ -224,14 +224,22 @@ def main():
                 files.append(dst.stem)
 
     if args.llama_logits:
-        logits = {"ids": np.array(IDS, dtype=np.int64)}
-        for f in files:
-            res = subprocess.run([str(args.llama_logits), str(out / f"{f}.gguf")]
-                                 + [str(i) for i in IDS], check=True, capture_output=True,
-                                 text=True)
+        def run(path):
+            res = subprocess.run([str(args.llama_logits), str(path)] + [str(i) for i in IDS],
+                                 check=True, capture_output=True, text=True)
             j = json.loads(res.stdout)
             assert j["ids"] == IDS and j["n_vocab"] == VOCAB
-            logits[f] = np.array(j["logits"], dtype=np.float32)
+            return np.array(j["logits"], dtype=np.float32)
+
+        logits = {"ids": np.array(IDS, dtype=np.int64)}
+        for f in files:
+            logits[f] = run(out / f"{f}.gguf")
+        # The TQ2_0 model with the same (f16-exact) embeddings stored as F32,
+        # so llama.cpp's output projection runs in f32 too (not committed).
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / "tq2_0_f32embd.gguf"
+            write_gguf(p, w, QT.TQ2_0, LlamaFileType.MOSTLY_TQ2_0, np.float32)
+            logits["tq2_0_f32embd"] = run(p)
         save_file(logits, str(out / "llama_logits.safetensors"))
 
     for p in sorted(out.rglob("*")):
