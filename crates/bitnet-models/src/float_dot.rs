@@ -65,8 +65,8 @@ fn dot_body(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
         }
     }
     let mut tail = 0.0f32;
-    for i in blocks * LANES..x.len() {
-        tail += x[i] * widen(format, b, i);
+    for (i, &xi) in x.iter().enumerate().skip(blocks * LANES) {
+        tail += xi * widen(format, b, i);
     }
     // Fixed pairwise reduction, the same in every version.
     let mut width = LANES / 2;

@@ -10,8 +10,8 @@
 
 use crate::error::{Error, Result};
 use crate::float_dot::{self, RowFormat};
+use crate::gguf::{GgmlType, dequant};
 use bitnet_core::ops::rows::dot;
-use memmap2::Mmap;
 use std::sync::Arc;
 
 /// How the elements of a [`FloatMatrix`] are stored.
@@ -26,14 +26,44 @@ pub enum FloatEncoding {
     BF16,
     /// ggml Q8_0: blocks of 32 int8 with one f16 scale (34 bytes).
     Q8_0,
+    /// ggml Q4_K: super-blocks of 256 (144 bytes).
+    Q4K,
+    /// ggml Q6_K: super-blocks of 256 (210 bytes).
+    Q6K,
 }
 
 impl FloatEncoding {
+    /// The GGUF type with this encoding.
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            FloatEncoding::F32 => GgmlType::F32,
+            FloatEncoding::F16 => GgmlType::F16,
+            FloatEncoding::BF16 => GgmlType::BF16,
+            FloatEncoding::Q8_0 => GgmlType::Q8_0,
+            FloatEncoding::Q4K => GgmlType::Q4_K,
+            FloatEncoding::Q6K => GgmlType::Q6_K,
+        }
+    }
+
+    /// The encoding of a GGUF type, if it is one a matrix can stay in.
+    pub fn from_ggml_type(ty: GgmlType) -> Option<Self> {
+        Some(match ty {
+            GgmlType::F32 => FloatEncoding::F32,
+            GgmlType::F16 => FloatEncoding::F16,
+            GgmlType::BF16 => FloatEncoding::BF16,
+            GgmlType::Q8_0 => FloatEncoding::Q8_0,
+            GgmlType::Q4_K => FloatEncoding::Q4K,
+            GgmlType::Q6_K => FloatEncoding::Q6K,
+            _ => return None,
+        })
+    }
+
     /// Elements per block.
     pub fn block_elems(self) -> usize {
         match self {
             FloatEncoding::F32 | FloatEncoding::F16 | FloatEncoding::BF16 => 1,
             FloatEncoding::Q8_0 => 32,
+            FloatEncoding::Q4K | FloatEncoding::Q6K => 256,
         }
     }
 
@@ -43,6 +73,8 @@ impl FloatEncoding {
             FloatEncoding::F32 => 4,
             FloatEncoding::F16 | FloatEncoding::BF16 => 2,
             FloatEncoding::Q8_0 => 34,
+            FloatEncoding::Q4K => 144,
+            FloatEncoding::Q6K => 210,
         }
     }
 
@@ -54,55 +86,22 @@ impl FloatEncoding {
     }
 
     /// Decodes `bytes` (whole blocks) into `out`, one f32 per element.
-    /// Callers pass matching lengths; scales were validated at load.
-    fn decode(self, bytes: &[u8], out: &mut [f32]) {
-        match self {
-            FloatEncoding::F32 => {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                }
-            }
-            FloatEncoding::F16 => {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
-                }
-            }
-            FloatEncoding::BF16 => {
-                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = f32::from_bits(u32::from(u16::from_le_bytes([c[0], c[1]])) << 16);
-                }
-            }
-            FloatEncoding::Q8_0 => {
-                for (o, b) in out.chunks_exact_mut(32).zip(bytes.chunks_exact(34)) {
-                    let d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-                    for (o, &q) in o.iter_mut().zip(&b[2..]) {
-                        *o = d * f32::from(q as i8);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Whether a block's scale fields are finite (float encodings carry
-    /// no scale). Bit patterns of NaN elements are caught by the caller's
-    /// finiteness scan instead.
-    fn block_scales_finite(self, block: &[u8]) -> bool {
-        let f16_at = |i: usize| half::f16::from_le_bytes([block[i], block[i + 1]]).is_finite();
-        match self {
-            FloatEncoding::F32 | FloatEncoding::F16 | FloatEncoding::BF16 => true,
-            FloatEncoding::Q8_0 => f16_at(0),
-        }
+    fn decode(self, bytes: &[u8], out: &mut [f32]) -> Result<(), dequant::DequantError> {
+        dequant::dequantize_row(self.ggml_type(), bytes, out)
     }
 }
+
+/// Bytes shared between the tensors of one file (usually its memory map).
+pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
 /// Where a matrix's encoded bytes live.
 #[derive(Clone)]
 enum Bytes {
     /// Owned f32 values (built in memory, or a small tensor).
     F32(Vec<f32>),
-    /// A range of a memory-mapped file, kept alive by the `Arc`.
+    /// A range of shared bytes (a memory-mapped file), kept alive by the `Arc`.
     Mapped {
-        map: Arc<Mmap>,
+        map: SharedBytes,
         start: usize,
         len: usize,
     },
@@ -179,7 +178,7 @@ impl FloatMatrix {
     /// finite. `name` appears in errors.
     pub fn mapped(
         name: &str,
-        map: Arc<Mmap>,
+        map: SharedBytes,
         start: usize,
         len: usize,
         rows: usize,
@@ -187,7 +186,10 @@ impl FloatMatrix {
         encoding: FloatEncoding,
     ) -> Result<Self> {
         let row_bytes = Self::check_len(name, len, rows, cols, encoding)?;
-        if start.checked_add(len).is_none_or(|end| end > map.len()) {
+        if start
+            .checked_add(len)
+            .is_none_or(|end| end > (*map).as_ref().len())
+        {
             return Err(Error::TensorData {
                 name: name.into(),
                 message: format!("tensor `{name}` lies outside the mapped file"),
@@ -252,32 +254,19 @@ impl FloatMatrix {
 
     /// Rejects NaN/inf scales and elements: one pass over the bytes at load.
     fn check_finite(&self, name: &str) -> Result<()> {
-        let bytes = self.encoded();
-        let block = self.encoding.block_bytes();
-        if let Some(i) = bytes
-            .chunks_exact(block)
-            .position(|b| !self.encoding.block_scales_finite(b))
-        {
-            return Err(Error::TensorData {
-                name: name.into(),
-                message: format!(
-                    "tensor `{name}`: block {i} has a NaN or infinite scale ({:?})",
-                    self.encoding
-                ),
-            });
-        }
         let mut buf = [0.0f32; CHUNK];
         for r in 0..self.rows {
             for c0 in (0..self.cols).step_by(CHUNK) {
                 let n = CHUNK.min(self.cols - c0);
-                self.decode_span(r, c0, &mut buf[..n]);
+                self.try_decode_span(r, c0, &mut buf[..n])
+                    .map_err(|e| Error::TensorData {
+                        name: name.into(),
+                        message: format!("row {r}: {e}"),
+                    })?;
                 if let Some(k) = buf[..n].iter().position(|v| !v.is_finite()) {
                     return Err(Error::TensorData {
                         name: name.into(),
-                        message: format!(
-                            "tensor `{name}`: element [{r}, {}] is not finite",
-                            c0 + k
-                        ),
+                        message: format!("element [{r}, {}] is not finite", c0 + k),
                     });
                 }
             }
@@ -288,7 +277,7 @@ impl FloatMatrix {
     fn encoded(&self) -> &[u8] {
         match &self.bytes {
             Bytes::F32(_) => &[],
-            Bytes::Mapped { map, start, len } => &map[*start..*start + *len],
+            Bytes::Mapped { map, start, len } => &(**map).as_ref()[*start..*start + *len],
             Bytes::Owned(b) => b,
         }
     }
@@ -320,16 +309,30 @@ impl FloatMatrix {
 
     /// Decodes `out.len()` elements of row `r` from column `c0` (a multiple
     /// of the block size; `out` a whole number of blocks or the row's end).
-    fn decode_span(&self, r: usize, c0: usize, out: &mut [f32]) {
+    fn try_decode_span(
+        &self,
+        r: usize,
+        c0: usize,
+        out: &mut [f32],
+    ) -> Result<(), dequant::DequantError> {
         if let Bytes::F32(v) = &self.bytes {
             let at = r * self.cols + c0;
             out.copy_from_slice(&v[at..at + out.len()]);
-            return;
+            return Ok(());
         }
         let (be, bb) = (self.encoding.block_elems(), self.encoding.block_bytes());
         let from = r * self.row_bytes + c0 / be * bb;
         let to = from + out.len().div_ceil(be) * bb;
-        self.encoding.decode(&self.encoded()[from..to], out);
+        self.encoding.decode(&self.encoded()[from..to], out)
+    }
+
+    /// [`Self::try_decode_span`] on a matrix validated at construction,
+    /// where decoding cannot fail; NaN marks the impossible case rather
+    /// than a panic in the decode loop.
+    fn decode_span(&self, r: usize, c0: usize, out: &mut [f32]) {
+        if self.try_decode_span(r, c0, out).is_err() {
+            out.fill(f32::NAN);
+        }
     }
 
     /// Decodes row `r` into `out` (`cols` long).

@@ -16,9 +16,8 @@
 
 use crate::config::{Activation, BitNetConfig, LinearVariant};
 use crate::error::{Error, Result};
-use crate::float_bytes;
 use crate::float_matrix::{FloatEncoding, FloatMatrix};
-use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue};
+use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue, dequant};
 use crate::weights::{BitNetWeights, Layer, Linear};
 use bitnet_quant::bitlinear::{BitLinear, ScaleConvention, WeightScale};
 use bitnet_quant::formats::runtime::PackedTernary;
@@ -130,48 +129,29 @@ fn check_dims(file: &GgufFile, name: &str, shape: &[usize]) -> Result<GgmlType> 
     Ok(info.ggml_type())
 }
 
-/// A float tensor (F32, F16, BF16 or Q8_0) of row-major `shape`, as f32.
+/// A float tensor (F32, F16, BF16, Q8_0, Q4_K or Q6_K) of row-major
+/// `shape`, as f32.
 fn float_tensor(file: &GgufFile, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
     let ty = check_dims(file, name, shape)?;
-    let b = file.tensor_bytes(name)?;
-    Ok(match ty {
-        GgmlType::F32 => float_bytes::f32s(b),
-        GgmlType::F16 => float_bytes::f16s(b),
-        GgmlType::BF16 => float_bytes::bf16s(b),
-        GgmlType::Q8_0 => b
-            .chunks_exact(34)
-            .flat_map(|blk| {
-                let d = half::f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                blk[2..].iter().map(move |&q| f32::from(q as i8) * d)
-            })
-            .collect(),
-        other => {
-            return Err(Error::TensorDtype {
-                name: name.to_string(),
-                dtype: other.name().to_string(),
-                expected: "F32, F16, BF16 or Q8_0 (re-export embeddings and output in one of these)",
-            });
-        }
-    })
+    if !dequant::is_supported(ty) {
+        return Err(Error::TensorDtype {
+            name: name.to_string(),
+            dtype: ty.name().to_string(),
+            expected: "F32, F16, BF16, Q8_0, Q4_K or Q6_K (re-export embeddings and output in one of these)",
+        });
+    }
+    file.dequantize_tensor(name)
 }
 
 /// A `[rows, cols]` float matrix (token embeddings, output layer) that
 /// stays in the file: F32, F16, BF16 or Q8_0.
 fn float_matrix(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<FloatMatrix> {
     let ty = check_dims(file, name, &[rows, cols])?;
-    let encoding = match ty {
-        GgmlType::F32 => FloatEncoding::F32,
-        GgmlType::F16 => FloatEncoding::F16,
-        GgmlType::BF16 => FloatEncoding::BF16,
-        GgmlType::Q8_0 => FloatEncoding::Q8_0,
-        other => {
-            return Err(Error::TensorDtype {
-                name: name.to_string(),
-                dtype: other.name().to_string(),
-                expected: "F32, F16, BF16 or Q8_0 (re-export embeddings and output in one of these)",
-            });
-        }
-    };
+    let encoding = FloatEncoding::from_ggml_type(ty).ok_or_else(|| Error::TensorDtype {
+        name: name.to_string(),
+        dtype: ty.name().to_string(),
+        expected: "F32, F16, BF16, Q8_0, Q4_K or Q6_K",
+    })?;
     let bytes = file.tensor_bytes(name)?;
     let map = file.shared_map();
     let start = crate::mapped::offset_in(map, bytes).ok_or_else(|| Error::BadTensor {
@@ -179,19 +159,14 @@ fn float_matrix(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Result
         tensor: name.to_string(),
         reason: "tensor data is not inside the mapped file".into(),
     })?;
-    FloatMatrix::mapped(name, map.clone(), start, bytes.len(), rows, cols, encoding)
+    let shared: crate::float_matrix::SharedBytes = map.clone();
+    FloatMatrix::mapped(name, shared, start, bytes.len(), rows, cols, encoding)
         .map_err(|e| e.at_path(file.content().source()))
 }
 
 /// The GGUF type and bytes that store `m` without conversion.
 fn gguf_float(m: &FloatMatrix) -> (GgmlType, Vec<u8>) {
-    let ty = match m.encoding() {
-        FloatEncoding::F32 => GgmlType::F32,
-        FloatEncoding::F16 => GgmlType::F16,
-        FloatEncoding::BF16 => GgmlType::BF16,
-        FloatEncoding::Q8_0 => GgmlType::Q8_0,
-    };
-    (ty, m.encoded_bytes().into_owned())
+    (m.encoding().ggml_type(), m.encoded_bytes().into_owned())
 }
 
 /// Per-block scales → one per tensor or one per row.

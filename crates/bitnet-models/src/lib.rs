@@ -17,7 +17,6 @@
 pub mod chat;
 pub mod config;
 pub mod error;
-mod float_bytes;
 mod float_dot;
 pub mod float_matrix;
 pub mod gguf;

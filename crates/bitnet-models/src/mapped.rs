@@ -36,9 +36,9 @@ pub(crate) fn release(map: &Mmap, bytes: &[u8]) {
     }
 }
 
-/// Offset of `bytes` inside `map`, if it lies there.
-pub(crate) fn offset_in(map: &Mmap, bytes: &[u8]) -> Option<usize> {
-    let base = map.as_ptr() as usize;
+/// Offset of `bytes` inside `whole`, if it lies there.
+pub(crate) fn offset_in(whole: &[u8], bytes: &[u8]) -> Option<usize> {
+    let base = whole.as_ptr() as usize;
     let at = bytes.as_ptr() as usize;
-    (at >= base && at + bytes.len() <= base + map.len()).then(|| at - base)
+    (at >= base && at + bytes.len() <= base + whole.len()).then(|| at - base)
 }

@@ -2,10 +2,12 @@
 //! `model.safetensors.index.json`, memory-mapped. The header is parsed and
 //! validated (offsets, sizes) by the `safetensors` crate; data is read from
 //! the map and converted, since a file's data may be unaligned.
+//! [`SafetensorsCheckpoint::from_bytes`] parses a buffer in memory through
+//! the same code (for tests and fuzzing).
 
 use crate::error::{Error, Result};
-use crate::float_bytes;
 use crate::float_matrix::{FloatEncoding, FloatMatrix};
+use crate::gguf::{GgmlType, dequantize};
 use memmap2::Mmap;
 use safetensors::SafeTensors;
 use safetensors::tensor::{Dtype, Metadata};
@@ -14,10 +16,32 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// One memory-mapped safetensors file.
+/// A shard's bytes: a read-only map of the file, or a buffer in memory.
+enum Bytes {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+/// One safetensors file, parsed.
 struct Shard {
     path: PathBuf,
-    map: Arc<Mmap>,
+    map: Arc<Bytes>,
     data_start: usize,
     metadata: Metadata,
 }
@@ -47,6 +71,11 @@ impl Shard {
         // mmap-based loader we assume the file is not truncated underneath us
         // while the model is loaded.
         let map = unsafe { Mmap::map(&file) }.map_err(Error::io(path, "map"))?;
+        Self::parse(path, Bytes::Map(map))
+    }
+
+    /// Parses and validates the header of `map` (which came from `path`).
+    fn parse(path: &Path, map: Bytes) -> Result<Self> {
         let (header_len, metadata) =
             SafeTensors::read_metadata(&map).map_err(|e| Error::Safetensors {
                 path: path.to_path_buf(),
@@ -116,18 +145,33 @@ impl SafetensorsCheckpoint {
         Self::from_files(&files)
     }
 
+    /// Parses one safetensors file held in memory; `source` names it in
+    /// errors (e.g. `<memory>`). The same validation as for files.
+    pub fn from_bytes(bytes: Vec<u8>, source: &Path) -> Result<Self> {
+        Ok(Self::from_shards(vec![Shard::parse(
+            source,
+            Bytes::Owned(bytes),
+        )?]))
+    }
+
     /// Opens the given safetensors files as one checkpoint.
     pub fn from_files(files: &[PathBuf]) -> Result<Self> {
-        let mut shards = Vec::with_capacity(files.len());
+        Ok(Self::from_shards(
+            files
+                .iter()
+                .map(|p| Shard::open(p))
+                .collect::<Result<Vec<_>>>()?,
+        ))
+    }
+
+    fn from_shards(shards: Vec<Shard>) -> Self {
         let mut by_name = HashMap::new();
-        for path in files {
-            let shard = Shard::open(path)?;
+        for (i, shard) in shards.iter().enumerate() {
             for name in shard.metadata.tensors().keys() {
-                by_name.insert(name.clone(), shards.len());
+                by_name.insert(name.clone(), i);
             }
-            shards.push(shard);
         }
-        Ok(SafetensorsCheckpoint { shards, by_name })
+        SafetensorsCheckpoint { shards, by_name }
     }
 
     /// Whether a tensor is present.
@@ -214,7 +258,7 @@ impl SafetensorsCheckpoint {
             })?;
         FloatMatrix::mapped(
             name,
-            shard.map.clone(),
+            shard.map.clone() as crate::float_matrix::SharedBytes,
             start,
             t.data.len(),
             rows,
@@ -226,8 +270,10 @@ impl SafetensorsCheckpoint {
     /// Lets the pages of tensor `name` leave the resident set once it has
     /// been converted (see [`crate::mapped::release`]).
     pub fn release(&self, name: &str) {
-        if let (Ok(t), Some(&i)) = (self.raw(name), self.by_name.get(name)) {
-            crate::mapped::release(&self.shards[i].map, t.data);
+        if let (Ok(t), Some(&i)) = (self.raw(name), self.by_name.get(name))
+            && let Bytes::Map(map) = &*self.shards[i].map
+        {
+            crate::mapped::release(map, t.data);
         }
     }
 
@@ -270,12 +316,12 @@ fn check_shape(name: &str, actual: &[usize], expected: &[usize]) -> Result<()> {
     Ok(())
 }
 
+/// Decodes with the GGUF row decoder, so both formats share one float path.
 fn to_f32(name: &str, t: &RawTensor<'_>) -> Result<Vec<f32>> {
-    let d = t.data;
-    Ok(match t.dtype {
-        Dtype::F32 => float_bytes::f32s(d),
-        Dtype::F16 => float_bytes::f16s(d),
-        Dtype::BF16 => float_bytes::bf16s(d),
+    let ty = match t.dtype {
+        Dtype::F32 => GgmlType::F32,
+        Dtype::F16 => GgmlType::F16,
+        Dtype::BF16 => GgmlType::BF16,
         other => {
             return Err(Error::TensorDtype {
                 name: name.to_string(),
@@ -283,5 +329,28 @@ fn to_f32(name: &str, t: &RawTensor<'_>) -> Result<Vec<f32>> {
                 expected: "F32, F16 or BF16",
             });
         }
-    })
+    };
+    // The header parser checked that the data holds whole elements.
+    dequantize(ty, t.data).map_err(|e| Error::Config(format!("tensor `{name}`: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_bytes_parses_and_names_the_source_in_errors() {
+        let data = [1.0f32, -2.0].iter().flat_map(|v| v.to_le_bytes());
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![2], &[0u8; 8]).unwrap();
+        let mut bytes = safetensors::serialize([("w", view)], None).unwrap();
+        let n = bytes.len();
+        bytes[n - 8..].copy_from_slice(&data.collect::<Vec<u8>>());
+        let ckpt = SafetensorsCheckpoint::from_bytes(bytes, Path::new("<memory>")).unwrap();
+        assert_eq!(ckpt.names(), ["w"]);
+        assert_eq!(ckpt.f32("w", &[2]).unwrap(), [1.0, -2.0]);
+        let err = SafetensorsCheckpoint::from_bytes(vec![9; 12], Path::new("<memory>"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("<memory>"), "{err}");
+    }
 }

@@ -2,6 +2,7 @@
 
 pub(crate) mod chat;
 pub(crate) mod doctor;
+pub(crate) mod inspect;
 pub(crate) mod model_args;
 pub(crate) mod perplexity;
 pub(crate) mod run;

@@ -1,6 +1,7 @@
 //! GGUF, llama.cpp's model container: read ([`GgufFile`], [`GgufContent`])
 //! and write ([`GgufWriter`]), including llama.cpp's ternary TQ1_0/TQ2_0 and
-//! bitnet.cpp's I2_S.
+//! bitnet.cpp's I2_S; dequantize the float storage types (F32, F16, BF16,
+//! Q8_0, Q4_K, Q6_K) row by row ([`dequant`]).
 //!
 //! All integers are little-endian. Versions 2 and 3 share this layout
 //! (version 1 had 32-bit counts; version 3 only allowed big-endian files,
@@ -32,12 +33,14 @@
 //! data section: each tensor at its offset, zero-padded to the alignment
 //! ```
 
+pub mod dequant;
 pub mod dialect;
 pub mod metadata;
 pub mod reader;
 pub mod types;
 pub mod writer;
 
+pub use dequant::{DequantError, dequantize, dequantize_row};
 pub use dialect::metadata_dialect;
 pub use metadata::{Metadata, MetadataArray, MetadataValue, ValueType};
 pub use reader::{GgufContent, GgufFile, ReadLimits, TensorInfo};

@@ -1,6 +1,7 @@
 //! GGUF integration tests, built as one binary: round trips through the
 //! writer and reader, and hostile input.
 
+mod dequant_oracle;
 mod hostile;
 mod roundtrip;
 
