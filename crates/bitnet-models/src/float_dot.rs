@@ -2,12 +2,11 @@
 //! f16 or bf16 bytes — the output layer's inner loop, run once per
 //! vocabulary row per token.
 //!
-//! One generic body with 16 independent accumulators is compiled three
-//! times: plain, with AVX2+FMA-free AVX2, and with AVX-512; the dispatch is
-//! decided once per call from cached CPU features. The compiler never fuses
-//! a multiply and an add, so every version computes the same sums in the
-//! same order: the plain one is the reference the others are tested
-//! against bit for bit.
+//! Every version keeps 16 lane sums (lane `k` adds elements `k`, `k + 16`,
+//! ...), multiplies then adds without fusing, and reduces the lanes in one
+//! fixed order, so the AVX2 and AVX-512 versions compute exactly the
+//! plain reference's sums and are tested against it bit for bit. Dispatch
+//! reads the CPU features (cached by std) on each call.
 //!
 //! Half floats are widened with integer operations that vectorize: a bf16
 //! is the top half of an f32; an f16's exponent and mantissa shifted into
@@ -52,23 +51,15 @@ fn widen(format: RowFormat, b: &[u8], i: usize) -> f32 {
 
 const LANES: usize = 16;
 
+/// Reduces the 16 lane sums in a fixed pairwise order (every version
+/// ends with this) and adds the elements past the last whole lane block.
 #[inline(always)]
-fn dot_body(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
-    let w = format.width();
-    let mut acc = [0.0f32; LANES];
+fn finish(mut acc: [f32; LANES], format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
     let blocks = x.len() / LANES;
-    for blk in 0..blocks {
-        let xs = &x[blk * LANES..(blk + 1) * LANES];
-        let bs = &b[blk * LANES * w..(blk + 1) * LANES * w];
-        for k in 0..LANES {
-            acc[k] += xs[k] * widen(format, bs, k);
-        }
-    }
     let mut tail = 0.0f32;
     for (i, &xi) in x.iter().enumerate().skip(blocks * LANES) {
         tail += xi * widen(format, b, i);
     }
-    // Fixed pairwise reduction, the same in every version.
     let mut width = LANES / 2;
     while width > 0 {
         for k in 0..width {
@@ -79,21 +70,93 @@ fn dot_body(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
     acc[0] + tail
 }
 
-/// The plain version (the reference).
+/// The plain version (the reference): lane `k` sums elements `k`, `k + 16`, ...
 pub(crate) fn dot_reference(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
-    dot_body(format, x, b)
+    let w = format.width();
+    let mut acc = [0.0f32; LANES];
+    for (blk, xs) in x.chunks_exact(LANES).enumerate() {
+        let bs = &b[blk * LANES * w..(blk + 1) * LANES * w];
+        for k in 0..LANES {
+            acc[k] += xs[k] * widen(format, bs, k);
+        }
+    }
+    finish(acc, format, x, b)
 }
 
+/// AVX2 (+F16C): lanes 0-7 and 8-15 in two registers; multiply then add,
+/// never fused, so the sums round exactly as the reference's.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,f16c")]
 fn dot_avx2(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
-    dot_body(format, x, b)
+    use std::arch::x86_64::*;
+    let blocks = x.len() / LANES;
+    assert!(b.len() >= blocks * LANES * format.width());
+    let (xp, bp) = (x.as_ptr(), b.as_ptr());
+    // SAFETY: every load reads within `x[..blocks * 16]` and
+    // `b[..blocks * 16 * width]` (asserted above); unaligned loads.
+    let lanes = unsafe {
+        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for blk in 0..blocks {
+            let (w0, w1) = match format {
+                RowFormat::F32 => {
+                    let p = bp.add(blk * 64).cast::<f32>();
+                    (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+                }
+                RowFormat::BF16 => {
+                    let p = bp.add(blk * 32).cast::<__m128i>();
+                    let widen =
+                        |h| _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+                    (widen(_mm_loadu_si128(p)), widen(_mm_loadu_si128(p.add(1))))
+                }
+                RowFormat::F16 => {
+                    let p = bp.add(blk * 32).cast::<__m128i>();
+                    (
+                        _mm256_cvtph_ps(_mm_loadu_si128(p)),
+                        _mm256_cvtph_ps(_mm_loadu_si128(p.add(1))),
+                    )
+                }
+            };
+            let xs = xp.add(blk * LANES);
+            lo = _mm256_add_ps(lo, _mm256_mul_ps(_mm256_loadu_ps(xs), w0));
+            hi = _mm256_add_ps(hi, _mm256_mul_ps(_mm256_loadu_ps(xs.add(8)), w1));
+        }
+        let mut lanes = [0.0f32; LANES];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
+        lanes
+    };
+    finish(lanes, format, x, b)
 }
 
+/// AVX-512: all 16 lanes in one register; multiply then add, never fused.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f")]
 fn dot_avx512(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
-    dot_body(format, x, b)
+    use std::arch::x86_64::*;
+    let blocks = x.len() / LANES;
+    assert!(b.len() >= blocks * LANES * format.width());
+    let (xp, bp) = (x.as_ptr(), b.as_ptr());
+    // SAFETY: as in `dot_avx2`.
+    let lanes = unsafe {
+        let mut acc = _mm512_setzero_ps();
+        for blk in 0..blocks {
+            let w = match format {
+                RowFormat::F32 => _mm512_loadu_ps(bp.add(blk * 64).cast::<f32>()),
+                RowFormat::BF16 => {
+                    let h = _mm256_loadu_si256(bp.add(blk * 32).cast::<__m256i>());
+                    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+                }
+                RowFormat::F16 => {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(bp.add(blk * 32).cast::<__m256i>()))
+                }
+            };
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_loadu_ps(xp.add(blk * LANES)), w));
+        }
+        let mut lanes = [0.0f32; LANES];
+        _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+        lanes
+    };
+    finish(lanes, format, x, b)
 }
 
 /// `x · row`, where `b` holds `x.len()` elements in `format`.
@@ -101,12 +164,14 @@ pub(crate) fn dot(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
     debug_assert_eq!(b.len(), x.len() * format.width());
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512bw") {
-            // SAFETY: the CPU has AVX-512 F and BW (checked just above).
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512 F (checked just above).
             return unsafe { dot_avx512(format, x, b) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: the CPU has AVX2 and F16C (checked just above).
             return unsafe { dot_avx2(format, x, b) };
         }
     }
@@ -163,12 +228,14 @@ mod tests {
                 prop_assert_eq!(dot(format, &x, &b).to_bits(), want.to_bits());
                 #[cfg(target_arch = "x86_64")]
                 {
-                    if std::arch::is_x86_feature_detected!("avx2") {
-                        // SAFETY: AVX2 checked just above.
+                    if std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("f16c")
+                    {
+                        // SAFETY: AVX2 and F16C checked just above.
                         let v = unsafe { dot_avx2(format, &x, &b) };
                         prop_assert_eq!(v.to_bits(), want.to_bits());
                     }
-                    if std::arch::is_x86_feature_detected!("avx512bw") {
+                    if std::arch::is_x86_feature_detected!("avx512f") {
                         // SAFETY: AVX-512 checked just above.
                         let v = unsafe { dot_avx512(format, &x, &b) };
                         prop_assert_eq!(v.to_bits(), want.to_bits());
