@@ -13,9 +13,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     for name in ckpt.names() {
-        let t = ckpt
-            .raw(name)
-            .expect("a parsed tensor must be readable");
+        let t = ckpt.raw(name).expect("a parsed tensor must be readable");
         let elements = t
             .shape
             .iter()
@@ -33,6 +31,15 @@ fuzz_target!(|data: &[u8]| {
         let _ = ckpt.scalar_f32(name);
         if let Ok(b) = ckpt.u8(name, &shape) {
             assert_eq!(b.len(), elements, "tensor {name}");
+        }
+        // Matrices the engine keeps in the file's encoding (embeddings).
+        if let [rows, cols] = shape[..]
+            && let Ok(m) = ckpt.float_matrix(name, rows, cols)
+            && rows > 0
+        {
+            let mut row = vec![0.0f32; cols];
+            m.row_into(rows - 1, &mut row);
+            let _ = m.dot_row(0, &row);
         }
     }
 });
