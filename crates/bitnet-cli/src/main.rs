@@ -18,6 +18,8 @@ enum Command {
     /// Check this machine: CPU features, kernel dispatch, kernel self-tests,
     /// memory bandwidth and ternary kernel throughput.
     Doctor(commands::doctor::Args),
+    /// Prompt and generation speed the way llama-bench measures it.
+    Bench(commands::bench::Args),
     /// Generate text with a model (GGUF file or HF checkpoint directory).
     Run(commands::run::Args),
     /// Chat with a model interactively (its chat template, multi-turn history).
@@ -34,6 +36,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Doctor(args) => commands::doctor::run(args),
+        Command::Bench(args) => commands::bench::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Synth(args) => commands::synth::run(args),
         Command::Chat(args) => commands::chat::run(args),
