@@ -136,7 +136,7 @@ fn synth_gguf_for_llama_cpp_benches_and_prints_a_table() {
     ]);
     assert!(ok, "{err}");
     assert!(out.starts_with("| model"), "{out}");
-    assert!(out.contains("| t/s"), "{out}");
+    assert!(out.contains(" t/s |") && out.contains("peak RSS"), "{out}");
     assert!(out.contains(" pp4 |") && out.contains(" tg2 |"), "{out}");
 }
 

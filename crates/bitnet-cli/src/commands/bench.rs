@@ -404,7 +404,7 @@ fn print_markdown(info: &ModelInfo, rows: &[Row]) {
         "model", "size", "params", "backend", "threads", "test", "t/s", "bw %", "peak RSS"
     );
     println!(
-        "| {}: | {}: | {}: | {}- | {}: | {}: | {}: | {}: | {}: |",
+        "| {}- | {}: | {}: | {}- | {}: | {}: | {}: | {}: | {}: |",
         "-".repeat(29),
         "-".repeat(9),
         "-".repeat(9),
