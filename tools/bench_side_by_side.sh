@@ -103,8 +103,8 @@ make_models() {
             log "llama-quantize: TQ2_0, embeddings/output $v -> $out"
             "$WORK/build/bin/llama-quantize" --allow-requantize \
                 --token-embedding-type "$v" --output-tensor-type "$v" \
-                "$base" "$out.tmp" TQ2_0 > "$WORK/models/quantize-$v.log" 2>&1 ||
-                { tail -20 "$WORK/models/quantize-$v.log" >&2; exit 1; }
+                "$base" "$out.tmp" TQ2_0 > "$WORK/models/quantize-$PRESET-$v.log" 2>&1 ||
+                { tail -20 "$WORK/models/quantize-$PRESET-$v.log" >&2; exit 1; }
             mv "$out.tmp" "$out"
         fi
     done
