@@ -20,6 +20,8 @@ enum Command {
     Doctor(commands::doctor::Args),
     /// Show what a GGUF file or HF checkpoint holds: metadata and tensors.
     Inspect(commands::inspect::Args),
+    /// Prompt and generation speed the way llama-bench measures it.
+    Bench(commands::bench::Args),
     /// Generate text with a model (GGUF file or HF checkpoint directory).
     Run(commands::run::Args),
     /// Chat with a model interactively (its chat template, multi-turn history).
@@ -37,6 +39,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Doctor(args) => commands::doctor::run(args),
         Command::Inspect(args) => commands::inspect::run(args),
+        Command::Bench(args) => commands::bench::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Synth(args) => commands::synth::run(args),
         Command::Chat(args) => commands::chat::run(args),

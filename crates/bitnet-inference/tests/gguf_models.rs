@@ -5,7 +5,8 @@
 use bitnet_inference::BitNetModel;
 use bitnet_models::config::BitNetConfig;
 use bitnet_models::float_matrix::FloatMatrix;
-use bitnet_models::gguf_model::TernaryType;
+use bitnet_models::gguf::GgufFile;
+use bitnet_models::gguf_model::{GgufArch, TernaryType};
 use bitnet_models::weights::{BitNetWeights, Layer, Linear};
 use bitnet_quant::bitlinear::{BitLinear, ScaleConvention, WeightScale};
 use bitnet_quant::formats::runtime::PackedTernary;
@@ -122,6 +123,25 @@ fn i2s_tq2_tq1_files_agree() {
             "{ty:?}: {diff} (logits up to {magnitude})"
         );
     }
+}
+
+#[test]
+fn llama_cpp_arch_keeps_the_relu2_activation() {
+    let weights = synthetic();
+    let ids = [3u32, 1, 4, 1, 5, 9, 2, 6];
+    let reference = logits(&BitNetModel::new(weights.clone()).unwrap(), &ids);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("llama.gguf");
+    weights
+        .write_gguf_as(&path, TernaryType::Tq2_0, GgufArch::LlamaCpp)
+        .unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let md = file.metadata();
+    assert_eq!(md.get_str("general.architecture").unwrap(), "bitnet");
+    assert_eq!(md.get_str("bitnet.hidden_activation").unwrap(), "relu2");
+    assert_eq!(md.get_str("tokenizer.ggml.model").unwrap(), "none");
+    let model = BitNetModel::load(&path).unwrap();
+    assert_eq!(max_abs_diff(&logits(&model, &ids), &reference), 0.0);
 }
 
 #[test]

@@ -37,6 +37,18 @@ pub enum TernaryType {
     Tq1_0,
 }
 
+/// The architecture name a written GGUF file carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GgufArch {
+    /// bitnet.cpp's names: `bitnet-b1.58` for ReLU² models, `bitnet` for SiLU.
+    Native,
+    /// llama.cpp's `bitnet` for every model, the activation in
+    /// `bitnet.hidden_activation` (llama.cpp ignores it and runs SiLU, which
+    /// costs the same), and `tokenizer.ggml.model = "none"` so that
+    /// llama.cpp loads a file without a vocabulary (for benchmarks).
+    LlamaCpp,
+}
+
 /// The seven ternary projections of a block, in `Layer` field order.
 const LINEARS: [&str; 7] = [
     "attn_q",
@@ -339,15 +351,21 @@ impl BitNetWeights {
     /// tensors in F32. Per-tensor scales only; float (unquantized) models
     /// are refused.
     pub fn write_gguf(&self, path: &Path, ternary: TernaryType) -> Result<()> {
+        self.write_gguf_as(path, ternary, GgufArch::Native)
+    }
+
+    /// [`Self::write_gguf`] under the architecture name `arch` chooses.
+    pub fn write_gguf_as(&self, path: &Path, ternary: TernaryType, arch: GgufArch) -> Result<()> {
         let c = &self.config;
         if c.linear == LinearVariant::Float {
             return Err(Error::Config(
                 "a float model has no ternary layers to export; quantize it first".into(),
             ));
         }
+        let llama_cpp = arch == GgufArch::LlamaCpp;
         let arch = match c.activation {
-            Activation::Relu2 => "bitnet-b1.58",
-            Activation::Silu => "bitnet",
+            Activation::Relu2 if !llama_cpp => "bitnet-b1.58",
+            _ => "bitnet",
         };
         let mut w = GgufWriter::new();
         let md = |k: &str| format!("{arch}.{k}");
@@ -371,10 +389,15 @@ impl BitNetWeights {
         )?;
         w.add_metadata(md("rope.freq_base"), MetadataValue::F32(c.rope_theta))?;
         if arch == "bitnet" {
-            w.add_metadata(
-                md("hidden_activation"),
-                MetadataValue::String("silu".into()),
-            )?;
+            let act = match c.activation {
+                Activation::Relu2 => "relu2",
+                Activation::Silu => "silu",
+            };
+            w.add_metadata(md("hidden_activation"), MetadataValue::String(act.into()))?;
+        }
+        if llama_cpp {
+            // No vocabulary: llama.cpp then makes `vocab_size` dummy tokens.
+            w.add_metadata("tokenizer.ggml.model", MetadataValue::String("none".into()))?;
         }
         if let Some(b) = c.bos_token_id {
             w.add_metadata("tokenizer.ggml.bos_token_id", MetadataValue::U32(b))?;

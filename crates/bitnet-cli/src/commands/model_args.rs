@@ -128,6 +128,12 @@ fn find_tokenizer(model: &Path) -> anyhow::Result<Option<TextTokenizer>> {
         Err(bitnet_models::Error::MissingKey { key, .. }) if key.starts_with("tokenizer.") => {
             Ok(None)
         }
+        // `tokenizer.ggml.model = "none"`: llama.cpp's "no vocabulary".
+        Err(bitnet_models::Error::UnsupportedTokenizer { model, .. })
+            if model == "none" || model == "no_vocab" =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(e).with_context(|| format!("loading the tokenizer of {}", model.display())),
     }
 }

@@ -3,7 +3,7 @@
 //! checkpoint is at hand.
 
 use anyhow::{Context, bail};
-use bitnet_models::gguf_model::TernaryType;
+use bitnet_models::gguf_model::{GgufArch, TernaryType};
 use bitnet_models::hf_export::FloatDtype;
 use bitnet_models::synth::{Preset, synthesize};
 use std::path::PathBuf;
@@ -24,6 +24,11 @@ pub(crate) struct Args {
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// GGUF architecture name: `native` (bitnet.cpp's: `bitnet-b1.58` for
+    /// ReLU² models) or `bitnet` (llama.cpp's, with no vocabulary, so that
+    /// llama.cpp's tools load the file too).
+    #[arg(long, default_value = "native", value_parser = ["native", "bitnet"])]
+    arch: String,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
@@ -42,7 +47,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("writing {} ...", args.out.display());
     match ternary {
         None => weights.write_hf(&args.out, FloatDtype::BF16)?,
-        Some(t) => weights.write_gguf(&args.out, t)?,
+        Some(t) => {
+            let arch = match args.arch.as_str() {
+                "bitnet" => GgufArch::LlamaCpp,
+                _ => GgufArch::Native,
+            };
+            weights.write_gguf_as(&args.out, t, arch)?
+        }
     }
     eprintln!("done in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())

@@ -1,0 +1,517 @@
+//! `bitnet bench`: prompt-processing and generation speed measured the way
+//! llama.cpp's `llama-bench` measures them, printed as its markdown table or
+//! as its JSON rows (the same field names), so that the two run side by side
+//! on one GGUF file and tooling written for llama-bench reads our output.
+//!
+//! The tests mirror `tools/llama-bench/llama-bench.cpp`:
+//!
+//! - `ppN` (per `-p N`): N random token ids run as one forward pass from an
+//!   empty cache, logits of the last position only (llama-bench feeds the
+//!   prompt in `n_batch` = 2048-token chunks; we run it in one, the same for
+//!   N ≤ 2048). No BOS: llama-bench adds one only when the vocabulary asks.
+//! - `tgN` (per `-n N`): N forward passes of one token each from an empty
+//!   cache, each feeding a random id rather than a sampled one (no sampling
+//!   cost, as in llama-bench), logits computed at every step.
+//! - Before the repetitions, one unmeasured warm-up: the whole prompt for
+//!   `pp`, a single token for `tg`. Every repetition starts from a cleared
+//!   cache.
+//! - Per repetition, t/s = tokens / seconds; `avg_ts` and `stddev_ts` are the
+//!   mean and sample standard deviation (n − 1) of those rates, `avg_ns` and
+//!   `stddev_ns` of the times, exactly llama-bench's definitions.
+//! - Rows run thread count by thread count, each with its `pp` tests, then
+//!   its `tg` tests.
+//!
+//! Our additions, as extra JSON fields and table columns: the process's peak
+//! RSS after each test (`peak_rss_bytes`), and for `tg` rows the bytes one
+//! decode step reads (`decode_bytes_per_token`: the ternary and float
+//! weights, the output layer, one embedding row and the average KV cache
+//! read over the run), the read bandwidth measured at that thread count
+//! (`read_bandwidth_bytes_per_s`, measured after all tests so that its buffer
+//! does not count in the peak RSS), and `bandwidth_fraction` = bytes/token ×
+//! t/s ÷ bandwidth. `model_size` and `model_n_params` count the weights as
+//! we hold them in memory (ternary layers packed at 2 bits).
+
+use anyhow::{Context, bail};
+use bitnet_core::{Parallelism, build_pool, system};
+use bitnet_inference::{BatchEntry, BitNetModel, Logits, Workspace};
+use bitnet_models::weights::{BitNetWeights, Linear};
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Arguments of `bitnet bench` (llama-bench's names where they exist).
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// The model: a BitNet GGUF file or an HF checkpoint directory.
+    #[arg(short, long)]
+    model: PathBuf,
+    /// Prompt sizes, one `pp` test each (0: none), e.g. `-p 128,512`.
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
+    n_prompt: Vec<usize>,
+    /// Generation lengths, one `tg` test each (0: none).
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
+    n_gen: Vec<usize>,
+    /// Thread counts, e.g. `-t 1,2` (default: all logical CPUs).
+    #[arg(short = 't', long = "threads", value_delimiter = ',')]
+    threads: Vec<usize>,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    reps: usize,
+    /// `md` (llama-bench's table), `json` (an array of rows) or `jsonl`.
+    #[arg(short = 'o', long, default_value = "md", value_parser = ["md", "json", "jsonl"])]
+    output: String,
+    /// Skip the warm-up run before each test.
+    #[arg(long)]
+    no_warmup: bool,
+    /// Progress lines on stderr.
+    #[arg(long)]
+    progress: bool,
+    /// Buffer for the read-bandwidth measurement in MiB (default: twice the
+    /// last-level cache, 512 to 1024); 0 skips it and the bandwidth fraction.
+    #[arg(long, value_name = "MIB")]
+    bandwidth_mib: Option<usize>,
+}
+
+/// One test's results.
+struct Row {
+    n_threads: usize,
+    n_prompt: usize,
+    n_gen: usize,
+    test_time: String,
+    samples_ns: Vec<u64>,
+    peak_rss_bytes: Option<u64>,
+    /// Bytes a decode step reads (`tg` rows).
+    bytes_per_token: Option<f64>,
+    bandwidth: Option<f64>,
+}
+
+impl Row {
+    fn tokens(&self) -> usize {
+        self.n_prompt + self.n_gen
+    }
+    fn samples_ts(&self) -> Vec<f64> {
+        let n = self.tokens() as f64;
+        self.samples_ns
+            .iter()
+            .map(|&t| 1e9 * n / t.max(1) as f64)
+            .collect()
+    }
+    fn name(&self) -> String {
+        match (self.n_prompt, self.n_gen) {
+            (p, 0) => format!("pp{p}"),
+            (0, g) => format!("tg{g}"),
+            (p, g) => format!("pp{p}+tg{g}"),
+        }
+    }
+    fn bandwidth_fraction(&self) -> Option<f64> {
+        let ts = mean(&self.samples_ts());
+        Some(self.bytes_per_token? * ts / self.bandwidth?)
+    }
+}
+
+/// What the report says about the model.
+struct ModelInfo {
+    filename: String,
+    kind: String,
+    size: u64,
+    n_params: u64,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let threads = if args.threads.is_empty() {
+        vec![system::logical_cpus()]
+    } else {
+        args.threads.clone()
+    };
+    if threads.contains(&0) {
+        bail!("--threads: thread counts must be at least 1");
+    }
+    if args.reps == 0 {
+        bail!("--repetitions must be at least 1");
+    }
+    let prompts: Vec<usize> = args.n_prompt.iter().copied().filter(|&n| n > 0).collect();
+    let gens: Vec<usize> = args.n_gen.iter().copied().filter(|&n| n > 0).collect();
+    if prompts.is_empty() && gens.is_empty() {
+        bail!("nothing to run: give -p or -n greater than 0");
+    }
+    if !args.model.exists() {
+        bail!("{} does not exist", args.model.display());
+    }
+    let start = Instant::now();
+    let model = BitNetModel::load(&args.model)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    eprintln!(
+        "loaded {} in {:.2} s",
+        args.model.display(),
+        start.elapsed().as_secs_f64()
+    );
+    let info = model_info(&args, model.weights());
+    let context = model.config().max_position_embeddings;
+    let longest = prompts.iter().chain(&gens).copied().max().unwrap_or(1);
+    if longest > context {
+        bail!("a test needs {longest} positions; the model's context is {context}");
+    }
+    let mut cache = model.new_cache(longest);
+    let mut ws = Workspace::new();
+    let mut rng = SplitMix(0x5eed);
+    let vocab = model.config().vocab_size as u64;
+    let mut random_ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(vocab)).collect() };
+
+    let mut rows = Vec::new();
+    for &n_threads in &threads {
+        let pool = build_pool(n_threads)
+            .with_context(|| format!("building a pool of {n_threads} threads"))?;
+        let par = Parallelism::Pool(&pool);
+        let tests = prompts
+            .iter()
+            .map(|&p| (p, 0))
+            .chain(gens.iter().map(|&g| (0, g)));
+        for (n_prompt, n_gen) in tests {
+            let mut row = Row {
+                n_threads,
+                n_prompt,
+                n_gen,
+                test_time: rfc3339_now(),
+                samples_ns: Vec::with_capacity(args.reps),
+                peak_rss_bytes: None,
+                bytes_per_token: None,
+                bandwidth: None,
+            };
+            let mut once = |warmup: bool| -> anyhow::Result<u64> {
+                cache.clear();
+                let (p, g) = if warmup {
+                    (n_prompt, n_gen.min(1))
+                } else {
+                    (n_prompt, n_gen)
+                };
+                let prompt = random_ids(p);
+                let steps = random_ids(g);
+                let t0 = Instant::now();
+                if p > 0 {
+                    let mut batch = [BatchEntry {
+                        ids: &prompt,
+                        cache: &mut cache,
+                    }];
+                    model.forward_batch(&mut batch, Logits::Last, &mut ws, par)?;
+                }
+                for id in &steps {
+                    let mut batch = [BatchEntry {
+                        ids: std::slice::from_ref(id),
+                        cache: &mut cache,
+                    }];
+                    model.forward_batch(&mut batch, Logits::Last, &mut ws, par)?;
+                }
+                std::hint::black_box(ws.logits());
+                Ok(t0.elapsed().as_nanos() as u64)
+            };
+            if !args.no_warmup {
+                if args.progress {
+                    eprintln!("bitnet bench: {} t={n_threads}: warmup", row.name());
+                }
+                once(true)?;
+            }
+            for i in 0..args.reps {
+                if args.progress {
+                    eprintln!(
+                        "bitnet bench: {} t={n_threads}: run {}/{}",
+                        row.name(),
+                        i + 1,
+                        args.reps
+                    );
+                }
+                row.samples_ns.push(once(false)?);
+            }
+            row.peak_rss_bytes = system::peak_rss_bytes();
+            if n_gen > 0 {
+                row.bytes_per_token = Some(decode_bytes_per_token(model.weights(), n_gen));
+            }
+            rows.push(row);
+        }
+    }
+
+    // Bandwidth last, so that its buffer does not count in the peak RSS.
+    let buffer = match args.bandwidth_mib {
+        Some(mib) => mib << 20,
+        None => {
+            let cache = system::largest_cache_bytes().unwrap_or(32 << 20);
+            (2 * cache).clamp(512 << 20, 1 << 30)
+        }
+    };
+    if buffer > 0 && !gens.is_empty() {
+        for &n in &threads {
+            let pool = build_pool(n)?;
+            if args.progress {
+                eprintln!("bitnet bench: read bandwidth, {n} threads");
+            }
+            let bw = system::measure_read_bandwidth(buffer, 3, Parallelism::Pool(&pool));
+            for r in rows.iter_mut().filter(|r| r.n_threads == n && r.n_gen > 0) {
+                r.bandwidth = Some(bw);
+            }
+        }
+    }
+
+    match args.output.as_str() {
+        "json" => {
+            let all: Vec<_> = rows.iter().map(|r| json_row(&info, r)).collect();
+            println!("{}", serde_json::to_string_pretty(&all)?);
+        }
+        "jsonl" => {
+            for r in &rows {
+                println!("{}", json_row(&info, r));
+            }
+        }
+        _ => print_markdown(&info, &rows),
+    }
+    Ok(())
+}
+
+/// Bytes of a linear layer's weights as the kernels read them.
+fn linear_bytes(l: &Linear) -> usize {
+    match l {
+        Linear::Float { weight, .. } => std::mem::size_of_val(weight.as_slice()),
+        Linear::Ternary(b) => b.weights().as_bytes().len(),
+    }
+}
+
+fn linears(w: &BitNetWeights) -> impl Iterator<Item = &Linear> {
+    w.layers.iter().flat_map(|l| {
+        [
+            &l.q_proj,
+            &l.k_proj,
+            &l.v_proj,
+            &l.o_proj,
+            &l.gate_proj,
+            &l.up_proj,
+            &l.down_proj,
+        ]
+    })
+}
+
+fn norms_len(w: &BitNetWeights) -> usize {
+    w.norm.len()
+        + w.layers
+            .iter()
+            .map(|l| {
+                l.input_layernorm.len()
+                    + l.post_attention_layernorm.len()
+                    + l.attn_sub_norm.len()
+                    + l.ffn_sub_norm.len()
+            })
+            .sum::<usize>()
+}
+
+/// Bytes one decode step of a `tg{n_gen}` run reads on average: every
+/// linear layer, the norms, the output layer, one embedding row, and the
+/// keys and values of the positions so far (f32), averaged over the run.
+fn decode_bytes_per_token(w: &BitNetWeights, n_gen: usize) -> f64 {
+    let c = &w.config;
+    let weights = linears(w).map(linear_bytes).sum::<usize>() + 4 * norms_len(w);
+    let output = w.output_weight().size_bytes();
+    let embed_row = w.embed_tokens.size_bytes() / w.embed_tokens.rows().max(1);
+    let kv_per_position = (c.num_layers * 2 * c.kv_dim() * 4) as f64;
+    let mean_positions = (n_gen as f64 + 1.0) / 2.0;
+    (weights + output + embed_row) as f64 + kv_per_position * mean_positions
+}
+
+fn model_info(args: &Args, w: &BitNetWeights) -> ModelInfo {
+    let mut size = linears(w).map(linear_bytes).sum::<usize>() + 4 * norms_len(w);
+    let mut n_params = linears(w).map(|l| l.rows() * l.cols()).sum::<usize>() + norms_len(w);
+    size += w.embed_tokens.size_bytes();
+    n_params += w.embed_tokens.rows() * w.embed_tokens.cols();
+    if let Some(head) = &w.lm_head {
+        size += head.size_bytes();
+        n_params += head.rows() * head.cols();
+    }
+    let ternary = linears(w).any(|l| matches!(l, Linear::Ternary(_)));
+    let params = if n_params >= 1_000_000_000 {
+        format!("{:.0}B", n_params as f64 / 1e9)
+    } else {
+        format!("{:.0}M", n_params as f64 / 1e6)
+    };
+    ModelInfo {
+        filename: args.model.display().to_string(),
+        kind: format!(
+            "bitnet {params} {} (output {:?})",
+            if ternary { "ternary" } else { "F32" },
+            w.output_weight().encoding()
+        ),
+        size: size as u64,
+        n_params: n_params as u64,
+    }
+}
+
+/// One row under llama-bench's JSON field names, then ours.
+fn json_row(info: &ModelInfo, r: &Row) -> serde_json::Value {
+    let ts = r.samples_ts();
+    let ns: Vec<f64> = r.samples_ns.iter().map(|&t| t as f64).collect();
+    serde_json::json!({
+        "build_commit": concat!("bitnet-rs-", env!("CARGO_PKG_VERSION")),
+        "build_number": 0,
+        "cpu_info": system::cpu_name(),
+        "gpu_info": "",
+        "backends": "CPU",
+        "model_filename": info.filename,
+        "model_type": info.kind,
+        "model_size": info.size,
+        "model_n_params": info.n_params,
+        "n_batch": r.n_prompt.max(1),
+        "n_ubatch": r.n_prompt.max(1),
+        "n_threads": r.n_threads,
+        "type_k": "f32",
+        "type_v": "f32",
+        "n_gpu_layers": 0,
+        "flash_attn": 0,
+        "n_prompt": r.n_prompt,
+        "n_gen": r.n_gen,
+        "n_depth": 0,
+        "test_time": r.test_time,
+        "avg_ns": mean(&ns) as u64,
+        "stddev_ns": stddev(&ns) as u64,
+        "avg_ts": mean(&ts),
+        "stddev_ts": stddev(&ts),
+        "samples_ns": r.samples_ns,
+        "samples_ts": ts,
+        "peak_rss_bytes": r.peak_rss_bytes,
+        "decode_bytes_per_token": r.bytes_per_token,
+        "read_bandwidth_bytes_per_s": r.bandwidth,
+        "bandwidth_fraction": r.bandwidth_fraction(),
+    })
+}
+
+/// llama-bench's markdown table, with our columns at the end.
+fn print_markdown(info: &ModelInfo, rows: &[Row]) {
+    let size = if info.size < 1 << 30 {
+        format!("{:.2} MiB", info.size as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.2} GiB", info.size as f64 / (1u64 << 30) as f64)
+    };
+    let params = if info.n_params < 1_000_000_000 {
+        format!("{:.2} M", info.n_params as f64 / 1e6)
+    } else {
+        format!("{:.2} B", info.n_params as f64 / 1e9)
+    };
+    println!(
+        "| {:<30} | {:>10} | {:>10} | {:<10} | {:>7} | {:>15} | {:>20} | {:>6} | {:>10} |",
+        "model", "size", "params", "backend", "threads", "test", "t/s", "bw %", "peak RSS"
+    );
+    println!(
+        "| {}- | {}: | {}: | {}- | {}: | {}: | {}: | {}: | {}: |",
+        "-".repeat(29),
+        "-".repeat(9),
+        "-".repeat(9),
+        "-".repeat(9),
+        "-".repeat(6),
+        "-".repeat(14),
+        "-".repeat(19),
+        "-".repeat(5),
+        "-".repeat(9),
+    );
+    for r in rows {
+        let ts = r.samples_ts();
+        let bw = r
+            .bandwidth_fraction()
+            .map_or_else(|| "-".into(), |f| format!("{:.0}%", 100.0 * f));
+        let rss = r.peak_rss_bytes.map_or_else(
+            || "-".into(),
+            |b| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64),
+        );
+        println!(
+            "| {:<30} | {:>10} | {:>10} | {:<10} | {:>7} | {:>15} | {:>20} | {:>6} | {:>10} |",
+            info.kind,
+            size,
+            params,
+            "CPU",
+            r.n_threads,
+            r.name(),
+            format!("{:.2} ± {:.2}", mean(&ts), stddev(&ts)),
+            bw,
+            rss
+        );
+    }
+    println!(
+        "\nbuild: bitnet-rs {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        system::cpu_name()
+    );
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Sample standard deviation (n − 1), 0 for fewer than two values, as llama-bench.
+fn stddev(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(v);
+    (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+}
+
+/// The current UTC time as RFC 3339 (`2024-05-01T12:34:56Z`), as llama-bench.
+fn rfc3339_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A small deterministic generator for the random token ids.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn below(&mut self, n: u64) -> u32 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) % n.max(1)) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stddev_is_the_sample_one() {
+        assert_eq!(stddev(&[1.0]), 0.0);
+        assert!((stddev(&[1.0, 3.0]) - 2f64.sqrt()).abs() < 1e-12);
+        assert_eq!(mean(&[2.0, 4.0]), 3.0);
+    }
+
+    #[test]
+    fn rfc3339_has_the_shape() {
+        let t = rfc3339_now();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+    }
+}

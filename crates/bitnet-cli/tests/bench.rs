@@ -1,0 +1,151 @@
+//! `bitnet bench` end to end on tiny models: llama-bench's JSON fields and
+//! markdown table, positive numbers (no timing thresholds).
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn tiny(variant: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../bitnet-inference/tests/fixtures/tiny")
+        .join(variant)
+}
+
+fn bitnet(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args(args)
+        .output()
+        .expect("run bitnet");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn bench_json(model: &str) -> Vec<Value> {
+    let (ok, out, err) = bitnet(&[
+        "bench",
+        "-m",
+        model,
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-t",
+        "1,2",
+        "-r",
+        "2",
+        "--bandwidth-mib",
+        "8",
+        "--output",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    rows.as_array().expect("an array of rows").clone()
+}
+
+fn check_rows(rows: &[Value], model: &str) {
+    // Per thread count: pp8, then tg4.
+    let tests: Vec<(u64, u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["n_threads"].as_u64().unwrap(),
+                r["n_prompt"].as_u64().unwrap(),
+                r["n_gen"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(tests, [(1, 8, 0), (1, 0, 4), (2, 8, 0), (2, 0, 4)]);
+    for r in rows {
+        for field in [
+            "build_commit",
+            "cpu_info",
+            "backends",
+            "model_type",
+            "test_time",
+        ] {
+            assert!(r[field].is_string(), "{field} in {r}");
+        }
+        assert_eq!(r["model_filename"], model);
+        for field in ["model_size", "model_n_params", "avg_ns", "peak_rss_bytes"] {
+            assert!(r[field].as_u64().unwrap() > 0, "{field} in {r}");
+        }
+        assert!(r["avg_ts"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["stddev_ts"].as_f64().unwrap() >= 0.0, "{r}");
+        assert_eq!(r["samples_ns"].as_array().unwrap().len(), 2, "{r}");
+        let ts = r["samples_ts"].as_array().unwrap();
+        assert_eq!(ts.len(), 2, "{r}");
+        assert!(ts.iter().all(|t| t.as_f64().unwrap() > 0.0), "{r}");
+        if r["n_gen"].as_u64().unwrap() > 0 {
+            for field in [
+                "decode_bytes_per_token",
+                "read_bandwidth_bytes_per_s",
+                "bandwidth_fraction",
+            ] {
+                assert!(r[field].as_f64().unwrap() > 0.0, "{field} in {r}");
+            }
+        } else {
+            assert!(r["bandwidth_fraction"].is_null(), "{r}");
+        }
+    }
+}
+
+#[test]
+fn json_rows_carry_llama_bench_fields() {
+    let dir = tiny("bitlinear_offline");
+    let model = dir.to_str().unwrap();
+    check_rows(&bench_json(model), model);
+}
+
+#[test]
+fn synth_gguf_for_llama_cpp_benches_and_prints_a_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("tiny.gguf");
+    let file = path.to_str().unwrap();
+    let (ok, _, err) = bitnet(&[
+        "synth",
+        "--preset",
+        "tiny",
+        "--format",
+        "gguf:i2_s",
+        "--arch",
+        "bitnet",
+        "--out",
+        file,
+    ]);
+    assert!(ok, "{err}");
+    check_rows(&bench_json(file), file);
+
+    let (ok, out, err) = bitnet(&[
+        "bench",
+        "-m",
+        file,
+        "-p",
+        "4",
+        "-n",
+        "2",
+        "-t",
+        "1",
+        "-r",
+        "1",
+        "--bandwidth-mib",
+        "0",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("| model"), "{out}");
+    assert!(out.contains(" t/s |") && out.contains("peak RSS"), "{out}");
+    assert!(out.contains(" pp4 |") && out.contains(" tg2 |"), "{out}");
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let dir = tiny("bitlinear_offline");
+    let model = dir.to_str().unwrap();
+    let (ok, _, err) = bitnet(&["bench", "-m", model, "-t", "0"]);
+    assert!(!ok && err.contains("threads"), "{err}");
+    let (ok, _, err) = bitnet(&["bench", "-m", model, "-p", "0", "-n", "0"]);
+    assert!(!ok && err.contains("nothing to run"), "{err}");
+}
