@@ -141,7 +141,14 @@ fn llama_cpp_arch_keeps_the_relu2_activation() {
     assert_eq!(md.get_str("bitnet.hidden_activation").unwrap(), "relu2");
     assert_eq!(md.get_str("tokenizer.ggml.model").unwrap(), "none");
     let model = BitNetModel::load(&path).unwrap();
-    assert_eq!(max_abs_diff(&logits(&model, &ids), &reference), 0.0);
+    // The file's F32 output layer is dotted by the SIMD row kernel, the
+    // in-memory one by `dot`: the same values summed in another order.
+    let magnitude = reference.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let diff = max_abs_diff(&logits(&model, &ids), &reference);
+    assert!(
+        diff <= 1e-6 * magnitude,
+        "{diff} (logits up to {magnitude})"
+    );
 }
 
 #[test]

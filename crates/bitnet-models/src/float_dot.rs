@@ -14,6 +14,9 @@
 //! subnormals alike. NaN and infinity are not handled: matrices are
 //! checked finite when loaded.
 
+use crate::gguf::dequant::{self, BlockQ4K, BlockQ6K};
+use crate::gguf::{GgmlType, Layout};
+
 /// How a row's elements are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RowFormat {
@@ -157,6 +160,63 @@ fn dot_avx512(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
         lanes
     };
     finish(lanes, format, x, b)
+}
+
+/// `x · row` for a row of ggml blocks (Q8_0, Q4_K, Q6_K): each block is
+/// decoded into a stack buffer by the shared dequantizer, then dotted. The
+/// same body is compiled for AVX2 and AVX-512 so the decode vectorizes;
+/// the arithmetic (and so the result) is the same in every version.
+/// `None` if a block does not decode (impossible after load validation).
+#[inline(always)]
+fn quantized_body(ty: GgmlType, x: &[f32], row: &[u8]) -> Option<f32> {
+    // A whole number of Q8_0 (32) and K-quant (256) blocks.
+    const SPAN: usize = 256;
+    let Layout::Blocks { weights, bytes } = ty.layout() else {
+        return None;
+    };
+    let span_bytes = SPAN / weights as usize * bytes as usize;
+    let mut buf = [0.0f32; SPAN];
+    let mut sum = 0.0f32;
+    for (xs, bs) in x.chunks(SPAN).zip(row.chunks(span_bytes)) {
+        let b = &mut buf[..xs.len()];
+        // The block decoders inline here (and so vectorize for this
+        // function's target features); other types go through the table.
+        match ty {
+            GgmlType::Q6_K if xs.len() == SPAN => BlockQ6K::read(bs).dequantize(0, b).ok()?,
+            GgmlType::Q4_K if xs.len() == SPAN => BlockQ4K::read(bs).dequantize(0, b).ok()?,
+            _ => dequant::dequantize_row(ty, bs, b).ok()?,
+        }
+        sum += bitnet_core::ops::rows::dot(xs, b);
+    }
+    Some(sum)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantized_avx2(ty: GgmlType, x: &[f32], row: &[u8]) -> Option<f32> {
+    quantized_body(ty, x, row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn quantized_avx512(ty: GgmlType, x: &[f32], row: &[u8]) -> Option<f32> {
+    quantized_body(ty, x, row)
+}
+
+/// `x · row` for a row of ggml blocks; NaN if a block does not decode.
+pub(crate) fn dot_quantized(ty: GgmlType, x: &[f32], row: &[u8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512bw") {
+            // SAFETY: the CPU has AVX-512 F and BW (checked just above).
+            return unsafe { quantized_avx512(ty, x, row) }.unwrap_or(f32::NAN);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above).
+            return unsafe { quantized_avx2(ty, x, row) }.unwrap_or(f32::NAN);
+        }
+    }
+    quantized_body(ty, x, row).unwrap_or(f32::NAN)
 }
 
 /// `x · row`, where `b` holds `x.len()` elements in `format`.

@@ -368,14 +368,8 @@ impl FloatMatrix {
             let row = &self.encoded()[r * self.row_bytes..(r + 1) * self.row_bytes];
             return float_dot::dot(format, x, row);
         }
-        let mut buf = [0.0f32; CHUNK];
-        let mut sum = 0.0;
-        for (k, xs) in x.chunks(CHUNK).enumerate() {
-            let b = &mut buf[..xs.len()];
-            self.decode_span(r, k * CHUNK, b);
-            sum += dot(xs, b);
-        }
-        sum
+        let row = &self.encoded()[r * self.row_bytes..(r + 1) * self.row_bytes];
+        float_dot::dot_quantized(self.encoding.ggml_type(), x, row)
     }
 
     /// The whole matrix as f32, row-major.

@@ -168,6 +168,7 @@ pub fn is_supported(ty: GgmlType) -> bool {
 
 /// Bytes that `n` weights of `ty` occupy, checking `ty` is supported and
 /// `n` fills whole blocks.
+#[inline]
 pub fn row_bytes(ty: GgmlType, n: usize) -> std::result::Result<usize, DequantError> {
     let Layout::Blocks { weights, bytes } = ty.layout() else {
         return Err(DequantError::UnsupportedType(ty));
@@ -182,6 +183,7 @@ pub fn row_bytes(ty: GgmlType, n: usize) -> std::result::Result<usize, DequantEr
     Ok(n / w * b)
 }
 
+#[inline(always)]
 fn finite_f16(b: [u8; 2], block: usize) -> std::result::Result<f32, DequantError> {
     let v = f16::from_le_bytes(b).to_f32();
     if v.is_finite() {
@@ -193,6 +195,7 @@ fn finite_f16(b: [u8; 2], block: usize) -> std::result::Result<f32, DequantError
 
 /// Decodes `out.len()` weights of type `ty` from `bytes` (exactly
 /// [`row_bytes`]`(ty, out.len())` bytes) into `out`.
+#[inline]
 pub fn dequantize_row(
     ty: GgmlType,
     bytes: &[u8],
@@ -266,7 +269,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> std::result::Result<Vec<f32>, D
 
 impl BlockQ8_0 {
     /// Parses a 34-byte block.
-    fn read(b: &[u8]) -> Self {
+    pub(crate) fn read(b: &[u8]) -> Self {
         let mut qs = [0i8; QK8_0];
         for (q, &v) in qs.iter_mut().zip(&b[2..34]) {
             *q = v as i8;
@@ -278,6 +281,7 @@ impl BlockQ8_0 {
     }
 
     /// ggml's `dequantize_row_q8_0` for one block; `index` is for errors.
+    #[inline(always)]
     pub fn dequantize(
         &self,
         index: usize,
@@ -293,7 +297,7 @@ impl BlockQ8_0 {
 
 impl BlockQ4K {
     /// Parses a 144-byte block.
-    fn read(b: &[u8]) -> Self {
+    pub(crate) fn read(b: &[u8]) -> Self {
         let mut blk = BlockQ4K {
             d: [b[0], b[1]],
             dmin: [b[2], b[3]],
@@ -319,6 +323,7 @@ impl BlockQ4K {
     }
 
     /// ggml's `dequantize_row_q4_K` for one block; `index` is for errors.
+    #[inline(always)]
     pub fn dequantize(
         &self,
         index: usize,
@@ -347,7 +352,7 @@ impl BlockQ4K {
 
 impl BlockQ6K {
     /// Parses a 210-byte block.
-    fn read(b: &[u8]) -> Self {
+    pub(crate) fn read(b: &[u8]) -> Self {
         let mut blk = BlockQ6K {
             ql: [0; QK_K / 2],
             qh: [0; QK_K / 4],
@@ -363,6 +368,7 @@ impl BlockQ6K {
     }
 
     /// ggml's `dequantize_row_q6_K` for one block; `index` is for errors.
+    #[inline(always)]
     pub fn dequantize(
         &self,
         index: usize,
