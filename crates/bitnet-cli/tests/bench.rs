@@ -2,26 +2,9 @@
 //! markdown table, positive numbers (no timing thresholds).
 
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::Command;
 
-fn tiny(variant: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../bitnet-inference/tests/fixtures/tiny")
-        .join(variant)
-}
-
-fn bitnet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
-        .args(args)
-        .output()
-        .expect("run bitnet");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::{bitnet, tiny};
 
 fn bench_json(model: &str) -> Vec<Value> {
     let (ok, out, err) = bitnet(&[

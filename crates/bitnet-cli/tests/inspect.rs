@@ -2,24 +2,12 @@
 //! checkpoint beside it, as text and as JSON.
 
 use std::path::PathBuf;
-use std::process::Command;
+
+mod common;
+use common::{bitnet, fixtures};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../bitnet-inference/tests/fixtures/gguf_py")
-        .join(name)
-}
-
-fn bitnet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
-        .args(args)
-        .output()
-        .expect("run bitnet");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    fixtures("gguf_py").join(name)
 }
 
 #[test]

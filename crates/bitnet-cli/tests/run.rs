@@ -1,26 +1,10 @@
 //! `bitnet run` end to end on the tiny transformers-made checkpoint: text in,
 //! the reference's greedy continuation out.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-fn tiny(variant: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../bitnet-inference/tests/fixtures/tiny")
-        .join(variant)
-}
-
-fn bitnet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
-        .args(args)
-        .output()
-        .expect("run bitnet");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::{bitnet, tiny};
 
 #[test]
 fn ids_prompt_gives_the_reference_greedy_tokens() {

@@ -4,22 +4,12 @@
 
 use bitnet_models::gguf::{GgufWriter, MetadataValue};
 use std::path::PathBuf;
-use std::process::Command;
+
+mod common;
+use common::{bitnet, tiny};
 
 fn tiny_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bitnet-inference/tests/fixtures/tiny/float")
-}
-
-fn bitnet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_bitnet"))
-        .args(args)
-        .output()
-        .expect("run bitnet");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    tiny("float")
 }
 
 #[test]

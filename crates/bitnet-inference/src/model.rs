@@ -145,23 +145,17 @@ impl BitNetModel {
         let h = c.hidden_size;
         let mut x = std::mem::take(&mut ws.x);
         x.resize(total * h, 0.0);
-        for (&id, row) in batch
-            .iter()
-            .flat_map(|e| e.ids.iter())
-            .zip(x.chunks_exact_mut(h))
-        {
-            self.weights.embed_tokens.row_into(id as usize, row);
-        }
+        self.embed(batch.iter().flat_map(|e| e.ids.iter()), &mut x);
         let result = self
             .weights
             .layers
             .iter()
             .enumerate()
             .try_for_each(|(l, layer)| self.layer_forward(l, layer, &mut x, batch, ws, par));
-        if result.is_err() {
-            ws.x = x;
+        if let Err(e) = result {
             // Rows written for this call are not committed: caches keep their length.
-            return result.map(|_| &[][..]);
+            ws.x = x;
+            return Err(e);
         }
         for e in batch.iter_mut() {
             e.cache.advance(e.ids.len());
@@ -224,13 +218,19 @@ impl BitNetModel {
         });
         let h = c.hidden_size;
         let mut x = vec![0.0f32; ids.len() * h];
-        for (&id, row) in ids.iter().zip(x.chunks_exact_mut(h)) {
-            self.weights.embed_tokens.row_into(id as usize, row);
-        }
+        self.embed(ids.iter(), &mut x);
         for (l, layer) in self.weights.layers[..layers].iter().enumerate() {
             self.layer_forward(l, layer, &mut x, &mut batch, &mut ws, par)?;
         }
         Ok(x)
+    }
+
+    /// Embedding rows of `ids` (checked in range) into `x` `[ids, hidden]`.
+    fn embed<'i>(&self, ids: impl Iterator<Item = &'i u32>, x: &mut [f32]) {
+        let h = self.config().hidden_size;
+        for (&id, row) in ids.zip(x.chunks_exact_mut(h)) {
+            self.weights.embed_tokens.row_into(id as usize, row);
+        }
     }
 
     fn check_entry(&self, e: &BatchEntry<'_>) -> Result<()> {

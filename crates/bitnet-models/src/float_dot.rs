@@ -14,7 +14,7 @@
 //! subnormals alike. NaN and infinity are not handled: matrices are
 //! checked finite when loaded.
 
-use crate::gguf::dequant::{self, BlockQ4K, BlockQ6K};
+use crate::gguf::dequant;
 use crate::gguf::{GgmlType, Layout};
 
 /// How a row's elements are stored.
@@ -179,13 +179,9 @@ fn quantized_body(ty: GgmlType, x: &[f32], row: &[u8]) -> Option<f32> {
     let mut sum = 0.0f32;
     for (xs, bs) in x.chunks(SPAN).zip(row.chunks(span_bytes)) {
         let b = &mut buf[..xs.len()];
-        // The block decoders inline here (and so vectorize for this
-        // function's target features); other types go through the table.
-        match ty {
-            GgmlType::Q6_K if xs.len() == SPAN => BlockQ6K::read(bs).dequantize(0, b).ok()?,
-            GgmlType::Q4_K if xs.len() == SPAN => BlockQ4K::read(bs).dequantize(0, b).ok()?,
-            _ => dequant::dequantize_row(ty, bs, b).ok()?,
-        }
+        // `dequantize_row` is inline(always): its block decoders compile
+        // here with this function's target features and vectorize.
+        dequant::dequantize_row(ty, bs, b).ok()?;
         sum += bitnet_core::ops::rows::dot(xs, b);
     }
     Some(sum)

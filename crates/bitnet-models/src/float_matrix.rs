@@ -11,7 +11,6 @@
 use crate::error::{Error, Result};
 use crate::float_dot::{self, RowFormat};
 use crate::gguf::{GgmlType, dequant};
-use bitnet_core::ops::rows::dot;
 use std::sync::Arc;
 
 /// How the elements of a [`FloatMatrix`] are stored.
@@ -97,8 +96,6 @@ pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 /// Where a matrix's encoded bytes live.
 #[derive(Clone)]
 enum Bytes {
-    /// Owned f32 values (built in memory, or a small tensor).
-    F32(Vec<f32>),
     /// A range of shared bytes (a memory-mapped file), kept alive by the `Arc`.
     Mapped {
         map: SharedBytes,
@@ -131,7 +128,6 @@ pub struct FloatMatrix {
 impl std::fmt::Debug for FloatMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let place = match self.bytes {
-            Bytes::F32(_) => "owned f32",
             Bytes::Mapped { .. } => "mapped",
             Bytes::Owned(_) => "owned",
         };
@@ -169,7 +165,9 @@ impl FloatMatrix {
             cols,
             encoding: FloatEncoding::F32,
             row_bytes: cols * 4,
-            bytes: Bytes::F32(data),
+            // Stored as the file would store it, so owned and mapped
+            // matrices share one decode and one dot path.
+            bytes: Bytes::Owned(data.iter().flat_map(|v| v.to_le_bytes()).collect()),
         })
     }
 
@@ -276,18 +274,14 @@ impl FloatMatrix {
 
     fn encoded(&self) -> &[u8] {
         match &self.bytes {
-            Bytes::F32(_) => &[],
             Bytes::Mapped { map, start, len } => &(**map).as_ref()[*start..*start + *len],
             Bytes::Owned(b) => b,
         }
     }
 
     /// The matrix in its encoding, as a file would store it.
-    pub fn encoded_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
-        match &self.bytes {
-            Bytes::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            _ => self.encoded().into(),
-        }
+    pub fn encoded_bytes(&self) -> &[u8] {
+        self.encoded()
     }
 
     /// Rows.
@@ -315,11 +309,6 @@ impl FloatMatrix {
         c0: usize,
         out: &mut [f32],
     ) -> Result<(), dequant::DequantError> {
-        if let Bytes::F32(v) = &self.bytes {
-            let at = r * self.cols + c0;
-            out.copy_from_slice(&v[at..at + out.len()]);
-            return Ok(());
-        }
         let (be, bb) = (self.encoding.block_elems(), self.encoding.block_bytes());
         let from = r * self.row_bytes + c0 / be * bb;
         let to = from + out.len().div_ceil(be) * bb;
@@ -355,21 +344,13 @@ impl FloatMatrix {
     /// If `r >= rows` or `x.len() != cols`.
     pub fn dot_row(&self, r: usize, x: &[f32]) -> f32 {
         assert!(r < self.rows && x.len() == self.cols, "row {r} of {self:?}");
-        if let Bytes::F32(v) = &self.bytes {
-            return dot(x, &v[r * self.cols..(r + 1) * self.cols]);
-        }
-        let format = match self.encoding {
-            FloatEncoding::F32 => Some(RowFormat::F32),
-            FloatEncoding::F16 => Some(RowFormat::F16),
-            FloatEncoding::BF16 => Some(RowFormat::BF16),
-            _ => None,
-        };
-        if let Some(format) = format {
-            let row = &self.encoded()[r * self.row_bytes..(r + 1) * self.row_bytes];
-            return float_dot::dot(format, x, row);
-        }
         let row = &self.encoded()[r * self.row_bytes..(r + 1) * self.row_bytes];
-        float_dot::dot_quantized(self.encoding.ggml_type(), x, row)
+        match self.encoding {
+            FloatEncoding::F32 => float_dot::dot(RowFormat::F32, x, row),
+            FloatEncoding::F16 => float_dot::dot(RowFormat::F16, x, row),
+            FloatEncoding::BF16 => float_dot::dot(RowFormat::BF16, x, row),
+            _ => float_dot::dot_quantized(self.encoding.ggml_type(), x, row),
+        }
     }
 
     /// The whole matrix as f32, row-major.

@@ -178,7 +178,7 @@ fn float_matrix(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Result
 
 /// The GGUF type and bytes that store `m` without conversion.
 fn gguf_float(m: &FloatMatrix) -> (GgmlType, Vec<u8>) {
-    (m.encoding().ggml_type(), m.encoded_bytes().into_owned())
+    (m.encoding().ggml_type(), m.encoded_bytes().to_vec())
 }
 
 /// Per-block scales → one per tensor or one per row.

@@ -23,11 +23,7 @@ pub(crate) struct Args {
     sampling: SamplingArgs,
 }
 
-pub(crate) fn run(mut args: Args) -> anyhow::Result<()> {
-    if args.sampling.max_tokens == 32 {
-        // The shared default suits `run`; a chat answer needs more room.
-        args.sampling.max_tokens = 512;
-    }
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let loaded = LoadedModel::load(&args.model)?;
     let Some(tokenizer) = &loaded.tokenizer else {
         bail!(
@@ -38,7 +34,7 @@ pub(crate) fn run(mut args: Args) -> anyhow::Result<()> {
     let template = tokenizer.chat_template_or_default()?;
     let bos = tokenizer.bos_token().unwrap_or_default();
     let eos = tokenizer.eos_token().unwrap_or_default();
-    let mut params = args.sampling.params(Some(tokenizer))?;
+    let mut params = args.sampling.params(Some(tokenizer), 512)?;
     let max_tokens = params.max_tokens;
     let model = &loaded.model;
     let context = model.config().max_position_embeddings;

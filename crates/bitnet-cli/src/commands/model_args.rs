@@ -141,9 +141,9 @@ fn find_tokenizer(model: &Path) -> anyhow::Result<Option<TextTokenizer>> {
 /// Sampling and stopping.
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct SamplingArgs {
-    /// Tokens to generate at most.
-    #[arg(short = 'n', long, default_value_t = 32)]
-    pub(crate) max_tokens: usize,
+    /// Tokens to generate at most (default: 32 for `run`, 512 per chat answer).
+    #[arg(short = 'n', long)]
+    pub(crate) max_tokens: Option<usize>,
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
@@ -185,6 +185,7 @@ impl SamplingArgs {
     pub(crate) fn params(
         &self,
         tokenizer: Option<&TextTokenizer>,
+        default_max_tokens: usize,
     ) -> anyhow::Result<GenerateParams> {
         let sampler = SamplerParams {
             temperature: self.temperature,
@@ -204,7 +205,7 @@ impl SamplingArgs {
             stop_token_ids.extend(tokenizer.map(TextTokenizer::stop_ids).unwrap_or_default());
         }
         Ok(GenerateParams {
-            max_tokens: self.max_tokens,
+            max_tokens: self.max_tokens.unwrap_or(default_max_tokens),
             sampler,
             stop_token_ids,
             stop_strings: self.stop.clone(),

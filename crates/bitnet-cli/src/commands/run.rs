@@ -52,7 +52,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     if prompt.is_empty() {
         bail!("the prompt encodes to no tokens");
     }
-    let params = args.sampling.params(tokenizer.as_ref())?;
+    let params = args.sampling.params(tokenizer.as_ref(), 32)?;
     let needed = prompt.len() + params.max_tokens;
     let context = model.config().max_position_embeddings;
     if prompt.len() >= context {

@@ -195,7 +195,9 @@ fn finite_f16(b: [u8; 2], block: usize) -> std::result::Result<f32, DequantError
 
 /// Decodes `out.len()` weights of type `ty` from `bytes` (exactly
 /// [`row_bytes`]`(ty, out.len())` bytes) into `out`.
-#[inline]
+/// Inlined into its callers so the block decoders vectorize under the
+/// caller's target features (the output-layer row dots).
+#[inline(always)]
 pub fn dequantize_row(
     ty: GgmlType,
     bytes: &[u8],
@@ -269,7 +271,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8]) -> std::result::Result<Vec<f32>, D
 
 impl BlockQ8_0 {
     /// Parses a 34-byte block.
-    pub(crate) fn read(b: &[u8]) -> Self {
+    fn read(b: &[u8]) -> Self {
         let mut qs = [0i8; QK8_0];
         for (q, &v) in qs.iter_mut().zip(&b[2..34]) {
             *q = v as i8;
@@ -297,7 +299,7 @@ impl BlockQ8_0 {
 
 impl BlockQ4K {
     /// Parses a 144-byte block.
-    pub(crate) fn read(b: &[u8]) -> Self {
+    fn read(b: &[u8]) -> Self {
         let mut blk = BlockQ4K {
             d: [b[0], b[1]],
             dmin: [b[2], b[3]],
@@ -352,7 +354,7 @@ impl BlockQ4K {
 
 impl BlockQ6K {
     /// Parses a 210-byte block.
-    pub(crate) fn read(b: &[u8]) -> Self {
+    fn read(b: &[u8]) -> Self {
         let mut blk = BlockQ6K {
             ql: [0; QK_K / 2],
             qh: [0; QK_K / 4],
