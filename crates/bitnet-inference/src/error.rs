@@ -31,6 +31,16 @@ pub enum Error {
         /// What fits.
         capacity: usize,
     },
+    /// The KV memory budget has no room for the blocks a sequence needs.
+    #[error("the KV cache budget is spent: {needed} blocks needed, {available} of {total} free")]
+    KvBudgetExhausted {
+        /// Blocks asked for.
+        needed: usize,
+        /// Blocks neither in use nor reserved.
+        available: usize,
+        /// Blocks the budget allows.
+        total: usize,
+    },
     /// A forward call with no tokens.
     #[error("forward needs at least one token")]
     EmptyInput,

@@ -47,6 +47,72 @@ pub trait PieceDecoder {
     }
 }
 
+impl<D: PieceDecoder + ?Sized> PieceDecoder for &mut D {
+    fn step(&mut self, id: u32) -> Result<Option<String>> {
+        (**self).step(id)
+    }
+    fn flush(&mut self) -> Result<String> {
+        (**self).flush()
+    }
+}
+
+impl<D: PieceDecoder + ?Sized> PieceDecoder for Box<D> {
+    fn step(&mut self, id: u32) -> Result<Option<String>> {
+        (**self).step(id)
+    }
+    fn flush(&mut self) -> Result<String> {
+        (**self).flush()
+    }
+}
+
+/// The log-probability of a chosen token under the model's distribution
+/// (the raw logits, before penalties and temperature), with the most likely
+/// tokens at that step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    /// The chosen id.
+    pub id: u32,
+    /// Its natural-log probability.
+    pub logprob: f32,
+    /// The most likely ids and their log-probabilities, most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprobs {
+    /// Log-probabilities of `id` and of the `top` most likely ids under
+    /// `softmax(logits)` (ties keep the lower id first).
+    pub fn from_logits(logits: &[f32], id: u32, top: usize) -> TokenLogprobs {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+        let lse = max + sum.ln() as f32;
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+        if top > 0 {
+            for (i, &l) in logits.iter().enumerate() {
+                if best.len() < top || l > best[best.len() - 1].1 {
+                    let at = best.partition_point(|&(_, b)| b >= l);
+                    best.insert(at, (i as u32, l));
+                    best.truncate(top);
+                }
+            }
+        }
+        TokenLogprobs {
+            id,
+            logprob: logits
+                .get(id as usize)
+                .map_or(f32::NEG_INFINITY, |&l| l - lse),
+            top: best.into_iter().map(|(i, l)| (i, l - lse)).collect(),
+        }
+    }
+}
+
+/// What a sequence emits for one generated token.
+#[derive(Debug)]
+pub(crate) struct Emitted<'a> {
+    pub(crate) id: u32,
+    pub(crate) text: &'a str,
+    pub(crate) logprobs: Option<TokenLogprobs>,
+}
+
 /// What to generate and when to stop.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenerateParams {
@@ -87,8 +153,10 @@ pub enum FinishReason {
     Length,
     /// The cache (context) is full.
     ContextFull,
-    /// The caller's callback asked to stop.
+    /// The caller's callback asked to stop, or the caller went away.
     Cancelled,
+    /// The request's deadline passed.
+    Timeout,
 }
 
 impl FinishReason {
@@ -101,6 +169,7 @@ impl FinishReason {
             }
             FinishReason::Length | FinishReason::ContextFull => "length",
             FinishReason::Cancelled => "cancelled",
+            FinishReason::Timeout => "timeout",
         }
     }
 }
@@ -228,23 +297,28 @@ impl StopMatcher {
 }
 
 /// One sequence being generated: sampler, stop rules, text.
-struct Sequence<'d> {
+pub(crate) struct Sequence<'d> {
     params: GenerateParams,
     eos: Vec<u32>,
     sampler: Sampler,
     stops: StopMatcher,
-    decoder: Option<&'d mut dyn PieceDecoder>,
-    generation: Generation,
+    decoder: Option<Box<dyn PieceDecoder + 'd>>,
+    /// How many most likely tokens to report with each token's
+    /// log-probability (`None`: no log-probabilities).
+    top_logprobs: Option<usize>,
+    logits_copy: Vec<f32>,
+    pub(crate) generation: Generation,
     started: Instant,
     first_token: Option<Instant>,
 }
 
 impl<'d> Sequence<'d> {
-    fn new(
+    pub(crate) fn new(
         model: &BitNetModel,
         prompt: &[u32],
         params: &GenerateParams,
-        decoder: Option<&'d mut dyn PieceDecoder>,
+        decoder: Option<Box<dyn PieceDecoder + 'd>>,
+        top_logprobs: Option<usize>,
     ) -> Self {
         let mut sampler = Sampler::new(params.sampler);
         sampler.observe_prompt(prompt);
@@ -257,6 +331,8 @@ impl<'d> Sequence<'d> {
             sampler,
             stops: StopMatcher::new(&params.stop_strings),
             decoder,
+            top_logprobs,
+            logits_copy: Vec::new(),
             params: params.clone(),
             generation: Generation {
                 tokens: Vec::new(),
@@ -273,17 +349,25 @@ impl<'d> Sequence<'d> {
 
     /// Samples from `logits`, streams the text through `emit`, and returns
     /// the token to feed next, or `None` once the sequence has finished.
-    fn step(
+    pub(crate) fn step(
         &mut self,
         logits: &mut [f32],
         room: bool,
-        emit: &mut dyn FnMut(u32, &str) -> bool,
+        emit: &mut dyn FnMut(Emitted<'_>) -> bool,
     ) -> Result<Option<u32>> {
         let now = Instant::now();
         let first = *self.first_token.get_or_insert(now);
         self.generation.prefill_time = first - self.started;
         self.generation.decode_time = now - first;
+        if self.top_logprobs.is_some() {
+            // The sampler edits the logits in place (penalties, temperature).
+            self.logits_copy.clear();
+            self.logits_copy.extend_from_slice(logits);
+        }
         let id = self.sampler.sample(logits);
+        let logprobs = self
+            .top_logprobs
+            .map(|top| TokenLogprobs::from_logits(&self.logits_copy, id, top));
         self.generation.tokens.push(id);
         let mut finish = if self.eos.contains(&id) {
             Some(FinishReason::Eos(id))
@@ -321,7 +405,12 @@ impl<'d> Sequence<'d> {
             }
         }
         self.generation.text.push_str(&text);
-        if !emit(id, &text) && finish.is_none() {
+        if !emit(Emitted {
+            id,
+            text: &text,
+            logprobs,
+        }) && finish.is_none()
+        {
             finish = Some(FinishReason::Cancelled);
         }
         Ok(match finish {
@@ -395,7 +484,11 @@ pub fn generate_batch(
     let mut feeds: Vec<Vec<u32>> = Vec::with_capacity(requests.len());
     for r in requests.iter_mut() {
         let run = r.session.reuse_prefix(r.prompt).to_vec();
-        let mut seq = Sequence::new(model, r.prompt, r.params, r.decoder.take());
+        let decoder = r
+            .decoder
+            .take()
+            .map(|d| Box::new(d) as Box<dyn PieceDecoder + '_>);
+        let mut seq = Sequence::new(model, r.prompt, r.params, decoder, None);
         seq.generation.prompt_tokens_computed = run.len();
         if r.params.max_tokens == 0 {
             seq.generation.finish = FinishReason::Length;
@@ -462,7 +555,7 @@ fn run_batch(
             session.tokens.extend_from_slice(&feeds[i]);
             let room = session.cache.len() < session.cache.capacity();
             let logits = &mut ws.logits_mut()[row * vocab..(row + 1) * vocab];
-            let next = seqs[i].step(logits, room, &mut |id, text| on_token(i, id, text))?;
+            let next = seqs[i].step(logits, room, &mut |e| on_token(i, e.id, e.text))?;
             feeds[i].clear();
             if let Some(id) = next {
                 feeds[i].push(id);

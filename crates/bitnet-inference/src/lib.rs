@@ -18,12 +18,14 @@ pub mod kv_cache;
 pub mod model;
 pub mod perplexity;
 pub mod sampler;
+pub mod scheduler;
 pub mod text;
 
 pub use error::{Error, Result};
 pub use generate::{
-    FinishReason, GenerateParams, Generation, PieceDecoder, Session, generate, generate_batch,
+    FinishReason, GenerateParams, Generation, PieceDecoder, Session, TokenLogprobs, generate,
+    generate_batch,
 };
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvPool, KvPoolStats};
 pub use model::{BatchEntry, BitNetModel, Logits, Workspace};
 pub use sampler::{Sampler, SamplerParams};

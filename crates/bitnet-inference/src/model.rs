@@ -133,7 +133,7 @@ impl BitNetModel {
         }
         ws.spans.clear();
         let mut total = 0;
-        for e in batch.iter() {
+        for e in batch.iter_mut() {
             self.check_entry(e)?;
             ws.spans.push(Span {
                 offset: total,
@@ -209,7 +209,7 @@ impl BitNetModel {
             ids,
             cache: &mut cache,
         }];
-        self.check_entry(&batch[0])?;
+        self.check_entry(&mut batch[0])?;
         let mut ws = Workspace::default();
         ws.spans.push(Span {
             offset: 0,
@@ -233,12 +233,13 @@ impl BitNetModel {
         }
     }
 
-    fn check_entry(&self, e: &BatchEntry<'_>) -> Result<()> {
+    /// Checks an entry and takes the cache blocks its tokens need.
+    fn check_entry(&self, e: &mut BatchEntry<'_>) -> Result<()> {
         let c = self.config();
         if e.ids.is_empty() {
             return Err(Error::EmptyInput);
         }
-        let cache = &e.cache;
+        let cache = &mut e.cache;
         if cache.layers() != c.num_layers || cache.kv_dim() != c.kv_dim() {
             return Err(Error::CacheMismatch(format!(
                 "cache has {} layers of width {}, model {} of width {}",
@@ -248,7 +249,6 @@ impl BitNetModel {
                 c.kv_dim()
             )));
         }
-        cache.reserve(e.ids.len())?;
         if cache.len() + e.ids.len() > self.rope.len() {
             return Err(Error::ContextFull {
                 needed: cache.len() + e.ids.len(),
@@ -267,7 +267,8 @@ impl BitNetModel {
                 vocab: c.vocab_size,
             });
         }
-        Ok(())
+        // Last: it may take blocks from a pool.
+        e.cache.reserve(e.ids.len())
     }
 
     fn layer_forward(
@@ -376,7 +377,6 @@ impl BitNetModel {
         let (h, kv, d, heads) = (c.hidden_size, c.kv_dim(), c.head_dim, c.num_heads);
         let group = heads / c.num_kv_heads;
         let (n, start) = (span.len, span.start);
-        let (keys, values) = cache.read(l, start + n);
         let scale = 1.0 / (d as f32).sqrt();
         let ctx = start + n;
         scores.resize(heads * ctx, 0.0);
@@ -387,16 +387,26 @@ impl BitNetModel {
                 let visible = start + i + 1;
                 let row = span.offset + i;
                 let qh = &q[row * h + head * d..row * h + (head + 1) * d];
-                for (j, s) in scores[..visible].iter_mut().enumerate() {
-                    *s = dot(qh, &keys[j * kv + kv_off..j * kv + kv_off + d]) * scale;
+                // The cache comes in runs of positions (one per block).
+                let mut j = 0;
+                for (keys, _) in cache.runs(l, visible) {
+                    for key in keys.chunks_exact(kv) {
+                        scores[j] = dot(qh, &key[kv_off..kv_off + d]) * scale;
+                        j += 1;
+                    }
                 }
                 // At least one position is visible, so the row is never all -inf.
                 softmax_in_place(&mut scores[..visible]);
                 let out = &mut out[i * d..(i + 1) * d];
                 out.fill(0.0);
-                for (j, &p) in scores[..visible].iter().enumerate() {
-                    let vj = &values[j * kv + kv_off..j * kv + kv_off + d];
-                    out.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
+                let mut j = 0;
+                for (_, values) in cache.runs(l, visible) {
+                    for value in values.chunks_exact(kv) {
+                        let p = scores[j];
+                        let vj = &value[kv_off..kv_off + d];
+                        out.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
+                        j += 1;
+                    }
                 }
             }
         };
