@@ -1,0 +1,169 @@
+//! What every handler shares: the scheduler (the model's engine thread),
+//! the tokenizer and chat template, the served model's id, settings and
+//! metrics.
+
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use bitnet_inference::BitNetModel;
+use bitnet_inference::scheduler::{Scheduler, SchedulerConfig};
+use bitnet_models::chat::ChatTemplate;
+use bitnet_models::tokenizer::TextTokenizer;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No model was given.
+    #[error("no model: pass -m/--model, BITNET_MODEL or `model` in the config file")]
+    NoModel,
+    /// The settings are out of range.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Loading the model or starting its engine failed.
+    #[error(transparent)]
+    Inference(#[from] bitnet_inference::Error),
+    /// Loading the tokenizer or chat template failed.
+    #[error(transparent)]
+    Models(#[from] bitnet_models::Error),
+    /// Binding the listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The state behind every route.
+pub struct AppState {
+    /// The engine.
+    pub scheduler: Scheduler,
+    /// The model's tokenizer.
+    pub tokenizer: Arc<TextTokenizer>,
+    /// Its chat template (or the Llama-3 one).
+    pub template: ChatTemplate,
+    /// The id clients name.
+    pub model_id: String,
+    /// Unix seconds at load.
+    pub created: u64,
+    /// Settings.
+    pub config: ServerConfig,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Ids that end a generation (the tokenizer's end-of-turn ids).
+    pub stop_ids: Vec<u32>,
+    /// Identifies this build in responses.
+    pub fingerprint: String,
+    next_id: AtomicU64,
+    seed_base: u64,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("model_id", &self.model_id)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Unix time in seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl AppState {
+    /// Loads the configured model and its tokenizer, and starts the engine.
+    pub fn load(config: ServerConfig) -> Result<Arc<Self>, StartError> {
+        config.validate()?;
+        let path = config.model.clone().ok_or(StartError::NoModel)?;
+        let model = Arc::new(BitNetModel::load(&path)?);
+        let tokenizer = TextTokenizer::for_model(&path)?;
+        Self::new(config, model, tokenizer, &path)
+    }
+
+    /// A state over an already loaded model and tokenizer (`path` names
+    /// the model when `model_id` is not set).
+    pub fn new(
+        config: ServerConfig,
+        model: Arc<BitNetModel>,
+        tokenizer: TextTokenizer,
+        path: &Path,
+    ) -> Result<Arc<Self>, StartError> {
+        config.validate()?;
+        let template = match &config.chat_template {
+            Some(file) => {
+                let text = std::fs::read_to_string(file).map_err(|source| {
+                    crate::config::ConfigError::Template {
+                        path: file.clone(),
+                        source,
+                    }
+                })?;
+                ChatTemplate::new(&text, file)?
+            }
+            None => tokenizer.chat_template_or_default()?,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let observer = Arc::clone(&metrics);
+        let scheduler = Scheduler::start(
+            model,
+            SchedulerConfig {
+                max_batch: config.max_batch,
+                max_queue: config.max_queue,
+                step_tokens: config.step_tokens,
+                kv_block_size: config.kv_block_size,
+                kv_budget_bytes: config.kv_budget_mib.saturating_mul(1 << 20),
+                context: if config.context == 0 {
+                    usize::MAX
+                } else {
+                    config.context
+                },
+                threads: config.threads,
+                on_step: Some(Arc::new(move |r| observer.step(r))),
+            },
+        )?;
+        metrics.gauges(0, 0, &scheduler.kv_stats());
+        let model_id = config.model_id.clone().unwrap_or_else(|| {
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "bitnet".into());
+            name.strip_suffix(".gguf")
+                .map(str::to_string)
+                .unwrap_or(name)
+        });
+        let stop_ids = tokenizer.stop_ids();
+        let created = unix_now();
+        Ok(Arc::new(AppState {
+            scheduler,
+            tokenizer: Arc::new(tokenizer),
+            template,
+            model_id,
+            created,
+            config,
+            metrics,
+            stop_ids,
+            fingerprint: format!("bitnet-rust-{}", env!("CARGO_PKG_VERSION")),
+            next_id: AtomicU64::new(1),
+            seed_base: created.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        }))
+    }
+
+    /// A fresh id with `prefix` (`chatcmpl`, `cmpl`).
+    pub fn next_id(&self, prefix: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}-{:016x}{n:08x}", self.seed_base)
+    }
+
+    /// A seed for a request that gave none: differs per request.
+    pub fn fresh_seed(&self) -> u64 {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        (self.seed_base ^ n).wrapping_mul(0xbf58_476d_1ce4_e5b9)
+    }
+}
