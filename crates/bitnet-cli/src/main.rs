@@ -30,6 +30,11 @@ enum Command {
     Perplexity(commands::perplexity::Args),
     /// Write a random-weight model of a real shape (HF directory or GGUF file).
     Synth(commands::synth::Args),
+    /// Serve a model over an OpenAI-compatible HTTP API.
+    Serve(commands::serve::Args),
+    /// Load-test a server: concurrent streaming clients, throughput,
+    /// time to first token and server overhead.
+    ServeBench(commands::serve_bench::Args),
     /// Show the token ids and pieces of a text under a model's tokenizer.
     Tokenize(commands::tokenize::Args),
 }
@@ -45,5 +50,7 @@ fn main() -> anyhow::Result<()> {
         Command::Chat(args) => commands::chat::run(args),
         Command::Perplexity(args) => commands::perplexity::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
+        Command::Serve(args) => commands::serve::run(args),
+        Command::ServeBench(args) => commands::serve_bench::run(args),
     }
 }

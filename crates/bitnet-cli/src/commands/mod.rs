@@ -7,5 +7,7 @@ pub(crate) mod inspect;
 pub(crate) mod model_args;
 pub(crate) mod perplexity;
 pub(crate) mod run;
+pub(crate) mod serve;
+pub(crate) mod serve_bench;
 pub(crate) mod synth;
 pub(crate) mod tokenize;
