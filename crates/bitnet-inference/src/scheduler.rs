@@ -473,6 +473,8 @@ struct Slot {
     prompt_left: usize,
     /// Tokens to run at the next step.
     feed: Vec<u32>,
+    /// An error of this sequence alone (e.g. its text decoder's).
+    failed: Option<Error>,
 }
 
 struct Engine {
@@ -660,6 +662,7 @@ impl Engine {
             let slot = Slot {
                 prompt_left: request.prompt.len(),
                 feed: Vec::new(),
+                failed: None,
                 submitted,
                 admitted: Instant::now(),
                 first_token: None,
@@ -733,7 +736,15 @@ impl Engine {
                     text: e.text.to_string(),
                     logprobs: e.logprobs,
                 }))
-            })?;
+            });
+            let next = match next {
+                Ok(next) => next,
+                Err(e) => {
+                    // This sequence's own failure: the others go on.
+                    s.failed = Some(e);
+                    None
+                }
+            };
             generated += 1;
             s.feed.clear();
             if let Some(id) = next {
@@ -749,7 +760,11 @@ impl Engine {
         while i < self.running.len() {
             let s = &self.running[i];
             if s.prompt_left == 0 && s.feed.is_empty() {
-                let slot = self.running.remove(i);
+                let mut slot = self.running.remove(i);
+                if let Some(e) = slot.failed.take() {
+                    slot.request.sink.send(Event::Failed(e));
+                    continue;
+                }
                 let finish = slot.seq.generation.finish.clone();
                 Self::finish(slot, finish);
             } else {

@@ -243,6 +243,8 @@ pub struct LoadReport {
     pub server_errors: usize,
     /// Other non-200 answers (e.g. 429).
     pub other_status: usize,
+    /// The bodies of the first few non-200 answers.
+    pub error_samples: Vec<String>,
     /// Streams that were cut or ill-formed, with the first problem of each.
     pub malformed: Vec<String>,
     /// Completion tokens of the good requests (from usage).
@@ -326,8 +328,16 @@ pub async fn run_load(cfg: &LoadConfig) -> LoadReport {
                     }
                 }
                 200 | 0 => report.malformed.push(o.malformed.join("; ")),
-                s if s >= 500 => report.server_errors += 1,
-                _ => report.other_status += 1,
+                s => {
+                    if s >= 500 {
+                        report.server_errors += 1;
+                    } else {
+                        report.other_status += 1;
+                    }
+                    if report.error_samples.len() < 3 {
+                        report.error_samples.push(format!("{s}: {}", o.text));
+                    }
+                }
             }
         }
     }

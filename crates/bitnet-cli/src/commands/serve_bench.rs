@@ -33,7 +33,7 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
     /// The user message.
-    #[arg(long, default_value = "Write a short story about a lighthouse keeper.")]
+    #[arg(long, default_value = "Tell me a story about the sea and the old man.")]
     prompt: String,
     /// A chat template file for the in-process server.
     #[arg(long)]
@@ -120,9 +120,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             for m in r.malformed.iter().take(3) {
                 eprintln!("  ill-formed stream: {m}");
             }
+            for e in &r.error_samples {
+                eprintln!("  error answer: {e}");
+            }
+            failed |= r.ok == 0;
         }
         if failed {
-            bail!("some requests failed (5xx or ill-formed streams)");
+            bail!("some requests failed (5xx, ill-formed streams, or none succeeded)");
         }
         anyhow::Ok(())
     })
