@@ -182,7 +182,7 @@ impl BitNetModel {
                 }
             }
         }
-        self.lm_head(&normed, &mut ws.logits, par);
+        self.lm_head(&normed, &mut ws.logits, &mut ws.logits_t, par);
         ws.x = x;
         ws.normed = normed;
         Ok(&ws.logits)
@@ -439,12 +439,52 @@ impl BitNetModel {
 
     /// `[rows, vocab]` logits of normalized hidden states `x` `[rows, hidden]`
     /// into `logits`.
-    fn lm_head(&self, x: &[f32], logits: &mut Vec<f32>, par: Parallelism<'_>) {
+    ///
+    /// With several rows, each task takes a slice of the vocabulary and
+    /// runs every row against each vocabulary row while it is in L1, so the
+    /// output matrix is read once per call, not once per row (for a batch
+    /// of decoding sequences that is the difference between reading it
+    /// once and 64 times). Every logit is the same `dot_row` either way.
+    fn lm_head(
+        &self,
+        x: &[f32],
+        logits: &mut Vec<f32>,
+        logits_t: &mut Vec<f32>,
+        par: Parallelism<'_>,
+    ) {
         let c = self.config();
         let (h, vocab) = (c.hidden_size, c.vocab_size);
         let w = self.weights.output_weight();
         let rows = x.len() / h;
         logits.resize(rows * vocab, 0.0);
+        if rows > 1 {
+            const CHUNK: usize = 256;
+            // `[vocab, rows]`: one contiguous block per vocabulary chunk.
+            logits_t.resize(rows * vocab, 0.0);
+            let fill_t = |chunk: usize, out: &mut [f32]| {
+                for (i, row_out) in out.chunks_exact_mut(rows).enumerate() {
+                    w.dot_row_many(chunk * CHUNK + i, x, row_out);
+                }
+            };
+            match par {
+                Parallelism::Sequential => logits_t
+                    .chunks_mut(CHUNK * rows)
+                    .enumerate()
+                    .for_each(|(chunk, out)| fill_t(chunk, out)),
+                Parallelism::Pool(pool) => pool.install(|| {
+                    logits_t
+                        .par_chunks_mut(CHUNK * rows)
+                        .enumerate()
+                        .for_each(|(chunk, out)| fill_t(chunk, out))
+                }),
+            }
+            for (k, col) in logits_t.chunks_exact(rows).enumerate() {
+                for (t, &v) in col.iter().enumerate() {
+                    logits[t * vocab + k] = v;
+                }
+            }
+            return;
+        }
         // Logits of vocabulary rows `first..` for hidden state `xt`.
         let fill = |xt: &[f32], first: usize, out: &mut [f32]| {
             for (k, o) in out.iter_mut().enumerate() {
@@ -508,6 +548,7 @@ pub struct Workspace {
     normed: Vec<f32>,
     scores: Vec<f32>,
     logits: Vec<f32>,
+    logits_t: Vec<f32>,
     xq: QuantizedActivations,
     dots: Vec<i32>,
     spans: Vec<Span>,
@@ -529,6 +570,7 @@ impl Default for Workspace {
             normed: Vec::new(),
             scores: Vec::new(),
             logits: Vec::new(),
+            logits_t: Vec::new(),
             xq: QuantizedActivations::zeroed(0, 0),
             dots: Vec::new(),
             spans: Vec::new(),

@@ -353,6 +353,32 @@ impl FloatMatrix {
         }
     }
 
+    /// `row(r) · x_t` for each of the `out.len()` vectors in `xs`
+    /// (row-major, `cols` each): each result equals [`Self::dot_row`] of
+    /// that vector bit for bit, but the row is read once for all of them.
+    ///
+    /// # Panics
+    /// If `r >= rows` or `xs.len() != out.len() * cols`.
+    pub fn dot_row_many(&self, r: usize, xs: &[f32], out: &mut [f32]) {
+        assert!(
+            r < self.rows && xs.len() == out.len() * self.cols,
+            "row {r} of {self:?}"
+        );
+        let row = &self.encoded()[r * self.row_bytes..(r + 1) * self.row_bytes];
+        let format = match self.encoding {
+            FloatEncoding::F32 => RowFormat::F32,
+            FloatEncoding::F16 => RowFormat::F16,
+            FloatEncoding::BF16 => RowFormat::BF16,
+            _ => {
+                for (t, o) in out.iter_mut().enumerate() {
+                    *o = self.dot_row(r, &xs[t * self.cols..(t + 1) * self.cols]);
+                }
+                return;
+            }
+        };
+        float_dot::dot_many(format, xs, row, out);
+    }
+
     /// The whole matrix as f32, row-major.
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0.0; self.rows * self.cols];
