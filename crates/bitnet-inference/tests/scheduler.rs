@@ -365,3 +365,47 @@ fn logprobs_and_deadlines() {
     let (_, done) = wait(&rx);
     assert_eq!(done.unwrap().finish, FinishReason::Timeout);
 }
+
+#[test]
+fn a_long_prompt_is_prefilled_in_chunks_beside_running_streams() {
+    let model = model();
+    let steps = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&steps);
+    let scheduler = Scheduler::start(
+        Arc::clone(&model),
+        SchedulerConfig {
+            on_step: Some(Arc::new(move |r: &StepReport| {
+                log.lock()
+                    .unwrap()
+                    .push((r.prefill_tokens, r.decode_tokens));
+            })),
+            ..config()
+        },
+    )
+    .unwrap();
+    let p = |max_tokens| GenerateParams {
+        max_tokens,
+        ignore_eos: true,
+        ..GenerateParams::default()
+    };
+    let (tx, running) = mpsc::channel();
+    scheduler
+        .submit(Request::new(vec![9; 4], p(60), Box::new(tx)))
+        .unwrap();
+    // Wait until the first stream decodes, then send a 100-token prompt.
+    assert!(matches!(running.recv().unwrap(), Event::Token(_)));
+    let (tx, long) = mpsc::channel();
+    scheduler
+        .submit(Request::new(vec![4; 100], p(2), Box::new(tx)))
+        .unwrap();
+    assert!(wait(&long).1.is_ok());
+    assert!(wait(&running).1.is_ok());
+    let steps = steps.lock().unwrap();
+    let prefill_steps: Vec<_> = steps.iter().filter(|(p, _)| *p > 0 && *p < 100).collect();
+    // 100 prompt tokens at most 8 per step (7 beside one decoding stream).
+    assert!(prefill_steps.len() >= 100 / 8, "{steps:?}");
+    assert!(
+        prefill_steps.iter().all(|(p, d)| *p <= 8 && *d >= 1),
+        "a prefill step stalled the running stream: {steps:?}"
+    );
+}
