@@ -1,0 +1,28 @@
+//! `bitnet-training`: quantization-aware training (QAT) of BitNet b1.58
+//! models on the `bitnet-core` autograd tape.
+//!
+//! - [`model`]: the trainable model (latent float weights, BitLinear with
+//!   absmean ternary weights and per-token int8 activations in the forward
+//!   pass, straight-through gradients), the same architecture and config as
+//!   inference.
+//! - [`optim`]: AdamW, Adam, SGD (momentum, Nesterov), global-norm clipping.
+//! - [`schedule`]: LR schedules (constant, linear, cosine, step, BitNet's
+//!   two-stage) and progressive quantization λ.
+//! - [`data`]: text/JSONL corpus → tokenizer → packed sequences, seeded
+//!   shuffle, validation split.
+//! - [`checkpoint`]: atomic safetensors checkpoints with optimizer state,
+//!   RNG, config and data position; keep-last-N; exact resume.
+//! - [`rng`]: the seeded generator whose state checkpoints carry.
+
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod model;
+pub mod optim;
+pub mod rng;
+pub mod schedule;
+
+pub use error::{Error, Result};
+pub use model::{Param, ParamKind, TrainableModel};
+pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
+pub use schedule::{LrSchedule, QuantSchedule};
