@@ -12,17 +12,25 @@
 //!   shuffle, validation split.
 //! - [`checkpoint`]: atomic safetensors checkpoints with optimizer state,
 //!   RNG, config and data position; keep-last-N; exact resume.
+//! - [`trainer`]: the loop (`train.toml` → [`trainer::Trainer`]): gradient
+//!   accumulation, clipping, evaluation, early stopping, NaN stop,
+//!   distillation, metrics JSONL and a loss-curve SVG ([`svg`]).
+//! - [`export`]: HF packed and GGUF (I2_S, TQ2_0) through `bitnet-models`.
 //! - [`rng`]: the seeded generator whose state checkpoints carry.
 
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod export;
 pub mod model;
 pub mod optim;
 pub mod rng;
 pub mod schedule;
+pub mod svg;
+pub mod trainer;
 
 pub use error::{Error, Result};
 pub use model::{Param, ParamKind, TrainableModel};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
 pub use schedule::{LrSchedule, QuantSchedule};
+pub use trainer::{StepMetrics, StopReason, TrainConfig, Trainer};
