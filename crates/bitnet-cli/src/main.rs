@@ -32,6 +32,8 @@ enum Command {
     Synth(commands::synth::Args),
     /// Show the token ids and pieces of a text under a model's tokenizer.
     Tokenize(commands::tokenize::Args),
+    /// Train a BitNet model with quantization-aware training (train.toml).
+    Train(commands::train::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,5 +47,6 @@ fn main() -> anyhow::Result<()> {
         Command::Chat(args) => commands::chat::run(args),
         Command::Perplexity(args) => commands::perplexity::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
+        Command::Train(args) => commands::train::run(args),
     }
 }

@@ -143,6 +143,22 @@ impl Dataset {
         &self.val
     }
 
+    /// Unigram baseline (nats/token) of the validation targets under the
+    /// training windows' token frequencies; see [`unigram_baseline`].
+    pub fn unigram_baseline(&self, vocab: usize) -> f64 {
+        let train: Vec<u32> = self
+            .train
+            .iter()
+            .flat_map(|w| w[1..].iter().copied())
+            .collect();
+        let val: Vec<u32> = self
+            .val
+            .iter()
+            .flat_map(|w| w[1..].iter().copied())
+            .collect();
+        unigram_baseline(&train, &val, vocab)
+    }
+
     /// The training-window order of `epoch`.
     pub fn epoch_order(&self, seed: u64, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.train.len()).collect();

@@ -9,3 +9,4 @@ pub(crate) mod perplexity;
 pub(crate) mod run;
 pub(crate) mod synth;
 pub(crate) mod tokenize;
+pub(crate) mod train;
