@@ -209,3 +209,36 @@ fn exports_load_in_the_engine_with_the_trainers_logits() {
         export::export_gguf(small.model(), &d.path().join("x.gguf"), TernaryType::Tq2_0).is_err()
     );
 }
+
+#[test]
+fn distillation_from_a_float_teacher_and_progressive_quantization() {
+    let d = tempfile::tempdir().unwrap();
+    let mut tcfg = config(&d.path().join("teacher"), 64, 2);
+    tcfg.model.quantized = false;
+    let mut teacher = Trainer::new(tcfg, false).unwrap();
+    teacher.run(&mut |_| {}).unwrap();
+    // A float model has nothing ternary to export; its latent weights load back.
+    assert!(export::to_weights(teacher.model()).is_err());
+    let tdir = d.path().join("teacher-latent");
+    teacher.save_latent(&tdir).unwrap();
+
+    let mut cfg = config(&d.path().join("student"), 64, 4);
+    cfg.distill = Some(bitnet_training::trainer::DistillSection {
+        teacher: tdir,
+        temperature: 2.0,
+        alpha: 0.5,
+    });
+    cfg.quant = bitnet_training::QuantSchedule {
+        start: 0,
+        ramp: 4,
+        per_layer: false,
+    };
+    let mut s = Trainer::new(cfg, false).unwrap();
+    let mut lambdas = Vec::new();
+    s.run(&mut |m| {
+        assert!(m.loss.is_finite());
+        lambdas.push(m.lambda);
+    })
+    .unwrap();
+    assert_eq!(lambdas, vec![0.0, 0.25, 0.5, 0.75]);
+}

@@ -212,3 +212,31 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     eprintln!("sample: {}", tok.decode(&ids, true)?);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_train_toml_parses_and_typos_are_refused() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../models/bitnet-kjv-5m/train.toml"
+        );
+        let cfg: TrainConfig = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.model.num_layers, 6);
+        assert_eq!(cfg.data.seq_len, 128);
+        assert!(matches!(
+            cfg.schedule,
+            bitnet_training::LrSchedule::TwoStage { warmup: 30, .. }
+        ));
+        assert!(toml::from_str::<TrainConfig>("[train]\nstepz = 3\n").is_err());
+        let sgd: TrainConfig =
+            toml::from_str("[optim]\nkind = \"sgd\"\nmomentum = 0.9\nnesterov = true\n").unwrap();
+        assert_eq!(
+            sgd.optim.optimizer.kind,
+            bitnet_training::OptimizerKind::Sgd
+        );
+    }
+}
