@@ -37,6 +37,8 @@ enum Command {
     ServeBench(commands::serve_bench::Args),
     /// Show the token ids and pieces of a text under a model's tokenizer.
     Tokenize(commands::tokenize::Args),
+    /// Train a BitNet model with quantization-aware training (train.toml).
+    Train(commands::train::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,5 +54,6 @@ fn main() -> anyhow::Result<()> {
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::ServeBench(args) => commands::serve_bench::run(args),
+        Command::Train(args) => commands::train::run(args),
     }
 }

@@ -21,6 +21,7 @@
 //! # Ok::<(), bitnet_core::Error>(())
 //! ```
 
+pub mod autograd;
 pub mod dtype;
 pub mod error;
 pub mod layout;

@@ -11,3 +11,4 @@ pub(crate) mod serve;
 pub(crate) mod serve_bench;
 pub(crate) mod synth;
 pub(crate) mod tokenize;
+pub(crate) mod train;

@@ -72,6 +72,16 @@ pub enum OpKind {
     ToMat,
     /// [`build_pool`](crate::build_pool).
     BuildPool,
+    /// Causal multi-head attention on the autograd tape.
+    Attention,
+    /// Cross-entropy loss on the autograd tape.
+    CrossEntropy,
+    /// Distillation KL divergence on the autograd tape.
+    KlDiv,
+    /// Straight-through fake quantization on the autograd tape.
+    FakeQuant,
+    /// Reverse pass of the autograd tape.
+    Backward,
 }
 
 impl OpKind {
@@ -110,6 +120,11 @@ impl OpKind {
             OpKind::Eigh => "eigh",
             OpKind::ToMat => "to_mat",
             OpKind::BuildPool => "build_pool",
+            OpKind::Attention => "attention",
+            OpKind::CrossEntropy => "cross_entropy",
+            OpKind::KlDiv => "kl_div",
+            OpKind::FakeQuant => "fake_quant",
+            OpKind::Backward => "backward",
         }
     }
 }

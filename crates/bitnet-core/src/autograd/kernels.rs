@@ -1,0 +1,282 @@
+//! Slice kernels behind the tape's ops: GEMM through faer (with transposed
+//! operands as views, never copies), fused causal attention forward and
+//! backward, and a small parallel-map helper over an explicit pool.
+
+use faer::linalg::matmul::matmul as faer_matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use crate::parallel::Parallelism;
+
+/// `dst[m,n] (+)= op(a) · op(b)`, all row-major. `a` is `[m,k]` (or `[k,m]`
+/// when `ta`), `b` is `[k,n]` (or `[n,k]` when `tb`).
+#[allow(clippy::too_many_arguments)] // a GEMM signature; a struct would only rename the fields
+pub(crate) fn gemm(
+    dst: &mut [f32],
+    a: &[f32],
+    ta: bool,
+    b: &[f32],
+    tb: bool,
+    (m, k, n): (usize, usize, usize),
+    accumulate: bool,
+    par: Par,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    let lhs = if ta {
+        MatRef::from_row_major_slice(a, k, m).transpose()
+    } else {
+        MatRef::from_row_major_slice(a, m, k)
+    };
+    let rhs = if tb {
+        MatRef::from_row_major_slice(b, n, k).transpose()
+    } else {
+        MatRef::from_row_major_slice(b, k, n)
+    };
+    let out = MatMut::from_row_major_slice_mut(dst, m, n);
+    let accum = if accumulate {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
+    faer_matmul(out, accum, lhs, rhs, 1.0f32, par);
+}
+
+/// Maps `f` over `0..n`, on the pool's threads when there is one.
+pub(crate) fn par_map<T: Send>(
+    par: Parallelism<'_>,
+    n: usize,
+    f: impl Fn(usize) -> T + Sync + Send,
+) -> Vec<T> {
+    match par {
+        Parallelism::Sequential => (0..n).map(f).collect(),
+        Parallelism::Pool(pool) => pool.install(|| (0..n).into_par_iter().map(f).collect()),
+    }
+}
+
+/// Shapes of one causal attention call: activations are rows of
+/// `[batch * seq, heads * head_dim]` (queries, output) and
+/// `[batch * seq, kv_heads * head_dim]` (keys, values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnDims {
+    /// Sequences in the batch.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (`heads` is a multiple of it).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+}
+
+impl AttnDims {
+    fn q_width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    fn kv_width(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+    fn scale(&self) -> f32 {
+        (1.0 / (self.head_dim as f64).sqrt()) as f32
+    }
+}
+
+/// Offset of head `h` of sequence `b` in a `[batch*seq, width]` buffer.
+fn head_off(d: &AttnDims, b: usize, h: usize, width: usize) -> usize {
+    b * d.seq * width + h * d.head_dim
+}
+
+/// Strided `[seq, head_dim]` view of one head.
+fn head_view<'a>(
+    buf: &'a [f32],
+    d: &AttnDims,
+    b: usize,
+    h: usize,
+    width: usize,
+) -> MatRef<'a, f32> {
+    let off = head_off(d, b, h, width);
+    let len = (d.seq - 1) * width + d.head_dim;
+    MatRef::from_row_major_slice_with_stride(&buf[off..off + len], d.seq, d.head_dim, width)
+}
+
+/// Forward: `out = softmax(q kᵀ · scale + causal) v` per head (GQA: head
+/// `h` reads kv head `h / (heads / kv_heads)`). Returns the output and the
+/// attention probabilities `[batch, heads, seq, seq]` kept for backward.
+pub(crate) fn attention_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    d: AttnDims,
+    par: Parallelism<'_>,
+) -> (Vec<f32>, Vec<f32>) {
+    let (t, hd) = (d.seq, d.head_dim);
+    let group = d.heads / d.kv_heads;
+    let (qw, kw) = (d.q_width(), d.kv_width());
+    let scale = d.scale();
+    let per_head = par_map(par, d.batch * d.heads, |task| {
+        let (b, h) = (task / d.heads, task % d.heads);
+        let kvh = h / group;
+        let qh = head_view(q, &d, b, h, qw);
+        let kh = head_view(k, &d, b, kvh, kw);
+        let vh = head_view(v, &d, b, kvh, kw);
+        let mut p = vec![0.0f32; t * t];
+        faer_matmul(
+            MatMut::from_row_major_slice_mut(&mut p, t, t),
+            Accum::Replace,
+            qh,
+            kh.transpose(),
+            1.0f32,
+            Par::Seq,
+        );
+        for i in 0..t {
+            let row = &mut p[i * t..(i + 1) * t];
+            // Scale first, then softmax over the unmasked prefix, as the
+            // reference does (matmul * scaling, + mask, softmax in f32).
+            let live = &mut row[..=i];
+            let mut max = f32::NEG_INFINITY;
+            for x in live.iter_mut() {
+                *x *= scale;
+                max = max.max(*x);
+            }
+            let mut sum = 0.0f32;
+            for x in live.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            for x in live.iter_mut() {
+                *x *= inv;
+            }
+            row[i + 1..].fill(0.0);
+        }
+        let mut o = vec![0.0f32; t * hd];
+        faer_matmul(
+            MatMut::from_row_major_slice_mut(&mut o, t, hd),
+            Accum::Replace,
+            MatRef::from_row_major_slice(&p, t, t),
+            vh,
+            1.0f32,
+            Par::Seq,
+        );
+        (p, o)
+    });
+    let mut out = vec![0.0f32; d.batch * t * qw];
+    let mut probs = Vec::with_capacity(d.batch * d.heads * t * t);
+    for (task, (p, o)) in per_head.into_iter().enumerate() {
+        let (b, h) = (task / d.heads, task % d.heads);
+        let off = head_off(&d, b, h, qw);
+        for i in 0..t {
+            out[off + i * qw..off + i * qw + hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
+        }
+        probs.extend_from_slice(&p);
+    }
+    (out, probs)
+}
+
+/// Backward of [`attention_forward`]: gradients for q, k and v given the
+/// output gradient `dout` and the saved probabilities.
+#[allow(clippy::type_complexity)] // three parallel gradient buffers
+pub(crate) fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    probs: &[f32],
+    dout: &[f32],
+    d: AttnDims,
+    par: Parallelism<'_>,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (t, hd) = (d.seq, d.head_dim);
+    let group = d.heads / d.kv_heads;
+    let (qw, kw) = (d.q_width(), d.kv_width());
+    let scale = d.scale();
+    // One task per (sequence, kv head): the query heads sharing a kv head
+    // accumulate into the same dk/dv, so they stay on one thread.
+    let per_kv = par_map(par, d.batch * d.kv_heads, |task| {
+        let (b, kvh) = (task / d.kv_heads, task % d.kv_heads);
+        let kh = head_view(k, &d, b, kvh, kw);
+        let vh = head_view(v, &d, b, kvh, kw);
+        let mut dk = vec![0.0f32; t * hd];
+        let mut dv = vec![0.0f32; t * hd];
+        let mut dqs = Vec::with_capacity(group);
+        let mut ds = vec![0.0f32; t * t];
+        for h in kvh * group..(kvh + 1) * group {
+            let p = &probs[(b * d.heads + h) * t * t..][..t * t];
+            let pm = MatRef::from_row_major_slice(p, t, t);
+            let qh = head_view(q, &d, b, h, qw);
+            let doh = head_view(dout, &d, b, h, qw);
+            // dv += pᵀ · dout
+            faer_matmul(
+                MatMut::from_row_major_slice_mut(&mut dv, t, hd),
+                Accum::Add,
+                pm.transpose(),
+                doh,
+                1.0f32,
+                Par::Seq,
+            );
+            // dp = dout · vᵀ, then ds = p ⊙ (dp − rowsum(dp ⊙ p)) · scale
+            faer_matmul(
+                MatMut::from_row_major_slice_mut(&mut ds, t, t),
+                Accum::Replace,
+                doh,
+                vh.transpose(),
+                1.0f32,
+                Par::Seq,
+            );
+            for i in 0..t {
+                let (pr, dr) = (&p[i * t..(i + 1) * t], &mut ds[i * t..(i + 1) * t]);
+                let dot: f32 = pr[..=i].iter().zip(&dr[..=i]).map(|(a, b)| a * b).sum();
+                for j in 0..=i {
+                    dr[j] = pr[j] * (dr[j] - dot) * scale;
+                }
+                dr[i + 1..].fill(0.0);
+            }
+            let dsm = MatRef::from_row_major_slice(&ds, t, t);
+            let mut dq = vec![0.0f32; t * hd];
+            faer_matmul(
+                MatMut::from_row_major_slice_mut(&mut dq, t, hd),
+                Accum::Replace,
+                dsm,
+                kh,
+                1.0f32,
+                Par::Seq,
+            );
+            faer_matmul(
+                MatMut::from_row_major_slice_mut(&mut dk, t, hd),
+                Accum::Add,
+                dsm.transpose(),
+                qh,
+                1.0f32,
+                Par::Seq,
+            );
+            dqs.push(dq);
+        }
+        (dqs, dk, dv)
+    });
+    let mut dq = vec![0.0f32; q.len()];
+    let mut dk = vec![0.0f32; k.len()];
+    let mut dv = vec![0.0f32; v.len()];
+    for (task, (dqs, dkh, dvh)) in per_kv.into_iter().enumerate() {
+        let (b, kvh) = (task / d.kv_heads, task % d.kv_heads);
+        let koff = head_off(&d, b, kvh, kw);
+        for i in 0..t {
+            dk[koff + i * kw..][..hd].copy_from_slice(&dkh[i * hd..(i + 1) * hd]);
+            dv[koff + i * kw..][..hd].copy_from_slice(&dvh[i * hd..(i + 1) * hd]);
+        }
+        for (g, dqh) in dqs.iter().enumerate() {
+            let qoff = head_off(&d, b, kvh * group + g, qw);
+            for i in 0..t {
+                dq[qoff + i * qw..][..hd].copy_from_slice(&dqh[i * hd..(i + 1) * hd]);
+            }
+        }
+    }
+    (dq, dk, dv)
+}

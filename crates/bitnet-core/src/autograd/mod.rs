@@ -1,0 +1,956 @@
+//! A small reverse-mode autograd tape over row-major `f32` buffers: what a
+//! BitNet transformer needs to train with quantization-aware training.
+//!
+//! A [`Tape`] records each op's output value and how to push a gradient back
+//! to its inputs; [`Tape::backward`] replays the records in reverse and
+//! returns [`Grads`]. Values are plain `Vec<f32>` with a shape; 2-D ops read a
+//! tensor as rows of its last dimension (`[rows, width]`), which is how the
+//! model lays out its activations (`[batch * seq, hidden]`).
+//!
+//! Ops: [`Tape::matmul`], [`Tape::linear`] (`x · wᵀ`), [`Tape::add`],
+//! [`Tape::mul`], [`Tape::scale`], [`Tape::sum`], [`Tape::rms_norm`],
+//! [`Tape::rope`] (HF rotate-half, as inference), [`Tape::softmax`],
+//! [`Tape::causal_attention`] (fused, GQA), [`Tape::silu`], [`Tape::relu2`],
+//! [`Tape::embedding`], [`Tape::cross_entropy`], [`Tape::kl_distill`], and
+//! the straight-through quantizers [`Tape::act_quant_ste`] (per-token int8
+//! absmax) and [`Tape::weight_quant_ste`] (per-tensor absmean ternary) with
+//! the `x + λ (q(x) − x).detach()` semantics of NUMERICS.md.
+//!
+//! Matmuls go through faer on the tape's [`Parallelism`]; attention runs one
+//! task per head on the same pool.
+//!
+//! ```
+//! use bitnet_core::autograd::Tape;
+//! use bitnet_core::Parallelism;
+//!
+//! let mut tape = Tape::new(Parallelism::Sequential);
+//! let x = tape.leaf(vec![1.0, 2.0, 3.0, 4.0], &[2, 2], true)?;
+//! let w = tape.leaf(vec![0.5, -1.0, 2.0, 0.0], &[2, 2], true)?;
+//! let y = tape.linear(x, w)?;
+//! let loss = tape.sum(y)?;
+//! let grads = tape.backward(loss)?;
+//! assert_eq!(grads.get(x).unwrap(), &[2.5, -1.0, 2.5, -1.0]);
+//! # Ok::<(), bitnet_core::Error>(())
+//! ```
+
+mod kernels;
+#[cfg(test)]
+mod tests;
+
+pub use kernels::AttnDims;
+
+use crate::error::{Error, Result};
+use crate::ops::OpKind;
+use crate::parallel::Parallelism;
+use crate::shape::Shape;
+
+/// Target id that [`Tape::cross_entropy`] skips (PyTorch's `ignore_index`).
+pub const IGNORE_INDEX: u32 = u32::MAX;
+
+/// Handle of a value on a [`Tape`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Var(usize);
+
+/// How a node was made, with whatever its backward needs.
+enum Op {
+    Leaf,
+    Matmul(Var, Var),
+    Linear(Var, Var),
+    Add(Var, Var),
+    Mul(Var, Var),
+    Scale(Var, f32),
+    Sum(Var),
+    RmsNorm {
+        x: Var,
+        w: Var,
+        inv: Vec<f32>,
+    },
+    Rope {
+        x: Var,
+        cos: Vec<f32>,
+        sin: Vec<f32>,
+        seq: usize,
+        head_dim: usize,
+    },
+    Softmax(Var),
+    Attention {
+        q: Var,
+        k: Var,
+        v: Var,
+        probs: Vec<f32>,
+        dims: AttnDims,
+    },
+    Silu(Var),
+    Relu2(Var),
+    Embedding {
+        table: Var,
+        ids: Vec<u32>,
+    },
+    CrossEntropy {
+        logits: Var,
+        targets: Vec<u32>,
+        probs: Vec<f32>,
+        count: usize,
+    },
+    KlDistill {
+        logits: Var,
+        teacher: Vec<f32>,
+        probs: Vec<f32>,
+        temperature: f32,
+    },
+    Ste(Var),
+}
+
+struct Node {
+    value: Vec<f32>,
+    dims: Vec<usize>,
+    op: Op,
+    needs_grad: bool,
+}
+
+/// Records operations for one forward pass; [`Tape::backward`] differentiates it.
+pub struct Tape<'p> {
+    nodes: Vec<Node>,
+    par: Parallelism<'p>,
+}
+
+/// Gradients from [`Tape::backward`], one optional buffer per tape value.
+pub struct Grads {
+    grads: Vec<Option<Vec<f32>>>,
+}
+
+impl Grads {
+    /// The gradient of `v`, or `None` when nothing that needs a gradient
+    /// flowed through it.
+    pub fn get(&self, v: Var) -> Option<&[f32]> {
+        self.grads.get(v.0).and_then(|g| g.as_deref())
+    }
+
+    /// Takes ownership of the gradient of `v`.
+    pub fn take(&mut self, v: Var) -> Option<Vec<f32>> {
+        self.grads.get_mut(v.0).and_then(Option::take)
+    }
+}
+
+fn shape_err(op: OpKind, a: &[usize], b: &[usize], reason: &'static str) -> Error {
+    Error::ShapeMismatch {
+        op,
+        lhs: Shape::from(a.to_vec()),
+        rhs: Shape::from(b.to_vec()),
+        reason,
+    }
+}
+
+fn invalid(op: OpKind, msg: String) -> Error {
+    Error::InvalidArgument { op, msg }
+}
+
+/// Per-token int8 absmax fake quantization of one row (NUMERICS.md
+/// `ActQuant`): `s = 127 / max(absmax, 1e-5)`, `clamp(round(x s), -128, 127) / s`.
+pub fn act_quant_row(row: &[f32], out: &mut [f32]) {
+    let absmax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let s = 127.0 / absmax.max(1e-5);
+    for (o, &v) in out.iter_mut().zip(row) {
+        *o = (v * s).round_ties_even().clamp(-128.0, 127.0) / s;
+    }
+}
+
+/// Per-tensor absmean ternary fake quantization (NUMERICS.md `WeightQuant`):
+/// `s = 1 / max(mean |W|, 1e-5)`, `clamp(round(W s), -1, 1) / s`.
+pub fn weight_quant(w: &[f32], out: &mut [f32]) {
+    let mean = w.iter().map(|v| v.abs()).sum::<f32>() / w.len().max(1) as f32;
+    let s = 1.0 / mean.max(1e-5);
+    for (o, &v) in out.iter_mut().zip(w) {
+        *o = (v * s).round_ties_even().clamp(-1.0, 1.0) / s;
+    }
+}
+
+impl<'p> Tape<'p> {
+    /// An empty tape whose matmuls and attention run on `par`.
+    pub fn new(par: Parallelism<'p>) -> Self {
+        Tape {
+            nodes: Vec::new(),
+            par,
+        }
+    }
+
+    /// Number of recorded values.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether nothing has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The value of `v`.
+    pub fn value(&self, v: Var) -> &[f32] {
+        &self.nodes[v.0].value
+    }
+
+    /// The shape of `v`.
+    pub fn dims(&self, v: Var) -> &[usize] {
+        &self.nodes[v.0].dims
+    }
+
+    /// The single element of a one-element value (a loss).
+    pub fn scalar(&self, v: Var) -> f32 {
+        self.nodes[v.0].value[0]
+    }
+
+    fn push(&mut self, value: Vec<f32>, dims: Vec<usize>, op: Op, needs_grad: bool) -> Var {
+        self.nodes.push(Node {
+            value,
+            dims,
+            op,
+            needs_grad,
+        });
+        Var(self.nodes.len() - 1)
+    }
+
+    fn ng(&self, v: Var) -> bool {
+        self.nodes[v.0].needs_grad
+    }
+
+    fn rows_width(&self, v: Var) -> (usize, usize) {
+        let d = &self.nodes[v.0].dims;
+        let w = d.last().copied().unwrap_or(1);
+        (self.nodes[v.0].value.len() / w.max(1), w)
+    }
+
+    /// A leaf value (a parameter when `requires_grad`, else a constant).
+    pub fn leaf(&mut self, value: Vec<f32>, dims: &[usize], requires_grad: bool) -> Result<Var> {
+        let n: usize = dims.iter().product();
+        if n != value.len() {
+            return Err(Error::ElementCountMismatch {
+                op: OpKind::FromVec,
+                shape: Shape::from(dims.to_vec()),
+                expected: n,
+                got: value.len(),
+            });
+        }
+        Ok(self.push(value, dims.to_vec(), Op::Leaf, requires_grad))
+    }
+
+    /// Matrix product `[m,k] · [k,n]`.
+    pub fn matmul(&mut self, a: Var, b: Var) -> Result<Var> {
+        let (da, db) = (self.dims(a).to_vec(), self.dims(b).to_vec());
+        let (&[m, k], &[k2, n]) = (da.as_slice(), db.as_slice()) else {
+            return Err(shape_err(
+                OpKind::Matmul,
+                &da,
+                &db,
+                "both operands must be 2-D",
+            ));
+        };
+        if k != k2 {
+            return Err(shape_err(
+                OpKind::Matmul,
+                &da,
+                &db,
+                "inner dimensions differ",
+            ));
+        }
+        let mut out = vec![0.0f32; m * n];
+        let (va, vb) = (&self.nodes[a.0].value, &self.nodes[b.0].value);
+        self.par
+            .run(|p| kernels::gemm(&mut out, va, false, vb, false, (m, k, n), false, p));
+        let ng = self.ng(a) || self.ng(b);
+        Ok(self.push(out, vec![m, n], Op::Matmul(a, b), ng))
+    }
+
+    /// Linear layer without bias: `x · wᵀ` for `x` of rows `[.., in]` and
+    /// `w` of shape `[out, in]`; the result keeps `x`'s leading dims.
+    pub fn linear(&mut self, x: Var, w: Var) -> Result<Var> {
+        let (m, k) = self.rows_width(x);
+        let dw = self.dims(w).to_vec();
+        let (&[n, k2], true) = (dw.as_slice(), dw.len() == 2) else {
+            return Err(shape_err(
+                OpKind::Matmul,
+                self.dims(x),
+                &dw,
+                "weight must be 2-D [out, in]",
+            ));
+        };
+        if k != k2 {
+            return Err(shape_err(
+                OpKind::Matmul,
+                self.dims(x),
+                &dw,
+                "x width must equal weight in_features",
+            ));
+        }
+        let mut out = vec![0.0f32; m * n];
+        let (vx, vw) = (&self.nodes[x.0].value, &self.nodes[w.0].value);
+        self.par
+            .run(|p| kernels::gemm(&mut out, vx, false, vw, true, (m, k, n), false, p));
+        let mut dims = self.dims(x).to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = n;
+        }
+        let ng = self.ng(x) || self.ng(w);
+        Ok(self.push(out, dims, Op::Linear(x, w), ng))
+    }
+
+    fn same_shape(&self, op: OpKind, a: Var, b: Var) -> Result<()> {
+        if self.dims(a) != self.dims(b) {
+            return Err(shape_err(
+                op,
+                self.dims(a),
+                self.dims(b),
+                "shapes must be equal",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Elementwise `a + b` (equal shapes).
+    pub fn add(&mut self, a: Var, b: Var) -> Result<Var> {
+        self.same_shape(OpKind::Add, a, b)?;
+        let out = self
+            .value(a)
+            .iter()
+            .zip(self.value(b))
+            .map(|(x, y)| x + y)
+            .collect();
+        let ng = self.ng(a) || self.ng(b);
+        Ok(self.push(out, self.dims(a).to_vec(), Op::Add(a, b), ng))
+    }
+
+    /// Elementwise `a * b` (equal shapes).
+    pub fn mul(&mut self, a: Var, b: Var) -> Result<Var> {
+        self.same_shape(OpKind::Mul, a, b)?;
+        let out = self
+            .value(a)
+            .iter()
+            .zip(self.value(b))
+            .map(|(x, y)| x * y)
+            .collect();
+        let ng = self.ng(a) || self.ng(b);
+        Ok(self.push(out, self.dims(a).to_vec(), Op::Mul(a, b), ng))
+    }
+
+    /// `a * s` for a constant `s`.
+    pub fn scale(&mut self, a: Var, s: f32) -> Result<Var> {
+        let out = self.value(a).iter().map(|x| x * s).collect();
+        let ng = self.ng(a);
+        Ok(self.push(out, self.dims(a).to_vec(), Op::Scale(a, s), ng))
+    }
+
+    /// Sum of all elements (accumulated in f64), shape `[1]`.
+    pub fn sum(&mut self, a: Var) -> Result<Var> {
+        let s = self.value(a).iter().map(|&x| x as f64).sum::<f64>() as f32;
+        let ng = self.ng(a);
+        Ok(self.push(vec![s], vec![1], Op::Sum(a), ng))
+    }
+
+    /// RMSNorm over the last dimension: `x · 1/sqrt(mean(x²) + eps) · w`, in
+    /// the order of [`rows::rms_norm_into`](crate::ops::rows::rms_norm_into).
+    pub fn rms_norm(&mut self, x: Var, w: Var, eps: f32) -> Result<Var> {
+        let (rows, h) = self.rows_width(x);
+        if self.dims(w) != [h] {
+            return Err(shape_err(
+                OpKind::RmsNorm,
+                self.dims(x),
+                self.dims(w),
+                "weight must be [last dim of x]",
+            ));
+        }
+        let (vx, vw) = (self.value(x), self.value(w));
+        let mut out = vec![0.0f32; vx.len()];
+        let mut inv = Vec::with_capacity(rows);
+        for (row, dst) in vx.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
+            let ms = row.iter().map(|v| v * v).sum::<f32>() / h as f32;
+            let r = 1.0 / (ms + eps).sqrt();
+            inv.push(r);
+            for ((d, &v), &g) in dst.iter_mut().zip(row).zip(vw) {
+                *d = v * r * g;
+            }
+        }
+        let ng = self.ng(x) || self.ng(w);
+        Ok(self.push(out, self.dims(x).to_vec(), Op::RmsNorm { x, w, inv }, ng))
+    }
+
+    /// RoPE, HF rotate-half convention (dims `i` and `i + d/2` pair up), on
+    /// rows of `[batch * seq, heads * head_dim]`: row `r` sits at position
+    /// `r % seq`. Angles as inference computes them (`1 / θ^(2i/d)`, f32).
+    pub fn rope(&mut self, x: Var, seq: usize, head_dim: usize, theta: f32) -> Result<Var> {
+        let (rows, width) = self.rows_width(x);
+        if head_dim == 0
+            || !head_dim.is_multiple_of(2)
+            || !width.is_multiple_of(head_dim)
+            || seq == 0
+            || !rows.is_multiple_of(seq)
+        {
+            return Err(invalid(
+                OpKind::Rope,
+                format!(
+                    "rows {rows} x width {width} do not split into seq {seq} and even head_dim {head_dim}"
+                ),
+            ));
+        }
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(seq * half),
+            Vec::with_capacity(seq * half),
+        );
+        for p in 0..seq {
+            for &f in &inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let mut out = self.value(x).to_vec();
+        for (r, row) in out.chunks_exact_mut(width).enumerate() {
+            let (c, s) = (
+                &cos[(r % seq) * half..][..half],
+                &sin[(r % seq) * half..][..half],
+            );
+            for head in row.chunks_exact_mut(head_dim) {
+                for i in 0..half {
+                    let (x1, x2) = (head[i], head[i + half]);
+                    head[i] = x1 * c[i] - x2 * s[i];
+                    head[i + half] = x2 * c[i] + x1 * s[i];
+                }
+            }
+        }
+        let ng = self.ng(x);
+        Ok(self.push(
+            out,
+            self.dims(x).to_vec(),
+            Op::Rope {
+                x,
+                cos,
+                sin,
+                seq,
+                head_dim,
+            },
+            ng,
+        ))
+    }
+
+    /// Softmax over the last dimension.
+    pub fn softmax(&mut self, x: Var) -> Result<Var> {
+        let (_, w) = self.rows_width(x);
+        let mut out = self.value(x).to_vec();
+        for row in out.chunks_exact_mut(w) {
+            crate::ops::rows::softmax_in_place(row);
+        }
+        let ng = self.ng(x);
+        Ok(self.push(out, self.dims(x).to_vec(), Op::Softmax(x), ng))
+    }
+
+    /// Causal scaled-dot-product attention (`1/sqrt(head_dim)`, f32 softmax),
+    /// grouped-query: `q` rows `[batch*seq, heads*head_dim]`, `k`/`v` rows
+    /// `[batch*seq, kv_heads*head_dim]`. Output has `q`'s shape.
+    pub fn causal_attention(&mut self, q: Var, k: Var, v: Var, dims: AttnDims) -> Result<Var> {
+        let d = dims;
+        let bad = |msg: String| Err(invalid(OpKind::Attention, msg));
+        if d.kv_heads == 0 || !d.heads.is_multiple_of(d.kv_heads) || d.seq == 0 || d.head_dim == 0 {
+            return bad(format!("invalid attention dims {d:?}"));
+        }
+        let rows = d.batch * d.seq;
+        if self.value(q).len() != rows * d.heads * d.head_dim
+            || self.value(k).len() != rows * d.kv_heads * d.head_dim
+            || self.value(v).len() != self.value(k).len()
+        {
+            return bad(format!(
+                "q/k/v shapes {:?} {:?} {:?} do not match {d:?}",
+                self.dims(q),
+                self.dims(k),
+                self.dims(v)
+            ));
+        }
+        let (out, probs) =
+            kernels::attention_forward(self.value(q), self.value(k), self.value(v), d, self.par);
+        let ng = self.ng(q) || self.ng(k) || self.ng(v);
+        let shape = self.dims(q).to_vec();
+        Ok(self.push(
+            out,
+            shape,
+            Op::Attention {
+                q,
+                k,
+                v,
+                probs,
+                dims: d,
+            },
+            ng,
+        ))
+    }
+
+    /// `x · sigmoid(x)`.
+    pub fn silu(&mut self, x: Var) -> Result<Var> {
+        let out = self
+            .value(x)
+            .iter()
+            .map(|&v| crate::ops::rows::silu(v))
+            .collect();
+        let ng = self.ng(x);
+        Ok(self.push(out, self.dims(x).to_vec(), Op::Silu(x), ng))
+    }
+
+    /// `relu(x)²`.
+    pub fn relu2(&mut self, x: Var) -> Result<Var> {
+        let out = self
+            .value(x)
+            .iter()
+            .map(|&v| crate::ops::rows::relu2(v))
+            .collect();
+        let ng = self.ng(x);
+        Ok(self.push(out, self.dims(x).to_vec(), Op::Relu2(x), ng))
+    }
+
+    /// Rows of `table` (`[vocab, width]`) for `ids`, shape `[ids.len(), width]`.
+    pub fn embedding(&mut self, table: Var, ids: &[u32]) -> Result<Var> {
+        let dt = self.dims(table).to_vec();
+        let &[vocab, width] = dt.as_slice() else {
+            return Err(invalid(
+                OpKind::Embedding,
+                format!("table must be 2-D, got {dt:?}"),
+            ));
+        };
+        let tv = self.value(table);
+        let mut out = Vec::with_capacity(ids.len() * width);
+        for (position, &id) in ids.iter().enumerate() {
+            if id as usize >= vocab {
+                return Err(Error::TokenIdOutOfRange {
+                    op: OpKind::Embedding,
+                    id,
+                    position,
+                    vocab,
+                });
+            }
+            out.extend_from_slice(&tv[id as usize * width..][..width]);
+        }
+        let ng = self.ng(table);
+        Ok(self.push(
+            out,
+            vec![ids.len(), width],
+            Op::Embedding {
+                table,
+                ids: ids.to_vec(),
+            },
+            ng,
+        ))
+    }
+
+    /// Mean cross-entropy of `logits` rows `[n, vocab]` against `targets`
+    /// (`n` ids; [`IGNORE_INDEX`] rows are skipped), shape `[1]`. Computed
+    /// in f32 with a log-sum-exp per row, like PyTorch's `cross_entropy`.
+    pub fn cross_entropy(&mut self, logits: Var, targets: &[u32]) -> Result<Var> {
+        let (n, vocab) = self.rows_width(logits);
+        if targets.len() != n {
+            return Err(invalid(
+                OpKind::CrossEntropy,
+                format!("{} targets for {n} logit rows", targets.len()),
+            ));
+        }
+        let lv = self.value(logits);
+        let mut probs = vec![0.0f32; lv.len()];
+        let (mut total, mut count) = (0.0f64, 0usize);
+        for (r, (&t, (row, p))) in targets
+            .iter()
+            .zip(lv.chunks_exact(vocab).zip(probs.chunks_exact_mut(vocab)))
+            .enumerate()
+        {
+            if t == IGNORE_INDEX {
+                continue;
+            }
+            if t as usize >= vocab {
+                return Err(Error::TokenIdOutOfRange {
+                    op: OpKind::CrossEntropy,
+                    id: t,
+                    position: r,
+                    vocab,
+                });
+            }
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for (q, &x) in p.iter_mut().zip(row) {
+                *q = (x - max).exp();
+                sum += *q;
+            }
+            let lse = max + sum.ln();
+            total += (lse - row[t as usize]) as f64;
+            let inv = 1.0 / sum;
+            p.iter_mut().for_each(|q| *q *= inv);
+            count += 1;
+        }
+        let loss = if count == 0 {
+            0.0
+        } else {
+            (total / count as f64) as f32
+        };
+        let ng = self.ng(logits);
+        let op = Op::CrossEntropy {
+            logits,
+            targets: targets.to_vec(),
+            probs,
+            count,
+        };
+        Ok(self.push(vec![loss], vec![1], op, ng))
+    }
+
+    /// Distillation loss `T² · mean_rows KL(softmax(teacher/T) ‖ softmax(logits/T))`
+    /// for a constant float teacher's logits of the same shape (Hinton et al.).
+    pub fn kl_distill(&mut self, logits: Var, teacher: &[f32], temperature: f32) -> Result<Var> {
+        let (n, vocab) = self.rows_width(logits);
+        if teacher.len() != n * vocab || !(temperature.is_finite() && temperature > 0.0) {
+            return Err(invalid(
+                OpKind::KlDiv,
+                format!(
+                    "teacher has {} logits for {n}x{vocab}, temperature {temperature}",
+                    teacher.len()
+                ),
+            ));
+        }
+        let soft = |src: &[f32]| {
+            let mut out: Vec<f32> = src.iter().map(|x| x / temperature).collect();
+            let mut logp = vec![0.0f32; out.len()];
+            for (row, lp) in out
+                .chunks_exact_mut(vocab)
+                .zip(logp.chunks_exact_mut(vocab))
+            {
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+                for (x, l) in row.iter_mut().zip(lp.iter_mut()) {
+                    *l = *x - lse;
+                    *x = l.exp();
+                }
+            }
+            (out, logp)
+        };
+        let (ps, lps) = soft(self.value(logits));
+        let (pt, lpt) = soft(teacher);
+        let kl: f64 = pt
+            .iter()
+            .zip(lpt.iter().zip(&lps))
+            .map(|(&p, (&lt, &ls))| {
+                if p > 0.0 {
+                    p as f64 * (lt - ls) as f64
+                } else {
+                    0.0
+                }
+            })
+            .sum();
+        let loss = (kl / n.max(1) as f64) as f32 * temperature * temperature;
+        let ng = self.ng(logits);
+        let op = Op::KlDistill {
+            logits,
+            teacher: pt,
+            probs: ps,
+            temperature,
+        };
+        Ok(self.push(vec![loss], vec![1], op, ng))
+    }
+
+    /// Per-token int8 fake quantization with a straight-through gradient:
+    /// `x + λ (q(x) − x)` forward (exactly `q(x)` at `λ = 1`), identity backward.
+    pub fn act_quant_ste(&mut self, x: Var, lambda: f32) -> Result<Var> {
+        let (_, w) = self.rows_width(x);
+        let vx = self.value(x);
+        let mut out = vec![0.0f32; vx.len()];
+        for (row, o) in vx.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
+            act_quant_row(row, o);
+        }
+        self.ste(x, out, lambda)
+    }
+
+    /// Per-tensor absmean ternary fake quantization with a straight-through
+    /// gradient: `w + λ (q(w) − w)` forward, identity backward.
+    pub fn weight_quant_ste(&mut self, w: Var, lambda: f32) -> Result<Var> {
+        let vw = self.value(w);
+        let mut out = vec![0.0f32; vw.len()];
+        weight_quant(vw, &mut out);
+        self.ste(w, out, lambda)
+    }
+
+    fn ste(&mut self, x: Var, mut q: Vec<f32>, lambda: f32) -> Result<Var> {
+        if !(0.0..=1.0).contains(&lambda) {
+            return Err(invalid(
+                OpKind::FakeQuant,
+                format!("lambda {lambda} outside [0, 1]"),
+            ));
+        }
+        if lambda < 1.0 {
+            for (o, &v) in q.iter_mut().zip(self.value(x)) {
+                *o = v + lambda * (*o - v);
+            }
+        }
+        let ng = self.ng(x);
+        Ok(self.push(q, self.dims(x).to_vec(), Op::Ste(x), ng))
+    }
+
+    /// Reverse pass from the one-element `loss` (seeded with 1).
+    pub fn backward(&self, loss: Var) -> Result<Grads> {
+        if self.nodes[loss.0].value.len() != 1 {
+            return Err(invalid(
+                OpKind::Backward,
+                format!(
+                    "loss must have one element, has shape {:?}",
+                    self.dims(loss)
+                ),
+            ));
+        }
+        let mut grads: Vec<Option<Vec<f32>>> = (0..self.nodes.len()).map(|_| None).collect();
+        grads[loss.0] = Some(vec![1.0]);
+        for i in (0..=loss.0).rev() {
+            let Some(g) = grads[i].take() else { continue };
+            if !self.nodes[i].needs_grad {
+                continue;
+            }
+            self.backward_node(i, &g, &mut grads);
+            grads[i] = Some(g);
+        }
+        Ok(Grads { grads })
+    }
+
+    fn acc<'g>(&self, grads: &'g mut [Option<Vec<f32>>], v: Var) -> Option<&'g mut Vec<f32>> {
+        if !self.nodes[v.0].needs_grad {
+            return None;
+        }
+        let n = self.nodes[v.0].value.len();
+        Some(grads[v.0].get_or_insert_with(|| vec![0.0; n]))
+    }
+
+    fn backward_node(&self, i: usize, g: &[f32], grads: &mut [Option<Vec<f32>>]) {
+        let node = &self.nodes[i];
+        match &node.op {
+            Op::Leaf => {}
+            &Op::Matmul(a, b) => {
+                let (m, n) = (node.dims[0], node.dims[1]);
+                let k = self.dims(a)[1];
+                let (va, vb) = (self.value(a), self.value(b));
+                if let Some(ga) = self.acc(grads, a) {
+                    self.par
+                        .run(|p| kernels::gemm(ga, g, false, vb, true, (m, n, k), true, p));
+                }
+                if let Some(gb) = self.acc(grads, b) {
+                    self.par
+                        .run(|p| kernels::gemm(gb, va, true, g, false, (k, m, n), true, p));
+                }
+            }
+            &Op::Linear(x, w) => {
+                let (m, k) = self.rows_width(x);
+                let n = self.dims(w)[0];
+                let (vx, vw) = (self.value(x), self.value(w));
+                if let Some(gx) = self.acc(grads, x) {
+                    self.par
+                        .run(|p| kernels::gemm(gx, g, false, vw, false, (m, n, k), true, p));
+                }
+                if let Some(gw) = self.acc(grads, w) {
+                    self.par
+                        .run(|p| kernels::gemm(gw, g, true, vx, false, (n, m, k), true, p));
+                }
+            }
+            &Op::Add(a, b) => {
+                for v in [a, b] {
+                    if let Some(gv) = self.acc(grads, v) {
+                        gv.iter_mut().zip(g).for_each(|(d, s)| *d += s);
+                    }
+                }
+            }
+            &Op::Mul(a, b) => {
+                for (v, other) in [(a, b), (b, a)] {
+                    let ov = self.value(other);
+                    if let Some(gv) = self.acc(grads, v) {
+                        for ((d, s), o) in gv.iter_mut().zip(g).zip(ov) {
+                            *d += s * o;
+                        }
+                    }
+                }
+            }
+            &Op::Scale(a, s) => {
+                if let Some(ga) = self.acc(grads, a) {
+                    ga.iter_mut().zip(g).for_each(|(d, x)| *d += x * s);
+                }
+            }
+            &Op::Sum(a) => {
+                if let Some(ga) = self.acc(grads, a) {
+                    ga.iter_mut().for_each(|d| *d += g[0]);
+                }
+            }
+            Op::RmsNorm { x, w, inv } => {
+                let (_, h) = self.rows_width(*x);
+                let (vx, vw) = (self.value(*x), self.value(*w));
+                if let Some(gw) = self.acc(grads, *w) {
+                    for ((row, gr), &r) in vx.chunks_exact(h).zip(g.chunks_exact(h)).zip(inv) {
+                        for ((d, &xv), &gv) in gw.iter_mut().zip(row).zip(gr) {
+                            *d += gv * xv * r;
+                        }
+                    }
+                }
+                if let Some(gx) = self.acc(grads, *x) {
+                    for (((row, gr), dst), &r) in vx
+                        .chunks_exact(h)
+                        .zip(g.chunks_exact(h))
+                        .zip(gx.chunks_exact_mut(h))
+                        .zip(inv)
+                    {
+                        // d/dx of x·r·w with r = (mean x² + eps)^-1/2:
+                        // r·(g⊙w) − x · r³/h · Σ(g⊙w⊙x)
+                        let dot: f32 = gr
+                            .iter()
+                            .zip(vw)
+                            .zip(row)
+                            .map(|((a, b), c)| a * b * c)
+                            .sum();
+                        let c = r * r * r * dot / h as f32;
+                        for (((d, &gv), &wv), &xv) in dst.iter_mut().zip(gr).zip(vw).zip(row) {
+                            *d += r * gv * wv - xv * c;
+                        }
+                    }
+                }
+            }
+            Op::Rope {
+                x,
+                cos,
+                sin,
+                seq,
+                head_dim,
+            } => {
+                let (_, width) = self.rows_width(*x);
+                let half = head_dim / 2;
+                if let Some(gx) = self.acc(grads, *x) {
+                    for (r, (dst, gr)) in gx
+                        .chunks_exact_mut(width)
+                        .zip(g.chunks_exact(width))
+                        .enumerate()
+                    {
+                        let (c, s) = (
+                            &cos[(r % seq) * half..][..half],
+                            &sin[(r % seq) * half..][..half],
+                        );
+                        for (dh, gh) in dst
+                            .chunks_exact_mut(*head_dim)
+                            .zip(gr.chunks_exact(*head_dim))
+                        {
+                            for j in 0..half {
+                                let (g1, g2) = (gh[j], gh[j + half]);
+                                dh[j] += g1 * c[j] + g2 * s[j];
+                                dh[j + half] += g2 * c[j] - g1 * s[j];
+                            }
+                        }
+                    }
+                }
+            }
+            &Op::Softmax(x) => {
+                let (_, w) = self.rows_width(x);
+                if let Some(gx) = self.acc(grads, x) {
+                    for ((dst, gr), y) in gx
+                        .chunks_exact_mut(w)
+                        .zip(g.chunks_exact(w))
+                        .zip(node.value.chunks_exact(w))
+                    {
+                        let dot: f32 = gr.iter().zip(y).map(|(a, b)| a * b).sum();
+                        for ((d, &gv), &yv) in dst.iter_mut().zip(gr).zip(y) {
+                            *d += yv * (gv - dot);
+                        }
+                    }
+                }
+            }
+            Op::Attention {
+                q,
+                k,
+                v,
+                probs,
+                dims,
+            } => {
+                let (dq, dk, dv) = kernels::attention_backward(
+                    self.value(*q),
+                    self.value(*k),
+                    self.value(*v),
+                    probs,
+                    g,
+                    *dims,
+                    self.par,
+                );
+                for (var, d) in [(*q, dq), (*k, dk), (*v, dv)] {
+                    if let Some(gv) = self.acc(grads, var) {
+                        gv.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+                    }
+                }
+            }
+            &Op::Silu(x) => {
+                let vx = self.value(x);
+                if let Some(gx) = self.acc(grads, x) {
+                    for ((d, &gv), &xv) in gx.iter_mut().zip(g).zip(vx) {
+                        let s = 1.0 / (1.0 + (-xv).exp());
+                        *d += gv * s * (1.0 + xv * (1.0 - s));
+                    }
+                }
+            }
+            &Op::Relu2(x) => {
+                let vx = self.value(x);
+                if let Some(gx) = self.acc(grads, x) {
+                    for ((d, &gv), &xv) in gx.iter_mut().zip(g).zip(vx) {
+                        if xv > 0.0 {
+                            *d += gv * 2.0 * xv;
+                        }
+                    }
+                }
+            }
+            Op::Embedding { table, ids } => {
+                let width = self.dims(*table)[1];
+                if let Some(gt) = self.acc(grads, *table) {
+                    for (&id, gr) in ids.iter().zip(g.chunks_exact(width)) {
+                        let dst = &mut gt[id as usize * width..][..width];
+                        dst.iter_mut().zip(gr).for_each(|(a, b)| *a += b);
+                    }
+                }
+            }
+            Op::CrossEntropy {
+                logits,
+                targets,
+                probs,
+                count,
+            } => {
+                let (_, vocab) = self.rows_width(*logits);
+                if *count == 0 {
+                    return;
+                }
+                let s = g[0] / *count as f32;
+                if let Some(gl) = self.acc(grads, *logits) {
+                    for ((&t, dst), p) in targets
+                        .iter()
+                        .zip(gl.chunks_exact_mut(vocab))
+                        .zip(probs.chunks_exact(vocab))
+                    {
+                        if t == IGNORE_INDEX {
+                            continue;
+                        }
+                        for (d, &pv) in dst.iter_mut().zip(p) {
+                            *d += s * pv;
+                        }
+                        dst[t as usize] -= s;
+                    }
+                }
+            }
+            Op::KlDistill {
+                logits,
+                teacher,
+                probs,
+                temperature,
+            } => {
+                let (n, _) = self.rows_width(*logits);
+                let s = g[0] * temperature / n.max(1) as f32;
+                if let Some(gl) = self.acc(grads, *logits) {
+                    for ((d, &ps), &pt) in gl.iter_mut().zip(probs).zip(teacher) {
+                        *d += s * (ps - pt);
+                    }
+                }
+            }
+            &Op::Ste(x) => {
+                if let Some(gx) = self.acc(grads, x) {
+                    gx.iter_mut().zip(g).for_each(|(d, s)| *d += s);
+                }
+            }
+        }
+    }
+}

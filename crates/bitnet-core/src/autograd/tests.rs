@@ -1,0 +1,225 @@
+//! Every op's backward against central finite differences of the forward
+//! (property tests over random shapes and values), plus the STE contract.
+//!
+//! The scalar under test is `Σ out ⊙ r` for a fixed random `r` (the op's own
+//! value when it is already a loss); [`Tape::sum`] accumulates in f64, and the
+//! step `h = 1e-2` keeps f32 rounding noise well under the tolerance.
+
+use super::*;
+use proptest::prelude::*;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next() * scale).collect()
+    }
+}
+
+type Build<'b> = dyn Fn(&mut Tape<'_>, &[Var]) -> Result<Var> + 'b;
+
+fn loss_of(
+    build: &Build,
+    inputs: &[(Vec<f32>, Vec<usize>)],
+    r: &[f32],
+) -> (f64, Option<Grads>, Vec<Var>) {
+    let mut tape = Tape::new(Parallelism::Sequential);
+    let vars: Vec<Var> = inputs
+        .iter()
+        .map(|(v, d)| tape.leaf(v.clone(), d, true).unwrap())
+        .collect();
+    let out = build(&mut tape, &vars).unwrap();
+    let loss = if tape.value(out).len() == 1 {
+        out
+    } else {
+        let dims = tape.dims(out).to_vec();
+        let rv = tape
+            .leaf(r[..tape.value(out).len()].to_vec(), &dims, false)
+            .unwrap();
+        let m = tape.mul(out, rv).unwrap();
+        tape.sum(m).unwrap()
+    };
+    let grads = tape.backward(loss).unwrap();
+    (tape.scalar(loss) as f64, Some(grads), vars)
+}
+
+fn check(build: &Build<'_>, inputs: Vec<(Vec<f32>, Vec<usize>)>, tol: f64) {
+    let r = Rng(99).vec(1 << 16, 1.0);
+    let (_, grads, vars) = loss_of(build, &inputs, &r);
+    let grads = grads.unwrap();
+    let h = 1e-2f32;
+    for (idx, (val, _)) in inputs.iter().enumerate() {
+        let analytic = grads
+            .get(vars[idx])
+            .map(<[f32]>::to_vec)
+            .unwrap_or(vec![0.0; val.len()]);
+        let mut fd = vec![0.0f64; val.len()];
+        for (j, f) in fd.iter_mut().enumerate() {
+            let mut plus = inputs.clone();
+            plus[idx].0[j] += h;
+            let mut minus = inputs.clone();
+            minus[idx].0[j] -= h;
+            let (lp, _, _) = loss_of(build, &plus, &r);
+            let (lm, _, _) = loss_of(build, &minus, &r);
+            *f = (lp - lm) / (2.0 * h as f64);
+        }
+        let diff: f64 = analytic
+            .iter()
+            .zip(&fd)
+            .map(|(a, b)| (*a as f64 - b).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let norm: f64 = fd.iter().map(|b| b * b).sum::<f64>().sqrt().max(1e-3);
+        assert!(
+            diff / norm < tol,
+            "input {idx}: |analytic - fd| / |fd| = {} (analytic {analytic:?}, fd {fd:?})",
+            diff / norm
+        );
+    }
+}
+
+fn input(rng: &mut Rng, dims: &[usize], scale: f32) -> (Vec<f32>, Vec<usize>) {
+    (rng.vec(dims.iter().product(), scale), dims.to_vec())
+}
+
+const TOL: f64 = 2e-2;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(8))]
+
+    #[test]
+    fn matmul_and_linear(seed in any::<u64>(), m in 1usize..5, k in 1usize..6, n in 1usize..5) {
+        let mut g = Rng(seed);
+        check(&|t, v| t.matmul(v[0], v[1]), vec![input(&mut g, &[m, k], 1.0), input(&mut g, &[k, n], 1.0)], TOL);
+        check(&|t, v| t.linear(v[0], v[1]), vec![input(&mut g, &[m, k], 1.0), input(&mut g, &[n, k], 1.0)], TOL);
+    }
+
+    #[test]
+    fn elementwise(seed in any::<u64>(), n in 1usize..12) {
+        let mut g = Rng(seed);
+        let ins = vec![input(&mut g, &[n], 1.0), input(&mut g, &[n], 1.0)];
+        check(&|t, v| t.add(v[0], v[1]), ins.clone(), TOL);
+        check(&|t, v| t.mul(v[0], v[1]), ins.clone(), TOL);
+        check(&|t, v| t.scale(v[0], -1.7), ins.clone(), TOL);
+        check(&|t, v| t.silu(v[0]), ins.clone(), TOL);
+        // Keep relu² inputs away from its kink at 0.
+        let away: Vec<f32> = ins[0].0.iter().map(|x| if x.abs() < 0.05 { 0.5 } else { *x }).collect();
+        check(&|t, v| t.relu2(v[0]), vec![(away, vec![n])], TOL);
+    }
+
+    #[test]
+    fn rms_norm(seed in any::<u64>(), rows in 1usize..4, h in 1usize..9) {
+        let mut g = Rng(seed);
+        check(&|t, v| t.rms_norm(v[0], v[1], 1e-5), vec![input(&mut g, &[rows, h], 2.0), input(&mut g, &[h], 1.0)], TOL);
+    }
+
+    #[test]
+    fn rope_and_softmax(seed in any::<u64>(), seq in 1usize..4, heads in 1usize..3, half in 1usize..4) {
+        let mut g = Rng(seed);
+        let d = 2 * half;
+        check(&|t, v| t.rope(v[0], seq, d, 10_000.0), vec![input(&mut g, &[2 * seq, heads * d], 1.0)], TOL);
+        check(&|t, v| t.softmax(v[0]), vec![input(&mut g, &[seq, d + 1], 2.0)], TOL);
+    }
+
+    #[test]
+    fn causal_attention(seed in any::<u64>(), batch in 1usize..3, seq in 1usize..5, kv in 1usize..3, group in 1usize..3) {
+        let mut g = Rng(seed);
+        let dims = AttnDims { batch, seq, heads: kv * group, kv_heads: kv, head_dim: 4 };
+        let rows = batch * seq;
+        check(
+            &move |t, v| t.causal_attention(v[0], v[1], v[2], dims),
+            vec![input(&mut g, &[rows, kv * group * 4], 1.5), input(&mut g, &[rows, kv * 4], 1.5), input(&mut g, &[rows, kv * 4], 1.0)],
+            TOL,
+        );
+    }
+
+    #[test]
+    fn embedding_and_losses(seed in any::<u64>(), n in 1usize..5, vocab in 2usize..7) {
+        let mut g = Rng(seed);
+        let ids: Vec<u32> = (0..n).map(|i| ((seed as usize + 3 * i) % vocab) as u32).collect();
+        let ids2 = ids.clone();
+        check(&move |t, v| t.embedding(v[0], &ids2), vec![input(&mut g, &[vocab, 3], 1.0)], TOL);
+        let mut targets = ids.clone();
+        targets[0] = IGNORE_INDEX;
+        check(&move |t, v| t.cross_entropy(v[0], &targets), vec![input(&mut g, &[n, vocab], 2.0)], TOL);
+        let teacher = g.vec(n * vocab, 3.0);
+        check(&move |t, v| t.kl_distill(v[0], &teacher, 2.0), vec![input(&mut g, &[n, vocab], 2.0)], TOL);
+    }
+}
+
+#[test]
+fn ste_forward_quantizes_and_backward_is_identity() {
+    let mut tape = Tape::new(Parallelism::Sequential);
+    let x = tape
+        .leaf(vec![127.0, 0.5, 1.5, 2.5, -0.5, -2.5], &[1, 6], true)
+        .unwrap();
+    let q = tape.act_quant_ste(x, 1.0).unwrap();
+    assert_eq!(tape.value(q), &[127.0, 0.0, 2.0, 2.0, 0.0, -2.0]);
+    let w = tape.leaf(vec![0.5, -0.5, 1.5, 1.5], &[2, 2], true).unwrap();
+    let tw = tape.weight_quant_ste(w, 1.0).unwrap();
+    assert_eq!(tape.value(tw), &[0.0, -0.0, 1.0, 1.0]);
+    let half = tape.weight_quant_ste(w, 0.5).unwrap();
+    assert_eq!(tape.value(half), &[0.25, -0.25, 1.25, 1.25]);
+    let r = tape.leaf(vec![1.0, 2.0, 3.0, 4.0], &[2, 2], false).unwrap();
+    let m1 = tape.mul(tw, r).unwrap();
+    let m2 = tape.mul(half, r).unwrap();
+    let s = tape.add(m1, m2).unwrap();
+    let loss = tape.sum(s).unwrap();
+    let grads = tape.backward(loss).unwrap();
+    assert_eq!(grads.get(w).unwrap(), &[2.0, 4.0, 6.0, 8.0]);
+    assert!(grads.get(x).is_none(), "x does not reach the loss");
+    assert!(tape.act_quant_ste(x, 1.5).is_err());
+}
+
+#[test]
+fn errors_are_typed() {
+    let mut tape = Tape::new(Parallelism::Sequential);
+    let a = tape.leaf(vec![0.0; 6], &[2, 3], true).unwrap();
+    let b = tape.leaf(vec![0.0; 6], &[3, 2], true).unwrap();
+    assert!(tape.leaf(vec![0.0; 5], &[2, 3], true).is_err());
+    assert!(tape.add(a, b).is_err());
+    assert!(tape.linear(a, b).is_err());
+    assert!(tape.matmul(a, a).is_err());
+    assert!(tape.cross_entropy(a, &[0]).is_err());
+    assert!(tape.cross_entropy(a, &[0, 7]).is_err());
+    assert!(tape.embedding(a, &[2]).is_err());
+    assert!(tape.rope(a, 2, 3, 1e4).is_err());
+    assert!(tape.backward(a).is_err());
+}
+
+#[test]
+fn pool_and_sequential_attention_agree() {
+    let pool = crate::build_pool(2).unwrap();
+    let dims = AttnDims {
+        batch: 2,
+        seq: 9,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 8,
+    };
+    let mut g = Rng(5);
+    let (q, k, v) = (
+        g.vec(18 * 32, 1.0),
+        g.vec(18 * 16, 1.0),
+        g.vec(18 * 16, 1.0),
+    );
+    let run = |par| {
+        let mut tape = Tape::new(par);
+        let (qv, kv, vv) = (
+            tape.leaf(q.clone(), &[18, 32], true).unwrap(),
+            tape.leaf(k.clone(), &[18, 16], true).unwrap(),
+            tape.leaf(v.clone(), &[18, 16], true).unwrap(),
+        );
+        let o = tape.causal_attention(qv, kv, vv, dims).unwrap();
+        let s = tape.sum(o).unwrap();
+        let gr = tape.backward(s).unwrap();
+        (tape.value(o).to_vec(), gr.get(kv).unwrap().to_vec())
+    };
+    assert_eq!(run(Parallelism::Sequential), run(Parallelism::Pool(&pool)));
+}

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Training throughput side by side: `bitnet train` (this repo) against PyTorch CPU running
+transformers' BitNetForCausalLM in `autobitlinear` online mode (the QAT reference), same
+config, same batch and sequence length, same thread count, one run.
+
+    TORCHDYNAMO_DISABLE=1 /tmp/refvenv/bin/python tools/bench_training.py \
+        --bitnet target/release/bitnet --corpus kjv.txt --tokenizer tok/tokenizer.json \
+        [--threads 2] [--steps 8] [--warmup 3]
+
+Both train with AdamW, clip 1.0, cross-entropy on next tokens. Reported: median tokens/s
+over the steps after the warmup, and the peak resident memory of each process
+(/usr/bin/time for bitnet, getrusage in the PyTorch child). TORCHDYNAMO_DISABLE=1 runs
+transformers' @torch.compile quantizers eagerly (the compile costs ~20 s per shape).
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+CONFIG = dict(vocab_size=2048, hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
+              num_attention_heads=6, num_key_value_heads=6, max_position_embeddings=256)
+BATCH, SEQ = 4, 128
+
+
+def torch_child(threads, steps, warmup):
+    os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+    import torch
+    from transformers import BitNetConfig, BitNetForCausalLM
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = BitNetConfig(**CONFIG, hidden_act="relu2", tie_word_embeddings=True,
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    cfg.quantization_config = {"quant_method": "bitnet", "linear_class": "autobitlinear",
+                               "quantization_mode": "online"}
+    with tempfile.TemporaryDirectory() as d:
+        BitNetForCausalLM(BitNetConfig(**{k: v for k, v in cfg.to_dict().items()
+                                          if k != "quantization_config"})).save_pretrained(d)
+        cfg.save_pretrained(d)
+        model = BitNetForCausalLM.from_pretrained(d)
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    times = []
+    for i in range(warmup + steps):
+        ids = torch.randint(0, CONFIG["vocab_size"], (BATCH, SEQ))
+        t0 = time.perf_counter()
+        loss = model(ids, labels=ids, use_cache=False).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    tps = [BATCH * SEQ / t for t in times[warmup:]]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"tokens_per_s": statistics.median(tps), "peak_mb": peak_mb, "params": n_params,
+                      "torch": torch.__version__, "threads": torch.get_num_threads()}))
+
+
+def bitnet_run(exe, corpus, tokenizer, threads, steps, warmup):
+    with tempfile.TemporaryDirectory() as d:
+        toml = f"""
+[model]
+hidden_size = {CONFIG['hidden_size']}
+intermediate_size = {CONFIG['intermediate_size']}
+num_layers = {CONFIG['num_hidden_layers']}
+num_heads = {CONFIG['num_attention_heads']}
+num_kv_heads = {CONFIG['num_key_value_heads']}
+vocab_size = {CONFIG['vocab_size']}
+max_position_embeddings = {CONFIG['max_position_embeddings']}
+[data]
+files = ["{os.path.abspath(corpus)}"]
+tokenizer = "{os.path.abspath(tokenizer)}"
+seq_len = {SEQ}
+val_fraction = 0.01
+[optim]
+lr = 1e-3
+weight_decay = 0.1
+[train]
+steps = {warmup + steps}
+batch_size = {BATCH}
+clip_norm = 1.0
+eval_every = 0
+eval_sequences = 1
+checkpoint_every = 0
+keep_last = 1
+threads = {threads}
+out_dir = "{d}/run"
+"""
+        path = os.path.join(d, "train.toml")
+        with open(path, "w") as f:
+            f.write(toml)
+        r = subprocess.run(["/usr/bin/time", "-f", "PEAK_KB %M", exe, "train", "--config", path,
+                            "--sample-prompt", "And"], capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"bitnet train failed:\n{r.stderr[-3000:]}")
+        peak_kb = int([l for l in r.stderr.splitlines() if l.startswith("PEAK_KB")][-1].split()[1])
+        rows = [json.loads(l) for l in open(os.path.join(d, "run", "metrics.jsonl"))]
+        tps = [r["tokens_per_s"] for r in rows[warmup:]]
+        params = [l for l in r.stderr.splitlines() if l.startswith("model:")]
+        return {"tokens_per_s": statistics.median(tps), "peak_mb": peak_kb / 1024,
+                "model": params[0] if params else ""}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bitnet", default="target/release/bitnet")
+    ap.add_argument("--corpus", required=False)
+    ap.add_argument("--tokenizer", required=False)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--torch-child", action="store_true")
+    a = ap.parse_args()
+    if a.torch_child:
+        torch_child(a.threads, a.steps, a.warmup)
+        return
+    ours = bitnet_run(a.bitnet, a.corpus, a.tokenizer, a.threads, a.steps, a.warmup)
+    r = subprocess.run([sys.executable, __file__, "--torch-child", "--threads", str(a.threads),
+                        "--steps", str(a.steps), "--warmup", str(a.warmup)],
+                       capture_output=True, text=True, env={**os.environ, "TORCHDYNAMO_DISABLE": "1"})
+    if r.returncode != 0:
+        sys.exit(f"torch child failed:\n{r.stderr[-3000:]}")
+    ref = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"config {CONFIG}, batch {BATCH} x seq {SEQ}, threads {a.threads}, "
+          f"median of {a.steps} steps after {a.warmup} warmup")
+    print(f"bitnet-rust : {ours['tokens_per_s']:8.0f} tokens/s, peak RSS {ours['peak_mb']:7.0f} MB  ({ours['model']})")
+    print(f"pytorch     : {ref['tokens_per_s']:8.0f} tokens/s, peak RSS {ref['peak_mb']:7.0f} MB  "
+          f"(torch {ref['torch']}, {ref['params'] / 1e6:.2f}M params)")
+    print(f"ratio       : {ours['tokens_per_s'] / ref['tokens_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
