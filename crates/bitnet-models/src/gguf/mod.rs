@@ -35,6 +35,7 @@
 
 pub mod dequant;
 pub mod dialect;
+pub mod encode;
 pub mod metadata;
 pub mod reader;
 pub mod types;
@@ -45,7 +46,7 @@ pub use dialect::metadata_dialect;
 pub use metadata::{Metadata, MetadataArray, MetadataValue, ValueType};
 pub use reader::{GgufContent, GgufFile, ReadLimits, TensorInfo};
 pub use types::{Dialect, GgmlType, Layout, SizeError};
-pub use writer::GgufWriter;
+pub use writer::{GgufStream, GgufWriter};
 
 /// The file magic.
 pub const MAGIC: &[u8; 4] = b"GGUF";
