@@ -4,7 +4,8 @@
 
 use anyhow::{Context, bail};
 use bitnet_models::convert::{
-    ConvertOptions, ConvertReport, FloatPrecision, ScaleMode, Target, convert,
+    CalibrationInput, ConvertOptions, ConvertReport, FloatPrecision, Method, ScaleMode, Target,
+    TensorReport, convert,
 };
 use bitnet_models::gguf_model::GgufArch;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -47,6 +48,27 @@ pub(crate) struct Args {
     /// Accept a Llama checkpoint by inserting unit sub-norms (changes the function).
     #[arg(long)]
     insert_subln: bool,
+    /// Ternarization of float layers: `absmean` (the reference) or `gptq`
+    /// (second-order error compensation on the same grid; needs --calib).
+    #[arg(long, default_value = "absmean", value_parser = ["absmean", "gptq"])]
+    method: String,
+    /// Calibration text (tokenized with the input's tokenizer): enables
+    /// GPTQ and held-out output-error columns in the report.
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// Tokens per calibration sequence.
+    #[arg(long, default_value_t = 128)]
+    calib_ctx: usize,
+    /// Calibration tokens in all (a quarter of the sequences are held out).
+    #[arg(long, default_value_t = 8192)]
+    calib_tokens: usize,
+    /// GPTQ dampening, as a fraction of the Hessian's mean diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    damp: f64,
+    /// Also measure a rank-K f16 residual correction per layer (report
+    /// only: no engine here runs it).
+    #[arg(long, default_value_t = 0)]
+    low_rank: usize,
     /// Print the per-tensor report (precision, sparsity, MSE, SQNR, cosine).
     #[arg(long)]
     report: bool,
@@ -86,6 +108,17 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         },
         insert_subln: args.insert_subln,
         measure_floats: args.report || args.report_json.is_some(),
+        method: match args.method.as_str() {
+            "gptq" => Method::Gptq,
+            _ => Method::Absmean,
+        },
+        damp: args.damp,
+        calibration: args.calib.as_ref().map(|text| CalibrationInput {
+            text: text.clone(),
+            ctx: args.calib_ctx,
+            max_tokens: args.calib_tokens,
+        }),
+        low_rank: args.low_rank,
     };
     let start = Instant::now();
     let bar = if args.quiet {
@@ -125,27 +158,58 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The report as an aligned text table.
+/// The report as an aligned text table, with held-out output errors
+/// (`out_err`: stored weights, `absmean`: the baseline, `+lowrank`: stored
+/// plus the measured correction) and their means when calibrated.
 fn table(r: &ConvertReport) -> String {
     let opt = |v: Option<f64>, prec: usize| v.map_or("-".to_string(), |x| format!("{x:.prec$}"));
+    let sci = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3e}"));
     let mut out = format!(
-        "{:<28} {:>13} {:<20} {:>8} {:>10} {:>8} {:>8}\n",
-        "tensor", "shape", "precision", "zeros", "mse", "sqnr_db", "cosine"
+        "{:<28} {:>11} {:<12} {:>6} {:>10} {:>7} {:>7} {:>10} {:>10} {:>10}\n",
+        "tensor",
+        "shape",
+        "precision",
+        "zeros",
+        "mse",
+        "sqnr_db",
+        "cosine",
+        "out_err",
+        "absmean",
+        "+lowrank"
     );
     for t in &r.tensors {
         out += &format!(
-            "{:<28} {:>13} {:<20} {:>8} {:>10} {:>8} {:>8}{}\n",
+            "{:<28} {:>11} {:<12} {:>6} {:>10} {:>7} {:>7} {:>10} {:>10} {:>10}{}\n",
             t.name,
             format!("{}x{}", t.shape[0], t.shape[1]),
             t.precision,
             opt(t.sparsity, 3),
-            t.mse.map_or("-".into(), |x| format!("{x:.3e}")),
+            sci(t.mse),
             opt(t.sqnr_db, 2),
             opt(t.cosine, 4),
+            sci(t.out_err),
+            sci(t.out_err_absmean),
+            sci(t.out_err_low_rank),
             t.note
                 .as_deref()
                 .map_or(String::new(), |n| format!("  ({n})")),
         );
+    }
+    let mean = |f: &dyn Fn(&TensorReport) -> Option<f64>| {
+        let v: Vec<f64> = r.tensors.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    if let Some((c, h)) = r.calibration_tokens {
+        out += &format!(
+            "held-out relative output error, mean over layers ({c} calibration / {h} held-out \
+             tokens): stored {}, absmean {}, stored+lowrank {}\n",
+            sci(mean(&|t| t.out_err)),
+            sci(mean(&|t| t.out_err_absmean)),
+            sci(mean(&|t| t.out_err_low_rank)),
+        );
+    }
+    if let Some(z) = mean(&|t| t.sparsity) {
+        out += &format!("mean ternary sparsity (fraction of zero codes): {z:.3}\n");
     }
     out
 }

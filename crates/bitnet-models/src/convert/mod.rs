@@ -27,6 +27,7 @@
 //! (ternary values stored as F16, which every engine reads, and which our
 //! loader recognises as ternary; float matrices in F16).
 
+pub mod calib;
 pub(crate) mod sink;
 mod source;
 
@@ -38,13 +39,15 @@ use crate::gguf::encode::{self, encode_row};
 use crate::gguf::{GgmlType, GgufWriter};
 use crate::gguf_model::{GgufArch, TernaryType, gguf_metadata};
 use crate::hf_export::{FloatDtype, hf_config_json};
+use bitnet_core::Parallelism;
 use bitnet_quant::formats::{blocks_to_bytes, hf2bit, i2s, tq1_0, tq2_0};
+use bitnet_quant::ptq::{GptqParams, Hessian, gptq_ternary, low_rank_residual};
 use bitnet_quant::quantize::ternary::{Granularity, quantize};
 use safetensors::tensor::Dtype;
 use serde::Serialize;
 use sink::{SafetensorsStream, Sink};
 use source::{LinearIn, Mult, Source};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The seven linear layers of a block: HF name (under `model.layers.N.`)
 /// and GGUF name (under `blk.N.`), in `Layer` field order.
@@ -165,6 +168,27 @@ pub enum ScaleMode {
     Channel,
 }
 
+/// How float linear layers are turned into ternary codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Method {
+    /// Round each weight on the absmean grid (the reference).
+    #[default]
+    Absmean,
+    /// GPTQ-style error compensation on the same grid (needs calibration).
+    Gptq,
+}
+
+/// Calibration text and how to cut it.
+#[derive(Clone, Debug)]
+pub struct CalibrationInput {
+    /// A UTF-8 text file, tokenized with the input model's tokenizer.
+    pub text: PathBuf,
+    /// Tokens per sequence.
+    pub ctx: usize,
+    /// At most this many tokens in all (a quarter are held out).
+    pub max_tokens: usize,
+}
+
 /// Knobs of [`convert`].
 #[derive(Clone, Debug)]
 pub struct ConvertOptions {
@@ -189,6 +213,15 @@ pub struct ConvertOptions {
     /// Measure the error of every float matrix's encoding too (embeddings,
     /// output; costs a decode pass). Linear layers are always measured.
     pub measure_floats: bool,
+    /// Ternarization method for float layers.
+    pub method: Method,
+    /// GPTQ dampening (fraction of the Hessian's mean diagonal).
+    pub damp: f64,
+    /// Calibration data: enables GPTQ and the held-out output-error columns.
+    pub calibration: Option<CalibrationInput>,
+    /// Measure a rank-`k` f16 residual correction per layer (0: off). Not
+    /// exported: no engine here adds it at run time.
+    pub low_rank: usize,
 }
 
 impl Default for ConvertOptions {
@@ -203,6 +236,10 @@ impl Default for ConvertOptions {
             arch: GgufArch::Native,
             insert_subln: false,
             measure_floats: false,
+            method: Method::Absmean,
+            damp: 0.01,
+            calibration: None,
+            low_rank: 0,
         }
     }
 }
@@ -224,6 +261,14 @@ pub struct TensorReport {
     pub sqnr_db: Option<f64>,
     /// Cosine similarity of the flattened matrices.
     pub cosine: Option<f64>,
+    /// Relative squared output error `‖X(W−Ŵ)ᵀ‖²/‖XWᵀ‖²` of the stored
+    /// weights on held-out calibration tokens.
+    pub out_err: Option<f64>,
+    /// The same for plain absmean rounding (the baseline).
+    pub out_err_absmean: Option<f64>,
+    /// The same for the stored weights plus a rank-k f16 residual
+    /// correction (measured, not exported).
+    pub out_err_low_rank: Option<f64>,
     /// Why the precision differs from the one asked for, if it does.
     pub note: Option<String>,
 }
@@ -235,6 +280,8 @@ pub struct ConvertReport {
     pub target: String,
     /// Bytes written (the safetensors or GGUF file).
     pub output_bytes: u64,
+    /// Calibration and held-out tokens, when calibrated.
+    pub calibration_tokens: Option<(usize, usize)>,
     /// One entry per weight matrix, in file order.
     pub tensors: Vec<TensorReport>,
 }
@@ -496,6 +543,7 @@ fn store_name(s: Store) -> String {
 }
 
 /// A ternarized linear layer.
+#[derive(Clone)]
 struct Ternarized {
     codes: Vec<i8>,
     scale: Mult,
@@ -685,6 +733,15 @@ pub fn convert(
     let c = src.config().clone();
     let lm_head = src.lm_head()?;
     let planned = plan(&c, opts, lm_head.is_some())?;
+    let calibration = match &opts.calibration {
+        Some(ci) => Some(run_calibration(input, &src, ci)?),
+        None if opts.method == Method::Gptq => {
+            return Err(Error::Config(
+                "GPTQ needs calibration text (--calib FILE)".into(),
+            ));
+        }
+        None => None,
+    };
     // Outputs: a GGUF file, or an HF directory holding a safetensors file.
     let dir = match opts.target {
         Target::HfPacked => Some(AtomicDir::create(output, opts.force)?),
@@ -762,6 +819,9 @@ pub fn convert(
                     mse: stats.map(|s| s.0),
                     sqnr_db: stats.map(|s| s.1),
                     cosine: stats.map(|s| s.2),
+                    out_err: None,
+                    out_err_absmean: None,
+                    out_err_low_rank: None,
                     note: p.note.clone(),
                 });
             }
@@ -775,12 +835,31 @@ pub fn convert(
             Kind::Linear(i, k) => {
                 let (rows, cols) = (p.shape[0], p.shape[1]);
                 let hf_name = format!("model.layers.{i}.{}.weight", LINEARS[k].0);
+                let mut errs = (None, None, None);
                 let (t, stats) = match src.linear(i, k)? {
                     LinearIn::Float(w) => {
-                        let t = ternarize(&hf_name, &w, rows, cols, opts.scales)?;
+                        let plain = ternarize(&hf_name, &w, rows, cols, opts.scales)?;
+                        let t = match (opts.method, &calibration) {
+                            (Method::Absmean, _) => plain.clone(),
+                            (Method::Gptq, Some(cal)) => gptq(
+                                &hf_name,
+                                &w,
+                                rows,
+                                cols,
+                                &cal.calib[i].inputs[calib::input_of(k)],
+                                opts,
+                            )?,
+                            (Method::Gptq, None) => {
+                                return Err(Error::Config("GPTQ needs calibration text".into()));
+                            }
+                        };
                         let stats = compare(&w, |idx| {
                             f32::from(t.codes[idx]) * t.scale.at_row(idx / cols)
                         });
+                        if let Some(cal) = &calibration {
+                            let held = &cal.held_out[i].inputs[calib::input_of(k)];
+                            errs = output_errors(&hf_name, &w, &t, &plain, rows, cols, held, opts)?;
+                        }
                         (t, Some(stats))
                     }
                     LinearIn::Ternary { codes, scale } => (Ternarized { codes, scale }, None),
@@ -799,6 +878,9 @@ pub fn convert(
                     mse: stats.map(|s| s.0),
                     sqnr_db: stats.map(|s| s.1),
                     cosine: stats.map(|s| s.2),
+                    out_err: errs.0,
+                    out_err_absmean: errs.1,
+                    out_err_low_rank: errs.2,
                     note: p.note.clone(),
                 });
             }
@@ -842,6 +924,105 @@ pub fn convert(
     Ok(ConvertReport {
         target: format!("{:?}", opts.target),
         output_bytes,
+        calibration_tokens: calibration.as_ref().map(|c| c.tokens),
         tensors: reports,
     })
+}
+
+/// Tokenizes the calibration text and runs it through the float model.
+fn run_calibration(
+    input: &Path,
+    src: &Source,
+    ci: &CalibrationInput,
+) -> Result<calib::Calibration> {
+    let text = std::fs::read_to_string(&ci.text).map_err(Error::io(&ci.text, "read"))?;
+    let tok = crate::tokenizer::TextTokenizer::for_model(input)?;
+    let ids = tok.encode(&text, false)?;
+    let ctx = ci.ctx.max(2);
+    let seqs: Vec<Vec<u32>> = ids
+        .chunks_exact(ctx)
+        .take(ci.max_tokens / ctx)
+        .map(<[u32]>::to_vec)
+        .collect();
+    if seqs.len() < 4 {
+        return Err(Error::InFile {
+            path: ci.text.clone(),
+            message: format!(
+                "{} tokens make {} sequences of {ctx}; calibration needs at least 4 \
+                 (three to calibrate, one held out)",
+                ids.len(),
+                seqs.len()
+            ),
+        });
+    }
+    calib::calibrate(src, &seqs)
+}
+
+/// GPTQ on the absmean grid of `opts.scales`.
+fn gptq(
+    name: &str,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    h: &Hessian,
+    opts: &ConvertOptions,
+) -> Result<Ternarized> {
+    let params = GptqParams {
+        damp: opts.damp,
+        granularity: match opts.scales {
+            ScaleMode::Tensor => Granularity::PerTensor,
+            ScaleMode::Channel => Granularity::PerChannel,
+        },
+    };
+    let t = gptq_ternary(name, w, rows, cols, h, params, Parallelism::Sequential)
+        .map_err(Error::quant(name))?;
+    let scale = match opts.scales {
+        ScaleMode::Tensor => Mult::Tensor(1.0 / t.scales[0]),
+        ScaleMode::Channel => Mult::Channel(t.scales.iter().map(|s| 1.0 / s).collect()),
+    };
+    Ok(Ternarized {
+        codes: t.codes,
+        scale,
+    })
+}
+
+fn dequant(t: &Ternarized, cols: usize) -> Vec<f32> {
+    t.codes
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| f32::from(c) * t.scale.at_row(i / cols))
+        .collect()
+}
+
+/// Held-out relative output errors: stored weights, plain absmean, and
+/// stored weights plus a low-rank correction.
+#[allow(clippy::too_many_arguments)]
+fn output_errors(
+    name: &str,
+    w: &[f32],
+    t: &Ternarized,
+    plain: &Ternarized,
+    rows: usize,
+    cols: usize,
+    held: &Hessian,
+    opts: &ConvertOptions,
+) -> Result<(Option<f64>, Option<f64>, Option<f64>)> {
+    let q = Error::quant(name);
+    let deq = dequant(t, cols);
+    let e = held
+        .relative_output_error(w, &deq)
+        .map_err(Error::quant(name))?;
+    let e0 = held
+        .relative_output_error(w, &dequant(plain, cols))
+        .map_err(Error::quant(name))?;
+    let elr = if opts.low_rank > 0 {
+        let lr = low_rank_residual(w, &deq, rows, cols, opts.low_rank, Parallelism::Sequential)
+            .map_err(Error::quant(name))?;
+        let mut fixed = deq;
+        lr.add_to(&mut fixed, cols);
+        Some(held.relative_output_error(w, &fixed).map_err(q)?)
+    } else {
+        None
+    };
+    Ok((Some(e), Some(e0), elr))
 }
