@@ -24,8 +24,9 @@
 //! refused unless `force`. A shape a format cannot hold (TQ rows not a
 //! multiple of 256, a k-quant row not a multiple of 256) is an error
 //! naming the tensor, or with `allow_fallback` a documented fallback
-//! (ternary values stored as F16, which every engine reads, and which our
-//! loader recognises as ternary; float matrices in F16).
+//! (ternary codes stored as F16 with the exact scale in llama.cpp's optional
+//! f32 `blk.N.<name>.scale` tensor, which every engine reads and our loader
+//! recognises as ternary; float matrices in F16).
 
 pub mod calib;
 pub(crate) mod sink;
@@ -523,6 +524,17 @@ fn plan(c: &BitNetConfig, opts: &ConvertOptions, has_lm_head: bool) -> Result<Ve
                         fallback_or(opts, &name, why, Store::TernaryF16)?
                     };
                     push(name, Kind::Linear(i, k), store, vec![r, cols], note);
+                    if store == Store::TernaryF16 {
+                        // The codes stay exact in F16; the scale goes, exact,
+                        // into llama.cpp's optional per-layer f32 scale.
+                        push(
+                            format!("blk.{i}.{g}.scale"),
+                            Kind::WeightScale,
+                            Store::Float(GgmlType::F32),
+                            vec![1],
+                            None,
+                        );
+                    }
                 }
             }
         }
@@ -632,7 +644,9 @@ fn write_ternary(
             }
         }
         Store::TernaryF16 => {
-            let m = half::f16::from_f32(tensor_scale("the F16 fallback")?);
+            // Bare codes; the scale follows in `<name>.scale`.
+            tensor_scale("the F16 fallback")?;
+            let m = half::f16::ONE;
             let (pos, neg) = (m.to_le_bytes(), (-m).to_le_bytes());
             let bytes: Vec<u8> = t
                 .codes
