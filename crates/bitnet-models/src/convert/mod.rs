@@ -44,6 +44,7 @@ use bitnet_core::Parallelism;
 use bitnet_quant::formats::{blocks_to_bytes, hf2bit, i2s, tq1_0, tq2_0};
 use bitnet_quant::ptq::{GptqParams, Hessian, gptq_ternary, low_rank_residual};
 use bitnet_quant::quantize::ternary::{Granularity, quantize};
+use rayon::prelude::*;
 use safetensors::tensor::Dtype;
 use serde::Serialize;
 use sink::{SafetensorsStream, Sink};
@@ -682,7 +683,7 @@ fn write_float_matrix(
         _ => return Err(Error::Config(format!("internal: `{name}` is not float"))),
     };
     let (rows, cols) = (m.rows(), m.cols());
-    const CHUNK: usize = 256;
+    const CHUNK: usize = 1024;
     let mut x = vec![0.0f32; CHUNK * cols];
     let mut y = vec![0.0f32; CHUNK * cols];
     let mut bytes = Vec::new();
@@ -693,11 +694,20 @@ fn write_float_matrix(
         for r in 0..n {
             m.row_into(r0 + r, &mut x[r * cols..(r + 1) * cols]);
         }
+        // Rows encode independently (Q6_K/Q4_K search per block): in parallel.
+        let rows_bytes = x[..n * cols]
+            .par_chunks(cols)
+            .map(|row| {
+                let mut b = Vec::new();
+                encode_row(ty, row, &mut b).map(|()| b)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|err| Error::TensorData {
+                name: name.into(),
+                message: err.to_string(),
+            })?;
         bytes.clear();
-        encode_row(ty, &x[..n * cols], &mut bytes).map_err(|err| Error::TensorData {
-            name: name.into(),
-            message: err.to_string(),
-        })?;
+        rows_bytes.iter().for_each(|b| bytes.extend_from_slice(b));
         sink.part(&bytes)?;
         if measure {
             crate::gguf::dequantize_row(ty, &bytes, &mut y[..n * cols]).map_err(|err| {
