@@ -360,3 +360,46 @@ fn k_quant_embeddings_are_byte_identical_to_llama_cpp_quantizer() {
         assert_eq!(same, a.len(), "{prec:?}: {same}/{} bytes equal", a.len());
     }
 }
+
+/// A float checkpoint from `synth --format hf-float` (rows fit TQ blocks)
+/// converted with per-channel scales: TQ2_0/TQ1_0 carry one absmean scale
+/// per row, which reloads as a per-channel `BitLinear`.
+#[test]
+fn per_channel_scales_survive_in_tq_formats() {
+    use bitnet_models::synth::write_float_hf;
+    use bitnet_quant::bitlinear::WeightScale;
+    let tmp = tempfile::tempdir().unwrap();
+    let float = tmp.path().join("float");
+    write_float_hf(
+        Preset::Tiny,
+        5,
+        &float,
+        bitnet_models::hf_export::FloatDtype::BF16,
+        false,
+    )
+    .unwrap();
+    let ckpt = SafetensorsCheckpoint::open_dir(&float).unwrap();
+    for tt in [TernaryType::Tq2_0, TernaryType::Tq1_0] {
+        let out = tmp.path().join(format!("{tt:?}.gguf"));
+        let mut o = opts(Target::Gguf(tt));
+        o.scales = ScaleMode::Channel;
+        run(&float, &out, &o).unwrap();
+        let w = BitNetWeights::from_gguf(&out).unwrap();
+        let Linear::Ternary(b) = &w.layers[1].down_proj else {
+            panic!("ternary")
+        };
+        let (rows, cols) = (b.out_features(), b.in_features());
+        let f = ckpt
+            .f32("model.layers.1.mlp.down_proj.weight", &[rows, cols])
+            .unwrap();
+        let want = quantize("d", &f, rows, cols, Granularity::PerChannel).unwrap();
+        assert_eq!(b.weights().to_codes(), want.codes);
+        let WeightScale::Channel(got) = b.scale() else {
+            panic!("per-channel scales expected")
+        };
+        for (g, s) in got.iter().zip(&want.scales) {
+            // TQ blocks store the scale in f16.
+            assert!((g - 1.0 / s).abs() <= 1e-3 * g, "{g} vs {}", 1.0 / s);
+        }
+    }
+}
