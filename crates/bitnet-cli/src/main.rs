@@ -26,6 +26,9 @@ enum Command {
     Run(commands::run::Args),
     /// Chat with a model interactively (its chat template, multi-turn history).
     Chat(commands::chat::Args),
+    /// Convert a float or ternary model to HF packed or GGUF (I2_S, TQ2_0,
+    /// TQ1_0), with a per-tensor quality report.
+    Convert(commands::convert::Args),
     /// Perplexity over a text file (and KL divergence against a base model).
     Perplexity(commands::perplexity::Args),
     /// Write a random-weight model of a real shape (HF directory or GGUF file).
@@ -51,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Synth(args) => commands::synth::run(args),
         Command::Chat(args) => commands::chat::run(args),
         Command::Perplexity(args) => commands::perplexity::run(args),
+        Command::Convert(args) => commands::convert::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::ServeBench(args) => commands::serve_bench::run(args),

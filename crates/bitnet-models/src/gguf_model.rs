@@ -362,49 +362,8 @@ impl BitNetWeights {
                 "a float model has no ternary layers to export; quantize it first".into(),
             ));
         }
-        let llama_cpp = arch == GgufArch::LlamaCpp;
-        let arch = match c.activation {
-            Activation::Relu2 if !llama_cpp => "bitnet-b1.58",
-            _ => "bitnet",
-        };
         let mut w = GgufWriter::new();
-        let md = |k: &str| format!("{arch}.{k}");
-        let u32v = |v: usize| MetadataValue::U32(v as u32);
-        w.add_metadata("general.architecture", MetadataValue::String(arch.into()))?;
-        if ternary == TernaryType::I2S {
-            // bitnet.cpp's file type for I2_S; tells readers what id 36 means.
-            w.add_metadata("general.file_type", MetadataValue::U32(40))?;
-        }
-        w.add_metadata(md("vocab_size"), u32v(c.vocab_size))?;
-        w.add_metadata(md("context_length"), u32v(c.max_position_embeddings))?;
-        w.add_metadata(md("embedding_length"), u32v(c.hidden_size))?;
-        w.add_metadata(md("feed_forward_length"), u32v(c.intermediate_size))?;
-        w.add_metadata(md("block_count"), u32v(c.num_layers))?;
-        w.add_metadata(md("attention.head_count"), u32v(c.num_heads))?;
-        w.add_metadata(md("attention.head_count_kv"), u32v(c.num_kv_heads))?;
-        w.add_metadata(md("rope.dimension_count"), u32v(c.head_dim))?;
-        w.add_metadata(
-            md("attention.layer_norm_rms_epsilon"),
-            MetadataValue::F32(c.rms_norm_eps),
-        )?;
-        w.add_metadata(md("rope.freq_base"), MetadataValue::F32(c.rope_theta))?;
-        if arch == "bitnet" {
-            let act = match c.activation {
-                Activation::Relu2 => "relu2",
-                Activation::Silu => "silu",
-            };
-            w.add_metadata(md("hidden_activation"), MetadataValue::String(act.into()))?;
-        }
-        if llama_cpp {
-            // No vocabulary: llama.cpp then makes `vocab_size` dummy tokens.
-            w.add_metadata("tokenizer.ggml.model", MetadataValue::String("none".into()))?;
-        }
-        if let Some(b) = c.bos_token_id {
-            w.add_metadata("tokenizer.ggml.bos_token_id", MetadataValue::U32(b))?;
-        }
-        if let Some(&e) = c.eos_token_ids.first() {
-            w.add_metadata("tokenizer.ggml.eos_token_id", MetadataValue::U32(e))?;
-        }
+        gguf_metadata(&mut w, c, ternary, arch)?;
         let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
         let (ty, bytes) = gguf_float(&self.embed_tokens);
@@ -445,6 +404,59 @@ impl BitNetWeights {
         }
         w.write_to_path(path)
     }
+}
+
+/// Writes the model metadata of a BitNet GGUF file (architecture, shape,
+/// rope, activation, token ids) for `config` into `w`.
+pub(crate) fn gguf_metadata(
+    w: &mut GgufWriter<'_>,
+    c: &BitNetConfig,
+    ternary: TernaryType,
+    arch: GgufArch,
+) -> Result<()> {
+    let llama_cpp = arch == GgufArch::LlamaCpp;
+    let arch = match c.activation {
+        Activation::Relu2 if !llama_cpp => "bitnet-b1.58",
+        _ => "bitnet",
+    };
+    let md = |k: &str| format!("{arch}.{k}");
+    let u32v = |v: usize| MetadataValue::U32(v as u32);
+    w.add_metadata("general.architecture", MetadataValue::String(arch.into()))?;
+    if ternary == TernaryType::I2S {
+        // bitnet.cpp's file type for I2_S; tells readers what id 36 means.
+        w.add_metadata("general.file_type", MetadataValue::U32(40))?;
+    }
+    w.add_metadata(md("vocab_size"), u32v(c.vocab_size))?;
+    w.add_metadata(md("context_length"), u32v(c.max_position_embeddings))?;
+    w.add_metadata(md("embedding_length"), u32v(c.hidden_size))?;
+    w.add_metadata(md("feed_forward_length"), u32v(c.intermediate_size))?;
+    w.add_metadata(md("block_count"), u32v(c.num_layers))?;
+    w.add_metadata(md("attention.head_count"), u32v(c.num_heads))?;
+    w.add_metadata(md("attention.head_count_kv"), u32v(c.num_kv_heads))?;
+    w.add_metadata(md("rope.dimension_count"), u32v(c.head_dim))?;
+    w.add_metadata(
+        md("attention.layer_norm_rms_epsilon"),
+        MetadataValue::F32(c.rms_norm_eps),
+    )?;
+    w.add_metadata(md("rope.freq_base"), MetadataValue::F32(c.rope_theta))?;
+    if arch == "bitnet" {
+        let act = match c.activation {
+            Activation::Relu2 => "relu2",
+            Activation::Silu => "silu",
+        };
+        w.add_metadata(md("hidden_activation"), MetadataValue::String(act.into()))?;
+    }
+    if llama_cpp {
+        // No vocabulary: llama.cpp then makes `vocab_size` dummy tokens.
+        w.add_metadata("tokenizer.ggml.model", MetadataValue::String("none".into()))?;
+    }
+    if let Some(b) = c.bos_token_id {
+        w.add_metadata("tokenizer.ggml.bos_token_id", MetadataValue::U32(b))?;
+    }
+    if let Some(&e) = c.eos_token_ids.first() {
+        w.add_metadata("tokenizer.ggml.eos_token_id", MetadataValue::U32(e))?;
+    }
+    Ok(())
 }
 
 /// A ternary layer's bytes in `ternary`, with its dequantizing scale.

@@ -4,7 +4,7 @@
 //! and float embeddings and norms in f32 or bf16. Files are written to a
 //! temporary name and renamed into place.
 
-use crate::config::{Activation, LinearVariant};
+use crate::config::{Activation, BitNetConfig, LinearVariant};
 use crate::error::{Error, Result};
 use crate::weights::{BitNetWeights, Linear};
 use bitnet_quant::formats::hf2bit;
@@ -18,16 +18,43 @@ pub enum FloatDtype {
     F32,
     /// bfloat16, as 2B-4T ships (rounds to 8 mantissa bits).
     BF16,
+    /// IEEE half (rounds to 11 significant bits; range ±65504).
+    F16,
 }
 
 impl FloatDtype {
-    fn encode(self, v: &[f32]) -> (Dtype, Vec<u8>) {
+    /// The name `config.json` gives this dtype (`torch_dtype`).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            FloatDtype::F32 => "float32",
+            FloatDtype::BF16 => "bfloat16",
+            FloatDtype::F16 => "float16",
+        }
+    }
+
+    /// The safetensors dtype.
+    pub fn safetensors_dtype(self) -> Dtype {
+        match self {
+            FloatDtype::F32 => Dtype::F32,
+            FloatDtype::BF16 => Dtype::BF16,
+            FloatDtype::F16 => Dtype::F16,
+        }
+    }
+
+    /// Little-endian bytes of `v` in this dtype.
+    pub fn encode(self, v: &[f32]) -> (Dtype, Vec<u8>) {
         match self {
             FloatDtype::F32 => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
             FloatDtype::BF16 => (
                 Dtype::BF16,
                 v.iter()
                     .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                    .collect(),
+            ),
+            FloatDtype::F16 => (
+                Dtype::F16,
+                v.iter()
+                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
                     .collect(),
             ),
         }
@@ -37,32 +64,7 @@ impl FloatDtype {
 impl BitNetWeights {
     /// The `config.json` text for this model (2B-4T's `autobitlinear` offline layout).
     pub fn hf_config_json(&self, dtype: FloatDtype) -> String {
-        let c = &self.config;
-        serde_json::to_string_pretty(&serde_json::json!({
-            "architectures": ["BitNetForCausalLM"],
-            "model_type": "bitnet",
-            "vocab_size": c.vocab_size,
-            "hidden_size": c.hidden_size,
-            "intermediate_size": c.intermediate_size,
-            "num_hidden_layers": c.num_layers,
-            "num_attention_heads": c.num_heads,
-            "num_key_value_heads": c.num_kv_heads,
-            "head_dim": c.head_dim,
-            "hidden_act": match c.activation { Activation::Relu2 => "relu2", Activation::Silu => "silu" },
-            "rms_norm_eps": c.rms_norm_eps,
-            "rope_theta": c.rope_theta,
-            "max_position_embeddings": c.max_position_embeddings,
-            "tie_word_embeddings": c.tie_word_embeddings,
-            "bos_token_id": c.bos_token_id,
-            "eos_token_id": c.eos_token_ids.first(),
-            "torch_dtype": match dtype { FloatDtype::F32 => "float32", FloatDtype::BF16 => "bfloat16" },
-            "quantization_config": {
-                "quant_method": "bitnet",
-                "linear_class": "autobitlinear",
-                "quantization_mode": "offline"
-            }
-        }))
-        .unwrap_or_default()
+        hf_config_json(&self.config, dtype)
     }
 
     /// Writes `dir/config.json` and `dir/model.safetensors` (creating `dir`).
@@ -165,4 +167,34 @@ impl BitNetWeights {
         std::fs::write(&config, self.hf_config_json(dtype)).map_err(Error::io(&config, "write"))?;
         Ok(())
     }
+}
+
+/// The `config.json` text for a model of `c` in 2B-4T's `autobitlinear`
+/// offline layout, floats in `dtype`.
+pub fn hf_config_json(c: &BitNetConfig, dtype: FloatDtype) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "architectures": ["BitNetForCausalLM"],
+        "model_type": "bitnet",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_layers,
+        "num_attention_heads": c.num_heads,
+        "num_key_value_heads": c.num_kv_heads,
+        "head_dim": c.head_dim,
+        "hidden_act": match c.activation { Activation::Relu2 => "relu2", Activation::Silu => "silu" },
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "max_position_embeddings": c.max_position_embeddings,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "bos_token_id": c.bos_token_id,
+        "eos_token_id": c.eos_token_ids.first(),
+        "torch_dtype": dtype.torch_name(),
+        "quantization_config": {
+            "quant_method": "bitnet",
+            "linear_class": "autobitlinear",
+            "quantization_mode": "offline"
+        }
+    }))
+    .unwrap_or_default()
 }

@@ -14,8 +14,10 @@
 //! # Ok::<(), bitnet_models::Error>(())
 //! ```
 
+pub mod atomic;
 pub mod chat;
 pub mod config;
+pub mod convert;
 pub mod error;
 mod float_dot;
 pub mod float_matrix;

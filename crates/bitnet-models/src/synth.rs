@@ -1,6 +1,11 @@
 //! Random-weight BitNet models of real shapes, for tests and benchmarks when
 //! no checkpoint is at hand (`bitnet synth`).
 //!
+//! [`write_float_hf`] writes the float counterpart (latent master weights,
+//! no `quantization_config`), streamed to disk tensor by tensor so that a
+//! 2B-4T-shaped float checkpoint (about 4.8 GB in bf16) never sits in
+//! memory: the input `bitnet convert` is measured on.
+//!
 //! Ternary layers get codes with about a third zeros (what absmean
 //! quantization of Gaussian weights gives) and a per-tensor scale around
 //! the magnitudes trained BitNet layers carry; norms are near 1;
@@ -164,6 +169,85 @@ pub fn synthesize(preset: Preset, seed: u64) -> Result<BitNetWeights> {
         layers,
         config,
     })
+}
+
+/// Writes a float BitNet checkpoint of `preset` (`config.json` without
+/// `quantization_config`, `model.safetensors` in `dtype`) into the new
+/// directory `dir`, one tensor at a time. Linear weights are approximately
+/// Gaussian with standard deviation 0.02 (what trained layers carry),
+/// norms near 1, embeddings like [`synthesize`]'s.
+pub fn write_float_hf(
+    preset: Preset,
+    seed: u64,
+    dir: &std::path::Path,
+    dtype: crate::hf_export::FloatDtype,
+    force: bool,
+) -> Result<()> {
+    use crate::convert::sink::{SafetensorsStream, Sink};
+    let config = BitNetConfig::from_json(&preset.config_json())?;
+    let mut json: serde_json::Value = serde_json::from_str(&preset.config_json())
+        .map_err(|e| crate::Error::Config(e.to_string()))?;
+    if let Some(o) = json.as_object_mut() {
+        o.remove("quantization_config");
+        o.insert("torch_dtype".into(), dtype.torch_name().into());
+    }
+    let out = crate::atomic::AtomicDir::create(dir, force)?;
+    let (h, f, v) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.vocab_size,
+    );
+    // (name, shape, standard deviation, mean)
+    let mut tensors: Vec<(String, Vec<usize>, f32, f32)> =
+        vec![("model.embed_tokens.weight".into(), vec![v, h], 0.02, 0.0)];
+    tensors.push(("model.norm.weight".into(), vec![h], 0.1, 1.0));
+    for i in 0..config.num_layers {
+        let p = format!("model.layers.{i}");
+        for (n, len) in [
+            ("input_layernorm", h),
+            ("post_attention_layernorm", h),
+            ("self_attn.attn_sub_norm", h),
+            ("mlp.ffn_sub_norm", f),
+        ] {
+            tensors.push((format!("{p}.{n}.weight"), vec![len], 0.1, 1.0));
+        }
+        for k in 0..7 {
+            let (r, c) = crate::convert::Linears::dims(&config, k);
+            let name = crate::convert::LINEARS[k].0;
+            tensors.push((format!("{p}.{name}.weight"), vec![r, c], 0.02, 0.0));
+        }
+    }
+    let decl: Vec<_> = tensors
+        .iter()
+        .map(|(n, s, _, _)| (n.clone(), dtype.safetensors_dtype(), s.clone()))
+        .collect();
+    let path = out.path().join("model.safetensors");
+    let file = crate::atomic::AtomicFile::create(&path, false)?;
+    let mut sink = Sink::Safetensors(SafetensorsStream::new(file, &path, &decl)?);
+    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut buf = Vec::new();
+    for (name, shape, std, mean) in &tensors {
+        let n: usize = shape.iter().product();
+        sink.start(name)?;
+        for start in (0..n).step_by(1 << 20) {
+            let len = (1 << 20).min(n - start);
+            // One draw per value: four 16-bit uniforms summed (Irwin-Hall),
+            // rescaled to unit variance; fast enough for billions.
+            buf.clear();
+            buf.extend((0..len).map(|_| {
+                let r = rng.next();
+                let s = (r & 0xffff) + (r >> 16 & 0xffff) + (r >> 32 & 0xffff) + (r >> 48);
+                let z = (s as f32 / 65536.0 - 2.0) * 1.732_050_8;
+                mean + std * z
+            }));
+            sink.part(&dtype.encode(&buf).1)?;
+        }
+        sink.end()?;
+    }
+    sink.finish()?.commit()?;
+    let cfg = out.path().join("config.json");
+    std::fs::write(&cfg, json.to_string()).map_err(crate::Error::io(&cfg, "write"))?;
+    out.commit()
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub mod error;
 pub mod formats;
 pub mod kernels;
 pub mod metrics;
+pub mod ptq;
 pub mod quantize;
 
 pub use error::{Error, Result};

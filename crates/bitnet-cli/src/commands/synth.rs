@@ -15,7 +15,9 @@ pub(crate) struct Args {
     /// Model shape: tiny, 125m, 700m or 2b4t.
     #[arg(long)]
     preset: String,
-    /// `hf` (a directory), or `gguf`, `gguf:i2_s`, `gguf:tq2_0`, `gguf:tq1_0` (a file).
+    /// `hf` (a directory), `hf-float` / `hf-float:f16` / `hf-float:f32`
+    /// (a float checkpoint, bf16 by default, the input of `bitnet convert`),
+    /// or `gguf`, `gguf:i2_s`, `gguf:tq2_0`, `gguf:tq1_0` (a file).
     #[arg(long, default_value = "hf")]
     format: String,
     /// Output directory (hf) or file (gguf).
@@ -34,12 +36,30 @@ pub(crate) struct Args {
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let preset = Preset::parse(&args.preset)
         .with_context(|| format!("unknown preset `{}` (tiny, 125m, 700m, 2b4t)", args.preset))?;
+    if let Some(dtype) = match args.format.as_str() {
+        "hf-float" | "hf-float:bf16" => Some(FloatDtype::BF16),
+        "hf-float:f16" => Some(FloatDtype::F16),
+        "hf-float:f32" => Some(FloatDtype::F32),
+        _ => None,
+    } {
+        let start = Instant::now();
+        eprintln!(
+            "writing float {} to {} ...",
+            args.preset,
+            args.out.display()
+        );
+        bitnet_models::synth::write_float_hf(preset, args.seed, &args.out, dtype, false)?;
+        eprintln!("done in {:.1} s", start.elapsed().as_secs_f64());
+        return Ok(());
+    }
     let ternary = match args.format.as_str() {
         "hf" => None,
         "gguf" | "gguf:i2_s" => Some(TernaryType::I2S),
         "gguf:tq2_0" => Some(TernaryType::Tq2_0),
         "gguf:tq1_0" => Some(TernaryType::Tq1_0),
-        other => bail!("unknown format `{other}` (hf, gguf, gguf:i2_s, gguf:tq2_0, gguf:tq1_0)"),
+        other => bail!(
+            "unknown format `{other}` (hf, hf-float[:f16|:f32], gguf, gguf:i2_s, gguf:tq2_0, gguf:tq1_0)"
+        ),
     };
     let start = Instant::now();
     eprintln!("synthesizing {} (seed {}) ...", args.preset, args.seed);

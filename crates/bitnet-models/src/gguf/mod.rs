@@ -1,7 +1,10 @@
 //! GGUF, llama.cpp's model container: read ([`GgufFile`], [`GgufContent`])
 //! and write ([`GgufWriter`]), including llama.cpp's ternary TQ1_0/TQ2_0 and
 //! bitnet.cpp's I2_S; dequantize the float storage types (F32, F16, BF16,
-//! Q8_0, Q4_K, Q6_K) row by row ([`dequant`]).
+//! Q8_0, Q4_K, Q6_K) row by row ([`dequant`]) and encode them
+//! ([`encode`], ports of ggml's reference quantizers). Large files can be
+//! written tensor by tensor ([`GgufWriter::declare_tensor`],
+//! [`GgufWriter::stream_to`]).
 //!
 //! All integers are little-endian. Versions 2 and 3 share this layout
 //! (version 1 had 32-bit counts; version 3 only allowed big-endian files,
@@ -35,6 +38,7 @@
 
 pub mod dequant;
 pub mod dialect;
+pub mod encode;
 pub mod metadata;
 pub mod reader;
 pub mod types;
@@ -45,7 +49,7 @@ pub use dialect::metadata_dialect;
 pub use metadata::{Metadata, MetadataArray, MetadataValue, ValueType};
 pub use reader::{GgufContent, GgufFile, ReadLimits, TensorInfo};
 pub use types::{Dialect, GgmlType, Layout, SizeError};
-pub use writer::GgufWriter;
+pub use writer::{GgufStream, GgufWriter};
 
 /// The file magic.
 pub const MAGIC: &[u8; 4] = b"GGUF";

@@ -22,7 +22,12 @@ struct PendingTensor<'a> {
     name: String,
     dims: Vec<u64>,
     ty: GgmlType,
-    data: Cow<'a, [u8]>,
+    /// The bytes, or `None` for a tensor declared with
+    /// [`GgufWriter::declare_tensor`] whose bytes come later through a
+    /// [`GgufStream`].
+    data: Option<Cow<'a, [u8]>>,
+    /// Byte size (the data's length when present).
+    size: u64,
 }
 
 /// Builds a GGUF file. Tensor data may be borrowed (e.g. from another
@@ -161,8 +166,30 @@ impl<'a> GgufWriter<'a> {
         ty: GgmlType,
         data: impl Into<Cow<'a, [u8]>>,
     ) -> Result<()> {
-        let name = name.into();
-        let data = data.into();
+        self.push_tensor(name.into(), dims, ty, Some(data.into()))
+    }
+
+    /// Declares a tensor whose bytes are not at hand yet: they are written
+    /// later, in declaration order, through the [`GgufStream`] that
+    /// [`Self::stream_to`] returns. This is how a converter writes a file
+    /// larger than it wants to hold in memory: the header needs only each
+    /// tensor's name, shape and type.
+    pub fn declare_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        ty: GgmlType,
+    ) -> Result<()> {
+        self.push_tensor(name.into(), dims, ty, None)
+    }
+
+    fn push_tensor(
+        &mut self,
+        name: String,
+        dims: &[u64],
+        ty: GgmlType,
+        data: Option<Cow<'a, [u8]>>,
+    ) -> Result<()> {
         let bad = |reason: String| Error::BadTensor {
             path: writer_path(),
             tensor: name.clone(),
@@ -182,7 +209,9 @@ impl<'a> GgufWriter<'a> {
         let size = ty
             .byte_size(dims)
             .map_err(|e| bad(format!("{ty} {dims:?}: {e}")))?;
-        if data.len() as u64 != size {
+        if let Some(data) = &data
+            && data.len() as u64 != size
+        {
             return Err(bad(format!(
                 "{ty} {dims:?} takes {size} bytes, got {}",
                 data.len()
@@ -210,6 +239,7 @@ impl<'a> GgufWriter<'a> {
             dims: dims.to_vec(),
             ty,
             data,
+            size,
         });
         Ok(())
     }
@@ -236,8 +266,30 @@ impl<'a> GgufWriter<'a> {
     /// Writes the file to `out`; returns the bytes written. Errors name
     /// `path` (use any label for in-memory targets).
     pub fn write_to(&self, out: &mut impl Write, path: &Path) -> Result<u64> {
-        self.check()?;
+        if let Some(t) = self.tensors.iter().find(|t| t.data.is_none()) {
+            return Err(Error::BadTensor {
+                path: path.to_owned(),
+                tensor: t.name.clone(),
+                reason: "declared without data: write the file with `stream_to`".into(),
+            });
+        }
         let mut w = Counter { out, written: 0 };
+        self.write_header(&mut w, path)?;
+        let io = |source| Error::Io {
+            path: path.to_owned(),
+            op: "write",
+            source,
+        };
+        for t in &self.tensors {
+            w.put(t.data.as_deref().unwrap_or_default()).map_err(io)?;
+            w.pad(self.alignment).map_err(io)?;
+        }
+        Ok(w.written)
+    }
+
+    /// Writes the header and tensor infos, padded to the alignment.
+    fn write_header<W: Write>(&self, w: &mut Counter<'_, W>, path: &Path) -> Result<()> {
+        self.check()?;
         let io = |source| Error::Io {
             path: path.to_owned(),
             op: "write",
@@ -250,28 +302,43 @@ impl<'a> GgufWriter<'a> {
         w.put(&(self.metadata.len() as u64).to_le_bytes())
             .map_err(io)?;
         for (key, value) in self.metadata.iter() {
-            put_str(&mut w, key).map_err(io)?;
+            put_str(w, key).map_err(io)?;
             w.put(&(value.value_type() as u32).to_le_bytes())
                 .map_err(io)?;
-            put_value(&mut w, value).map_err(io)?;
+            put_value(w, value).map_err(io)?;
         }
         let mut offset = 0u64;
         for t in &self.tensors {
-            put_str(&mut w, &t.name).map_err(io)?;
+            put_str(w, &t.name).map_err(io)?;
             w.put(&(t.dims.len() as u32).to_le_bytes()).map_err(io)?;
             for d in &t.dims {
                 w.put(&d.to_le_bytes()).map_err(io)?;
             }
             w.put(&t.ty.id().to_le_bytes()).map_err(io)?;
             w.put(&offset.to_le_bytes()).map_err(io)?;
-            offset += (t.data.len() as u64).next_multiple_of(self.alignment);
+            offset += t.size.next_multiple_of(self.alignment);
         }
-        w.pad(self.alignment).map_err(io)?;
-        for t in &self.tensors {
-            w.put(&t.data).map_err(io)?;
-            w.pad(self.alignment).map_err(io)?;
-        }
-        Ok(w.written)
+        w.pad(self.alignment).map_err(io)
+    }
+
+    /// Writes the header to `out` and returns a stream that takes the
+    /// tensors' bytes in declaration order (tensors added with data are
+    /// written by the stream as their turn comes). Errors name `path`.
+    pub fn stream_to<W: Write>(self, mut out: W, path: &Path) -> Result<GgufStream<'a, W>> {
+        let mut w = Counter {
+            out: &mut out,
+            written: 0,
+        };
+        self.write_header(&mut w, path)?;
+        let written = w.written;
+        Ok(GgufStream {
+            out,
+            written,
+            alignment: self.alignment,
+            pending: self.tensors.into_iter().collect(),
+            current: None,
+            path: path.to_owned(),
+        })
     }
 
     /// The file as bytes.
@@ -324,6 +391,133 @@ impl<'a> GgufWriter<'a> {
             let _ = fs::remove_file(&tmp);
         }
         result
+    }
+}
+
+/// The data section of a GGUF file being written tensor by tensor (see
+/// [`GgufWriter::stream_to`]).
+pub struct GgufStream<'a, W: Write> {
+    out: W,
+    written: u64,
+    alignment: u64,
+    pending: std::collections::VecDeque<PendingTensor<'a>>,
+    /// The tensor being written and the bytes it still needs.
+    current: Option<(String, u64)>,
+    path: PathBuf,
+}
+
+impl<W: Write> GgufStream<'_, W> {
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        let mut w = Counter {
+            out: &mut self.out,
+            written: self.written,
+        };
+        let r = w.put(bytes).and_then(|()| w.pad(self.alignment));
+        self.written = w.written;
+        r.map_err(|source| Error::Io {
+            path: self.path.clone(),
+            op: "write",
+            source,
+        })
+    }
+
+    /// Writes the tensors added with their data that come next.
+    fn flush_ready(&mut self) -> Result<()> {
+        while self.pending.front().is_some_and(|t| t.data.is_some()) {
+            if let Some(t) = self.pending.pop_front() {
+                self.put(t.data.as_deref().unwrap_or_default())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the bytes of the next declared tensor, which must be `name`
+    /// and take exactly its declared size.
+    pub fn write_tensor(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.start_tensor(name)?;
+        self.write_part(bytes)?;
+        self.end_tensor()
+    }
+
+    /// Starts the next declared tensor, which must be `name`; its bytes
+    /// follow in any number of [`Self::write_part`] calls, then
+    /// [`Self::end_tensor`] (so a large tensor need not sit in memory whole).
+    pub fn start_tensor(&mut self, name: &str) -> Result<()> {
+        self.flush_ready()?;
+        let bad = |reason: String| Error::BadTensor {
+            path: self.path.clone(),
+            tensor: name.to_owned(),
+            reason,
+        };
+        if let Some((open, _)) = &self.current {
+            return Err(bad(format!("`{open}` is still being written")));
+        }
+        let Some(next) = self.pending.front() else {
+            return Err(bad("no tensor is left to write".into()));
+        };
+        if next.name != name || next.data.is_some() {
+            return Err(bad(format!(
+                "written out of order: `{}` comes next",
+                next.name
+            )));
+        }
+        let size = next.size;
+        self.pending.pop_front();
+        self.current = Some((name.to_owned(), size));
+        Ok(())
+    }
+
+    /// Appends bytes to the tensor being written.
+    pub fn write_part(&mut self, bytes: &[u8]) -> Result<()> {
+        let Some((name, left)) = &mut self.current else {
+            return Err(Error::BadTensor {
+                path: self.path.clone(),
+                tensor: String::new(),
+                reason: "bytes written outside a tensor".into(),
+            });
+        };
+        if bytes.len() as u64 > *left {
+            return Err(Error::BadTensor {
+                path: self.path.clone(),
+                tensor: name.clone(),
+                reason: format!("{} bytes more than declared", bytes.len() as u64 - *left),
+            });
+        }
+        *left -= bytes.len() as u64;
+        self.out.write_all(bytes).map_err(|source| Error::Io {
+            path: self.path.clone(),
+            op: "write",
+            source,
+        })?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the tensor being written, which must be complete, and pads.
+    pub fn end_tensor(&mut self) -> Result<()> {
+        match self.current.take() {
+            Some((_, 0)) => self.put(&[]),
+            Some((name, left)) => Err(Error::BadTensor {
+                path: self.path.clone(),
+                tensor: name,
+                reason: format!("{left} bytes short of its declared size"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks every tensor was written; returns the output and the bytes written.
+    pub fn finish(mut self) -> Result<(W, u64)> {
+        self.end_tensor()?;
+        self.flush_ready()?;
+        if let Some(t) = self.pending.front() {
+            return Err(Error::BadTensor {
+                path: self.path.clone(),
+                tensor: t.name.clone(),
+                reason: "declared but never written".into(),
+            });
+        }
+        Ok((self.out, self.written))
     }
 }
 

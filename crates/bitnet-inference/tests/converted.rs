@@ -1,0 +1,132 @@
+//! Files written by `bitnet_models::convert` run right: a float checkpoint
+//! ternarized by the converter gives transformers' logits for the same
+//! latent weights quantized online, in every target; and our packed
+//! checkpoint converted to llama.cpp's TQ2_0/TQ1_0 gives llama.cpp's own
+//! logits (`tools/llama_logits.c`, committed in the `gguf_py` fixture)
+//! within the tolerances `gguf_models.rs` documents.
+
+use bitnet_inference::BitNetModel;
+use bitnet_models::convert::{ConvertOptions, FloatPrecision, Target, convert};
+use bitnet_models::gguf_model::{GgufArch, TernaryType};
+use std::path::{Path, PathBuf};
+
+mod common;
+use common::{Expected, dir as tiny, logits, max_abs_diff};
+
+fn run(input: &Path, output: &Path, o: &ConvertOptions) {
+    convert(input, output, o, &mut |_| {}).unwrap();
+}
+
+/// The `online` fixture holds latent float weights; without its
+/// `quantization_config` it is a float checkpoint, which the converter
+/// ternarizes exactly as transformers' online `AutoBitLinear` does.
+#[test]
+fn converted_float_checkpoint_gives_transformers_online_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let float = tmp.path().join("float");
+    std::fs::create_dir(&float).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tiny("online").join("config.json")).unwrap())
+            .unwrap();
+    cfg.as_object_mut().unwrap().remove("quantization_config");
+    std::fs::write(float.join("config.json"), cfg.to_string()).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny("online").join(f), float.join(f)).unwrap();
+    }
+    let exp = Expected::load("online");
+    for (target, name, tol) in [
+        (Target::HfPacked, "hf", 2e-4),
+        (Target::Gguf(TernaryType::I2S), "m.gguf", 2e-4),
+        // 64-wide rows: TQ falls back to F16 codes plus an f32 `.scale`.
+        (Target::Gguf(TernaryType::Tq2_0), "tq.gguf", 2e-4),
+    ] {
+        let out = tmp.path().join(name);
+        let o = ConvertOptions {
+            target,
+            embeddings: FloatPrecision::F32,
+            allow_fallback: true,
+            ..ConvertOptions::default()
+        };
+        run(&float, &out, &o);
+        let model = BitNetModel::load(&out).unwrap();
+        for p in 0..3 {
+            let ids = exp.ids(&format!("ids_p{p}"));
+            let diff = max_abs_diff(&logits(&model, &ids), &exp.f32(&format!("logits_p{p}")));
+            eprintln!("{name} prompt {p}: max |logit diff| vs transformers {diff:.2e}");
+            assert!(diff < tol, "{name} prompt {p}: {diff}");
+        }
+    }
+}
+
+fn gguf_py(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/gguf_py")
+        .join(file)
+}
+
+fn llama_cpp_logits(key: &str) -> (Vec<u32>, Vec<f32>) {
+    let bytes = std::fs::read(gguf_py("llama_logits.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let raw = |n: &str| st.tensor(n).unwrap().data().to_vec();
+    let ids = raw("ids")
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+        .collect();
+    let logits = raw(key)
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (ids, logits)
+}
+
+/// The fixture's HF packed checkpoint converted to llama.cpp-arch TQ files
+/// gives llama.cpp's logits for the gguf-py/llama.cpp-written files of the
+/// same weights (tolerances relative to the largest logit, as in
+/// gguf_models.rs: F32 embeddings 2e-6, F16 3e-4, Q6_K/Q4_K 3e-3), with
+/// the same top-1 token everywhere.
+#[test]
+fn converted_tq_files_match_llama_cpp_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (tt, emb, key, tol) in [
+        (
+            TernaryType::Tq2_0,
+            FloatPrecision::F32,
+            "tq2_0_f32embd",
+            2e-6,
+        ),
+        (
+            TernaryType::Tq1_0,
+            FloatPrecision::F32,
+            "tq2_0_f32embd",
+            2e-6,
+        ),
+        (TernaryType::Tq2_0, FloatPrecision::F16, "tq2_0", 3e-4),
+        (TernaryType::Tq1_0, FloatPrecision::Q6K, "tq1_0_q6k", 3e-3),
+        (TernaryType::Tq1_0, FloatPrecision::Q4K, "tq1_0_q4k", 3e-3),
+    ] {
+        let out = tmp.path().join(format!("{tt:?}_{emb:?}.gguf"));
+        let o = ConvertOptions {
+            target: Target::Gguf(tt),
+            embeddings: emb,
+            arch: GgufArch::LlamaCpp,
+            ..ConvertOptions::default()
+        };
+        run(&gguf_py("hf"), &out, &o);
+        let (ids, want) = llama_cpp_logits(key);
+        let model = BitNetModel::load(&out).unwrap();
+        let got = logits(&model, &ids);
+        let diff = max_abs_diff(&got, &want);
+        let magnitude = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        eprintln!(
+            "{tt:?} {emb:?} vs llama.cpp {key}: max |diff| {diff} (logits up to {magnitude})"
+        );
+        assert!(diff < tol * magnitude, "{tt:?} {emb:?}: {diff}");
+        let vocab = model.config().vocab_size;
+        let top = |l: &[f32]| -> Vec<usize> {
+            l.chunks(vocab)
+                .map(|r| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap())
+                .collect()
+        };
+        assert_eq!(top(&got), top(&want), "{tt:?} {emb:?}: top-1");
+    }
+}
