@@ -22,7 +22,7 @@
 //! ```
 
 use super::TextTokenizer;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Pending ids after which the decoder emits even incomplete text.
 pub const MAX_PENDING: usize = 16;
@@ -59,20 +59,23 @@ impl StreamDecoder {
         if text.ends_with('\u{FFFD}') && pending < MAX_PENDING {
             return Ok(None);
         }
-        let Some(new) = text.strip_prefix(self.prefix.as_str()) else {
-            return Err(Error::Tokenizer {
-                path: tok.source().to_path_buf(),
-                message: format!(
-                    "stream decoding: the text of ids {:?} does not extend that of its first {}",
-                    self.ids, self.prefix_len
-                ),
-            });
+        let new = match text.strip_prefix(self.prefix.as_str()) {
+            Some(new) => new.to_owned(),
+            None => {
+                // The new ids changed how the emitted text decodes (bytes
+                // already shown as U+FFFD, after `MAX_PENDING` ids, now
+                // complete a character). Shown text cannot be taken back:
+                // decode the pending ids on their own from here on.
+                self.ids.drain(..self.prefix_len);
+                self.prefix_len = 0;
+                self.prefix.clear();
+                tok.decode(&self.ids, self.skip_special_tokens)?
+            }
         };
         if new.is_empty() && pending < MAX_PENDING {
             // E.g. a skipped special token: nothing to show yet.
             return Ok(None);
         }
-        let new = new.to_owned();
         self.ids.drain(..self.prefix_len);
         self.prefix_len = self.ids.len();
         self.prefix = tok.decode(&self.ids, self.skip_special_tokens)?;
@@ -83,10 +86,11 @@ impl StreamDecoder {
     /// characters as U+FFFD, and resets the decoder.
     pub fn flush(&mut self, tok: &TextTokenizer) -> Result<Option<String>> {
         let text = tok.decode(&self.ids, self.skip_special_tokens)?;
-        let rest = text
-            .strip_prefix(self.prefix.as_str())
-            .map(str::to_owned)
-            .unwrap_or_default();
+        let rest = match text.strip_prefix(self.prefix.as_str()) {
+            Some(rest) => rest.to_owned(),
+            // As in `step`: what was shown stays; the pending ids alone.
+            None => tok.decode(&self.ids[self.prefix_len..], self.skip_special_tokens)?,
+        };
         self.ids.clear();
         self.prefix_len = 0;
         self.prefix.clear();

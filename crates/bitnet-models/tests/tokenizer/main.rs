@@ -104,3 +104,32 @@ pub(crate) fn write_gguf_tokenizer(
     w.write_to_path(out).unwrap();
     GgufFile::open(out).unwrap()
 }
+
+/// Bytes shown as U+FFFD after `MAX_PENDING` ids that later ids would
+/// complete into a character (ids 237 x 16 then 148 148 on the tiny
+/// byte-level vocabulary: the last 0xED starts a valid 3-byte sequence)
+/// keep streaming: the shown text stays, the rest decodes on its own.
+/// Found by the `openai_requests` fuzz target, where it was a 500.
+#[test]
+fn stream_decoding_survives_bytes_completed_after_they_were_shown() {
+    use bitnet_models::tokenizer::TextTokenizer;
+    let tok = TextTokenizer::from_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../bitnet-inference/tests/fixtures/tiny/bitlinear_offline/tokenizer.json"),
+    )
+    .unwrap();
+    let mut ids = vec![237u32; 16];
+    ids.extend([148, 148, 72, 105]);
+    let mut stream = tok.stream_decoder(true);
+    let mut text = String::new();
+    for &id in &ids {
+        if let Some(piece) = stream.step(&tok, id).unwrap() {
+            text.push_str(&piece);
+        }
+    }
+    if let Some(rest) = stream.flush(&tok).unwrap() {
+        text.push_str(&rest);
+    }
+    assert!(text.starts_with('\u{FFFD}'), "{text:?}");
+    assert!(text.ends_with("Hi") || text.contains('H'), "{text:?}");
+}
