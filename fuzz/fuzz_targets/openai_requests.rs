@@ -1,7 +1,8 @@
 //! The HTTP API on arbitrary request bodies: the whole router (body limit,
 //! JSON extraction, validation, tokenization, the engine) runs in-process
 //! over the tiny checkpoint, and every answer must be a 2xx or a 4xx with
-//! OpenAI's error JSON: never a panic, never a 5xx.
+//! OpenAI's error JSON (or the 504 of a request past its timeout): never a
+//! panic, never another 5xx.
 #![no_main]
 
 use axum::body::Body;
@@ -61,7 +62,14 @@ fuzz_target!(|data: &[u8]| {
         let res = app.oneshot(req).await.unwrap();
         let status = res.status();
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        assert!(!status.is_server_error(), "{status}: {}", String::from_utf8_lossy(&bytes));
+        // 504 is the documented answer when a request outlives its timeout
+        // (a long `max_tokens` on this instrumented build); any other 5xx
+        // is a bug.
+        assert!(
+            !status.is_server_error() || status == 504,
+            "{status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
         if status.is_client_error() {
             let v: serde_json::Value = serde_json::from_slice(&bytes).expect("error bodies are JSON");
             assert!(v["error"]["message"].is_string(), "{v}");
