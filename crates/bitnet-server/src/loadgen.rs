@@ -30,8 +30,8 @@ pub struct LoadConfig {
     pub max_tokens: usize,
     /// The user message.
     pub prompt: String,
-    /// Generate exactly `max_tokens` (`ignore_eos`-like: a stop-free prompt
-    /// cannot be promised, so the server's `length` and `stop` both count).
+    /// Sampling temperature of every request (0: greedy). Requests may end
+    /// early at a stop token; `length` and `stop` both count as success.
     pub temperature: f32,
 }
 
