@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: f64,
     /// `json` (one object per line) or `text`.
     pub log_format: String,
+    /// Tenants, keys, tiers, limits and metering (`[platform]`); off
+    /// unless `database_url` is set.
+    pub platform: bitnet_platform::PlatformConfig,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +68,7 @@ impl Default for ServerConfig {
             max_body_bytes: 4 << 20,
             shutdown_grace_secs: 30.0,
             log_format: "json".into(),
+            platform: bitnet_platform::PlatformConfig::default(),
         }
     }
 }
@@ -138,6 +142,9 @@ impl ServerConfig {
         }
         if !matches!(self.log_format.as_str(), "json" | "text") {
             return bad("log_format must be `json` or `text`");
+        }
+        if let Err(e) = self.platform.validate() {
+            return Err(ConfigError::Invalid(e.to_string()));
         }
         Ok(())
     }

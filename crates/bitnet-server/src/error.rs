@@ -21,6 +21,8 @@ pub struct ApiError {
     pub code: Option<&'static str>,
     /// Seconds after which a retry may succeed (429, 503).
     pub retry_after: Option<u64>,
+    /// More headers (the `x-ratelimit-*` set on a 429).
+    pub headers: Option<Box<Vec<(&'static str, String)>>>,
 }
 
 impl ApiError {
@@ -32,7 +34,38 @@ impl ApiError {
             param: None,
             code: None,
             retry_after: None,
+            headers: None,
         }
+    }
+
+    /// 401: no valid API key (never says whose key it might have been).
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError {
+            code: Some("invalid_api_key"),
+            ..Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
+        }
+    }
+
+    /// 403: the key is valid but may not do this.
+    pub fn forbidden(message: impl Into<String>, code: &'static str) -> Self {
+        ApiError {
+            code: Some(code),
+            ..Self::new(StatusCode::FORBIDDEN, "invalid_request_error", message)
+        }
+    }
+
+    /// 429: a tenant's rate limit.
+    pub fn rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
+        ApiError {
+            code: Some("rate_limit_exceeded"),
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
+        }
+    }
+
+    /// 404: a resource of the platform API that does not exist.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
     }
 
     /// 400: the request cannot be served as written.
@@ -147,6 +180,11 @@ impl IntoResponse for ApiError {
         if let Some(s) = self.retry_after {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        for (name, value) in self.headers.iter().flat_map(|h| h.iter()) {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                res.headers_mut().insert(*name, v);
+            }
         }
         res
     }

@@ -25,8 +25,11 @@
 //! # Ok(()) }
 //! ```
 
+mod account;
+mod admin;
 pub mod config;
 pub mod error;
+pub mod gate;
 mod generation;
 pub mod loadgen;
 pub mod metrics;

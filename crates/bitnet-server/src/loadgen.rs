@@ -33,6 +33,8 @@ pub struct LoadConfig {
     /// Sampling temperature of every request (0: greedy). Requests may end
     /// early at a stop token; `length` and `stop` both count as success.
     pub temperature: f32,
+    /// The API key sent as `Authorization: Bearer` (servers with accounts).
+    pub api_key: Option<String>,
 }
 
 /// One streamed answer.
@@ -92,12 +94,24 @@ pub async fn post_json(
 
 /// Sends one streaming chat completion and checks the stream.
 pub async fn stream_chat(client: &HttpClient, base_url: &str, body: &Value) -> StreamOutcome {
+    stream_chat_as(client, base_url, body, None).await
+}
+
+/// [`stream_chat`] with an API key.
+pub async fn stream_chat_as(
+    client: &HttpClient,
+    base_url: &str,
+    body: &Value,
+    api_key: Option<&str>,
+) -> StreamOutcome {
     let start = Instant::now();
     let mut out = StreamOutcome::default();
-    let req = match Request::post(format!("{base_url}/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-    {
+    let mut builder = Request::post(format!("{base_url}/v1/chat/completions"))
+        .header("content-type", "application/json");
+    if let Some(key) = api_key {
+        builder = builder.header("authorization", format!("Bearer {key}"));
+    }
+    let req = match builder.body(Full::new(Bytes::from(body.to_string()))) {
         Ok(r) => r,
         Err(e) => {
             out.malformed.push(e.to_string());
@@ -294,10 +308,11 @@ pub async fn run_load(cfg: &LoadConfig) -> LoadReport {
     let mut tasks = Vec::with_capacity(cfg.concurrency);
     for _ in 0..cfg.concurrency {
         let (client, body, base) = (client.clone(), body.clone(), cfg.base_url.clone());
+        let key = cfg.api_key.clone();
         tasks.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
             while Instant::now() < until {
-                outcomes.push(stream_chat(&client, &base, &body).await);
+                outcomes.push(stream_chat_as(&client, &base, &body, key.as_deref()).await);
             }
             outcomes
         }));

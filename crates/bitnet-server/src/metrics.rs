@@ -33,6 +33,9 @@ pub struct Metrics {
     step_seconds: Histogram,
     kv_blocks: Family<Labels, Gauge>,
     kv_largest_free_run: Gauge,
+    auth_failures: Family<Labels, Counter>,
+    rate_limited: Family<Labels, Counter>,
+    platform_overhead: Histogram,
 }
 
 impl Default for Metrics {
@@ -119,7 +122,29 @@ impl Metrics {
             "The longest run of consecutive free KV blocks",
             kv_largest_free_run.clone(),
         );
+        let auth_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Requests refused for their API key, by reason",
+            auth_failures.clone(),
+        );
+        let rate_limited = Family::<Labels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a tenant's limit, by limit",
+            rate_limited.clone(),
+        );
+        // 10 µs to about 1.3 s.
+        let platform_overhead = Histogram::new(exponential_buckets(1e-5, 2.0, 18));
+        registry.register(
+            "platform_overhead_seconds",
+            "Time a request spends in authentication, rate limiting and metering",
+            platform_overhead.clone(),
+        );
         Metrics {
+            auth_failures,
+            rate_limited,
+            platform_overhead,
             registry,
             requests,
             latency,
@@ -193,6 +218,25 @@ impl Metrics {
                 .set(n as i64);
         }
         self.kv_largest_free_run.set(kv.largest_free_run as i64);
+    }
+
+    /// Counts a refused key.
+    pub fn auth_failure(&self, reason: &str) {
+        self.auth_failures
+            .get_or_create(&vec![("reason".into(), reason.into())])
+            .inc();
+    }
+
+    /// Counts a request refused by a limit.
+    pub fn rate_limited(&self, limit: &str) {
+        self.rate_limited
+            .get_or_create(&vec![("limit".into(), limit.into())])
+            .inc();
+    }
+
+    /// Records the platform's time on one request.
+    pub fn platform_overhead(&self, seconds: f64) {
+        self.platform_overhead.observe(seconds);
     }
 
     /// The text exposition format.

@@ -3,6 +3,7 @@
 //! gives every request an id, a log line and its metrics.
 
 use crate::error::ApiError;
+use crate::gate::TenantContext;
 use crate::generation::{
     Collected, Prepared, Running, chat_logprob, collect, engine_failure, finish_reason,
     generate_params, record, submit, token_text, usage,
@@ -73,13 +74,30 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OpenAiJson<T> {
 struct BodyLimit(usize);
 
 /// The router with every route, the middleware and the body limit.
+///
+/// `/v1/*` passes the platform's [`gate`](crate::gate) (keys, limits,
+/// metering) when the state has a platform; `/admin/*` needs the admin
+/// token; health, readiness, metrics, the OpenAPI document and the
+/// dashboard page are public.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
-    Router::new()
+    let v1 = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
+        .route("/v1/usage", get(crate::account::usage))
+        .route("/v1/usage/export", get(crate::account::usage_export))
+        .route("/v1/invoice", get(crate::account::invoice))
+        .route("/v1/dashboard/summary", get(crate::account::summary))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::gate::gate,
+        ));
+    Router::new()
+        .merge(v1)
+        .merge(crate::admin::routes(Arc::clone(&state)))
+        .route("/dashboard", get(crate::account::dashboard_page))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -252,8 +270,10 @@ async fn blocking<T: Send + 'static>(
 pub(crate) async fn chat_completions(
     State(state): State<Arc<AppState>>,
     axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    tenant: Option<axum::Extension<Arc<TenantContext>>>,
     OpenAiJson(req): OpenAiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let tenant = tenant.map(|t| t.0);
     let arrived = Instant::now();
     check_model(&state, &req.model)?;
     if req.messages.is_empty() {
@@ -331,6 +351,7 @@ pub(crate) async fn chat_completions(
     })
     .await?;
     let params = generate_params(&state, &req.sampling, prompt.len())?;
+    charge(tenant.as_deref(), prompt.len(), params.max_tokens).await?;
     let run = submit(
         &state,
         Prepared {
@@ -354,10 +375,14 @@ pub(crate) async fn chat_completions(
             id,
             include_usage,
             request_id,
+            tenant,
         ));
     }
     let mut run = run;
     let (out, done) = collect(&mut run).await?;
+    if let Some(t) = &tenant {
+        t.set_usage(done.prompt_tokens, done.completion_tokens);
+    }
     let finish = finish_reason(&state, &done)?;
     record(&state, &run, &done);
     let logprobs = top_logprobs.map(|_| ChatLogprobs {
@@ -387,6 +412,20 @@ pub(crate) async fn chat_completions(
     Ok(with_timing((Json(body)).into_response(), &done))
 }
 
+/// Reserves a tenant's tokens for a prompt and its `max_tokens`.
+async fn charge(
+    tenant: Option<&TenantContext>,
+    prompt: usize,
+    max_tokens: usize,
+) -> Result<(), ApiError> {
+    if let Some(t) = tenant {
+        t.set_prompt_tokens(prompt);
+        t.reserve_tokens(prompt.saturating_add(max_tokens) as u64)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Engine and queue times as headers, so a client can tell the server's
 /// own overhead from the model's compute.
 fn with_timing(mut res: Response, c: &Completion) -> Response {
@@ -411,8 +450,10 @@ fn with_timing(mut res: Response, c: &Completion) -> Response {
 pub(crate) async fn completions(
     State(state): State<Arc<AppState>>,
     axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    tenant: Option<axum::Extension<Arc<TenantContext>>>,
     OpenAiJson(req): OpenAiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
+    let tenant = tenant.map(|t| t.0);
     let arrived = Instant::now();
     check_model(&state, &req.model)?;
     if req.echo {
@@ -450,8 +491,16 @@ pub(crate) async fn completions(
                     format!("token id {bad} is outside the vocabulary of {vocab}"),
                 ));
             }
-            return finish_completion(state, req.sampling, ids, top_logprobs, arrived, request_id)
-                .await;
+            return finish_completion(
+                state,
+                req.sampling,
+                ids,
+                top_logprobs,
+                arrived,
+                request_id,
+                tenant,
+            )
+            .await;
         }
     };
     let text = prompt.unwrap_or_default();
@@ -465,7 +514,16 @@ pub(crate) async fn completions(
     if ids.is_empty() {
         return Err(ApiError::invalid_param("prompt", "the prompt is empty"));
     }
-    finish_completion(state, req.sampling, ids, top_logprobs, arrived, request_id).await
+    finish_completion(
+        state,
+        req.sampling,
+        ids,
+        top_logprobs,
+        arrived,
+        request_id,
+        tenant,
+    )
+    .await
 }
 
 async fn finish_completion(
@@ -475,8 +533,10 @@ async fn finish_completion(
     top_logprobs: Option<usize>,
     arrived: Instant,
     request_id: String,
+    tenant: Option<Arc<TenantContext>>,
 ) -> Result<Response, ApiError> {
     let params = generate_params(&state, &sampling, prompt.len())?;
+    charge(tenant.as_deref(), prompt.len(), params.max_tokens).await?;
     let run = submit(
         &state,
         Prepared {
@@ -499,10 +559,14 @@ async fn finish_completion(
             id,
             include_usage,
             request_id,
+            tenant,
         ));
     }
     let mut run = run;
     let (out, done) = collect(&mut run).await?;
+    if let Some(t) = &tenant {
+        t.set_usage(done.prompt_tokens, done.completion_tokens);
+    }
     let finish = finish_reason(&state, &done)?;
     record(&state, &run, &done);
     let logprobs = top_logprobs.map(|_| completion_logprobs(&state, &out, 0));
@@ -565,6 +629,8 @@ struct StreamState {
     done: bool,
     /// Offset of the next token in the text (completion log-probabilities).
     offset: usize,
+    /// The tenant to meter, when the platform is on.
+    tenant: Option<Arc<TenantContext>>,
 }
 
 fn json_event<T: serde::Serialize>(value: &T) -> SseEvent {
@@ -617,6 +683,9 @@ impl StreamState {
     }
 
     fn token(&mut self, t: bitnet_inference::scheduler::TokenEvent) {
+        if let Some(ctx) = &self.tenant {
+            ctx.add_completion_token();
+        }
         if t.text.is_empty() && t.logprobs.is_none() {
             return; // nothing to show yet (a held-back stop prefix or a split character)
         }
@@ -653,6 +722,9 @@ impl StreamState {
     }
 
     fn finished(&mut self, c: Completion) {
+        if let Some(ctx) = &self.tenant {
+            ctx.set_usage(c.prompt_tokens, c.completion_tokens);
+        }
         match finish_reason(&self.state, &c) {
             Ok(reason) => {
                 let last = match self.flavor {
@@ -733,8 +805,10 @@ fn stream_response(
     id: String,
     include_usage: bool,
     request_id: String,
+    tenant: Option<Arc<TenantContext>>,
 ) -> Response {
     let st = StreamState {
+        tenant,
         state,
         run,
         flavor,

@@ -28,6 +28,9 @@ pub enum StartError {
     /// Loading the tokenizer or chat template failed.
     #[error(transparent)]
     Models(#[from] bitnet_models::Error),
+    /// The platform's database or limiter cannot be used.
+    #[error(transparent)]
+    Platform(#[from] bitnet_platform::PlatformError),
     /// Binding the listener failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -58,6 +61,8 @@ pub struct AppState {
     pub stop_ids: Vec<u32>,
     /// Identifies this build in responses.
     pub fingerprint: String,
+    /// Tenants, keys, limits and metering (none: the API is open).
+    pub platform: Option<Arc<bitnet_platform::Platform>>,
     next_id: AtomicU64,
     seed_base: u64,
 }
@@ -95,6 +100,18 @@ impl AppState {
         model: Arc<BitNetModel>,
         tokenizer: TextTokenizer,
         path: &Path,
+    ) -> Result<Arc<Self>, StartError> {
+        Self::with_platform(config, model, tokenizer, path, None)
+    }
+
+    /// A state whose `/v1` API is gated by `platform` (keys, limits,
+    /// metering) when one is given.
+    pub fn with_platform(
+        config: ServerConfig,
+        model: Arc<BitNetModel>,
+        tokenizer: TextTokenizer,
+        path: &Path,
+        platform: Option<Arc<bitnet_platform::Platform>>,
     ) -> Result<Arc<Self>, StartError> {
         config.validate()?;
         let template = match &config.chat_template {
@@ -150,9 +167,37 @@ impl AppState {
             metrics,
             stop_ids,
             fingerprint: format!("bitnet-rust-{}", env!("CARGO_PKG_VERSION")),
+            platform,
             next_id: AtomicU64::new(1),
-            seed_base: created.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            seed_base: random_seed(created),
         }))
+    }
+
+    /// Loads the model as [`AppState::load`] does, and connects the
+    /// platform when the configuration names a database.
+    pub async fn load_with_platform(config: ServerConfig) -> Result<Arc<Self>, StartError> {
+        config.validate()?;
+        let platform = match &config.platform.database_url {
+            Some(_) => {
+                let (p, _writer) =
+                    bitnet_platform::Platform::start(config.platform.clone()).await?;
+                Some(Arc::new(p))
+            }
+            None => None,
+        };
+        let path = config.model.clone().ok_or(StartError::NoModel)?;
+        let c = config.clone();
+        let (model, tokenizer) = tokio::task::spawn_blocking(move || {
+            let model = BitNetModel::load(&path)?;
+            let tokenizer = TextTokenizer::for_model(&path)?;
+            Ok::<_, StartError>((model, tokenizer))
+        })
+        .await
+        .map_err(|e| {
+            StartError::Platform(bitnet_platform::PlatformError::Config(e.to_string()))
+        })??;
+        let path = c.model.clone().unwrap_or_default();
+        Self::with_platform(c, Arc::new(model), tokenizer, &path, platform)
     }
 
     /// A fresh id with `prefix` (`chatcmpl`, `cmpl`).
@@ -166,4 +211,12 @@ impl AppState {
         let n = self.next_id.fetch_add(1, Ordering::Relaxed);
         (self.seed_base ^ n).wrapping_mul(0xbf58_476d_1ce4_e5b9)
     }
+}
+
+/// A per-process seed for ids: the clock mixed with OS randomness, so two
+/// replicas started in the same second do not hand out the same ids.
+fn random_seed(created: u64) -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    (created ^ u64::from_le_bytes(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }

@@ -29,6 +29,7 @@ async fn sixty_four_streaming_clients_for_a_minute() {
         max_tokens: 24,
         prompt: "Tell me about the sea".into(),
         temperature: 0.8,
+        api_key: None,
     })
     .await;
     eprintln!(

@@ -90,6 +90,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             max_tokens: args.max_tokens,
             prompt: args.prompt.clone(),
             temperature: 0.0,
+            api_key: None,
         };
         eprintln!("warming up...");
         run_load(&cfg).await;

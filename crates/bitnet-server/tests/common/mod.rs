@@ -46,7 +46,11 @@ impl TestServer {
             threads: 1,
             ..config
         };
-        let state = AppState::load(config).unwrap();
+        let state = if config.platform.database_url.is_some() {
+            AppState::load_with_platform(config).await.unwrap()
+        } else {
+            AppState::load(config).unwrap()
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
@@ -124,6 +128,45 @@ impl TestServer {
             .unwrap_or_default()
             .to_string();
         (status, body)
+    }
+
+    /// Any request, with an optional bearer token and JSON body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, hyper::HeaderMap, Bytes) {
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let res = self
+            .client
+            .request(req.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, body)
+    }
+
+    /// [`TestServer::call`] with the answer parsed as JSON.
+    pub async fn json(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, hyper::HeaderMap, Value) {
+        let (s, h, b) = self.call(method, path, token, body).await;
+        (s, h, serde_json::from_slice(&b).unwrap_or(Value::Null))
     }
 
     pub async fn get(&self, path: &str) -> (u16, String) {
