@@ -35,6 +35,8 @@ enum Command {
     Synth(commands::synth::Args),
     /// Serve a model over an OpenAI-compatible HTTP API.
     Serve(commands::serve::Args),
+    /// Manage tenants, API keys, usage, invoices and the audit log.
+    Admin(commands::admin::Args),
     /// Load-test a server: concurrent streaming clients, throughput,
     /// time to first token and server overhead.
     ServeBench(commands::serve_bench::Args),
@@ -57,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::Convert(args) => commands::convert::run(args),
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::Admin(args) => commands::admin::run(args),
         Command::ServeBench(args) => commands::serve_bench::run(args),
         Command::Train(args) => commands::train::run(args),
     }

@@ -1,5 +1,6 @@
 //! One module per subcommand, each with its own `Args` and a thin `run`.
 
+pub(crate) mod admin;
 pub(crate) mod bench;
 pub(crate) mod chat;
 pub(crate) mod convert;

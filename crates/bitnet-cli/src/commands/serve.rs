@@ -6,6 +6,7 @@
 use anyhow::Context;
 use bitnet_server::{AppState, ServerConfig, serve, shutdown_signal};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Flags of `bitnet serve`; each also reads the environment variable named.
 #[derive(clap::Args, Debug)]
@@ -64,6 +65,25 @@ pub(crate) struct Args {
     /// `json` or `text`.
     #[arg(long, env = "BITNET_LOG_FORMAT")]
     log_format: Option<String>,
+    /// Turns on tenants, API keys, limits and metering, stored here:
+    /// `sqlite://FILE` (created if missing) or `postgres://USER:PASS@HOST/DB`.
+    #[arg(long, env = "BITNET_DATABASE_URL", value_name = "URL")]
+    database_url: Option<String>,
+    /// Keep rate limiter state in Redis (`redis://HOST:PORT`), shared by
+    /// every replica.
+    #[arg(long, env = "BITNET_REDIS_URL", value_name = "URL")]
+    redis_url: Option<String>,
+    /// Bearer token of the /admin API (at least 16 characters).
+    #[arg(
+        long,
+        env = "BITNET_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    admin_token: Option<String>,
+    /// Purge usage rows older than this many days (0: keep them).
+    #[arg(long, env = "BITNET_RETENTION_DAYS", value_name = "DAYS")]
+    retention_days: Option<u32>,
 }
 
 impl Args {
@@ -96,6 +116,18 @@ impl Args {
         );
         if self.model.is_some() {
             c.model = self.model.clone();
+        }
+        if self.database_url.is_some() {
+            c.platform.database_url = self.database_url.clone();
+        }
+        if self.redis_url.is_some() {
+            c.platform.redis_url = self.redis_url.clone();
+        }
+        if self.admin_token.is_some() {
+            c.platform.admin_token = self.admin_token.clone();
+        }
+        if let Some(d) = self.retention_days {
+            c.platform.retention_days = d;
         }
         if self.model_id.is_some() {
             c.model_id = self.model_id.clone();
@@ -135,11 +167,26 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let model = config.model.clone();
-    let state = AppState::load(config).with_context(|| match &model {
-        Some(p) => format!("loading {}", p.display()),
-        None => "loading the model".into(),
-    })?;
     runtime.block_on(async move {
+        let state = AppState::load_with_platform(config)
+            .await
+            .with_context(|| match &model {
+                Some(p) => format!("loading {}", p.display()),
+                None => "loading the model".into(),
+            })?;
+        if let Some(p) = &state.platform {
+            tracing::info!(
+                database = %bitnet_platform::db::redact(p.config.database_url.as_deref().unwrap_or("")),
+                redis = p.config.redis_url.is_some(),
+                admin_api = p.config.admin_token.is_some(),
+                "accounts, limits and metering on"
+            );
+            if p.config.retention_days > 0 {
+                tokio::spawn(retention(Arc::clone(p)));
+            }
+        } else {
+            tracing::warn!("no --database-url: the API is open, with no keys, limits or metering");
+        }
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
@@ -157,4 +204,17 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         serve(state, listener, shutdown_signal()).await?;
         anyhow::Ok(())
     })
+}
+
+/// Purges usage rows past the retention period once an hour.
+async fn retention(platform: Arc<bitnet_platform::Platform>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let days = platform.config.retention_days;
+        match bitnet_platform::privacy::purge(&platform.store, "system", days).await {
+            Ok(n) => tracing::info!(rows = n, days, "usage retention purge"),
+            Err(e) => tracing::warn!(error = %e, "usage retention purge failed"),
+        }
+    }
 }
