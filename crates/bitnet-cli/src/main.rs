@@ -37,6 +37,8 @@ enum Command {
     Serve(commands::serve::Args),
     /// Manage tenants, API keys, usage, invoices and the audit log.
     Admin(commands::admin::Args),
+    /// Measure the hosted API's per-request cost (auth, limits, metering).
+    PlatformBench(commands::platform_bench::Args),
     /// Load-test a server: concurrent streaming clients, throughput,
     /// time to first token and server overhead.
     ServeBench(commands::serve_bench::Args),
@@ -60,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         Command::Tokenize(args) => commands::tokenize::run(args),
         Command::Serve(args) => commands::serve::run(args),
         Command::Admin(args) => commands::admin::run(args),
+        Command::PlatformBench(args) => commands::platform_bench::run(args),
         Command::ServeBench(args) => commands::serve_bench::run(args),
         Command::Train(args) => commands::train::run(args),
     }

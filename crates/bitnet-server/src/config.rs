@@ -181,4 +181,22 @@ mod tests {
         };
         assert!(c.validate().is_err());
     }
+
+    #[test]
+    fn the_kubernetes_configmap_is_a_valid_config_with_the_default_tiers() {
+        let yaml = include_str!("../../../deploy/k8s/configmap.yaml");
+        let start = yaml
+            .find("serve.toml: |")
+            .expect("serve.toml in the ConfigMap");
+        let toml: String = yaml[start..]
+            .lines()
+            .skip(1)
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+            .collect();
+        let c: ServerConfig = toml::from_str(&toml).expect("the ConfigMap's serve.toml parses");
+        c.validate().unwrap();
+        assert_eq!(c.platform.tiers, bitnet_platform::Tier::defaults());
+        assert_eq!(c.platform.retention_days, 90);
+    }
 }

@@ -359,3 +359,123 @@ pub async fn run_load(cfg: &LoadConfig) -> LoadReport {
     report.elapsed = start.elapsed();
     report
 }
+
+/// A load of short, non-streaming completions: what a platform's
+/// per-request costs (auth, limits, metering) show up in.
+#[derive(Clone, Debug)]
+pub struct ShortLoadConfig {
+    /// `http://host:port`.
+    pub base_url: String,
+    /// The model id.
+    pub model: String,
+    /// Concurrent clients.
+    pub concurrency: usize,
+    /// How long to keep sending.
+    pub duration: Duration,
+    /// `max_tokens` of each request.
+    pub max_tokens: usize,
+    /// The prompt.
+    pub prompt: String,
+    /// The API key, if the server has accounts.
+    pub api_key: Option<String>,
+}
+
+/// What a short-request load measured.
+#[derive(Clone, Debug, Default)]
+pub struct ShortLoadReport {
+    /// Requests answered 200.
+    pub completed: usize,
+    /// Other answers by status (0: the request itself failed).
+    pub failed: std::collections::BTreeMap<u16, usize>,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Client-side latency of each 200.
+    pub latencies: Vec<Duration>,
+    /// The server's `x-bitnet-platform-ms` of each 200 (auth, limits,
+    /// metering), when it sent one.
+    pub platform: Vec<Duration>,
+}
+
+impl ShortLoadReport {
+    /// Completed requests per second.
+    pub fn requests_per_second(&self) -> f64 {
+        self.completed as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Runs `cfg.concurrency` clients sending short completions for
+/// `cfg.duration`.
+pub async fn run_short_load(cfg: &ShortLoadConfig) -> ShortLoadReport {
+    let client = client();
+    let body = json!({
+        "model": cfg.model,
+        "prompt": cfg.prompt,
+        "max_tokens": cfg.max_tokens,
+        "temperature": 0,
+    })
+    .to_string();
+    let start = Instant::now();
+    let until = start + cfg.duration;
+    let mut tasks = Vec::with_capacity(cfg.concurrency);
+    for _ in 0..cfg.concurrency {
+        let (client, body, url) = (
+            client.clone(),
+            body.clone(),
+            format!("{}/v1/completions", cfg.base_url),
+        );
+        let key = cfg.api_key.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut r = ShortLoadReport::default();
+            while Instant::now() < until {
+                let mut b = Request::post(&url).header("content-type", "application/json");
+                if let Some(k) = &key {
+                    b = b.header("authorization", format!("Bearer {k}"));
+                }
+                let Ok(req) = b.body(Full::new(Bytes::from(body.clone()))) else {
+                    *r.failed.entry(0).or_default() += 1;
+                    continue;
+                };
+                let t0 = Instant::now();
+                let res = match client.request(req).await {
+                    Ok(res) => res,
+                    Err(_) => {
+                        *r.failed.entry(0).or_default() += 1;
+                        continue;
+                    }
+                };
+                let status = res.status().as_u16();
+                let platform = res
+                    .headers()
+                    .get("x-bitnet-platform-ms")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<f64>().ok());
+                let ok = res.into_body().collect().await.is_ok();
+                if status == 200 && ok {
+                    r.completed += 1;
+                    r.latencies.push(t0.elapsed());
+                    if let Some(ms) = platform {
+                        r.platform.push(Duration::from_secs_f64(ms / 1e3));
+                    }
+                } else {
+                    *r.failed.entry(status).or_default() += 1;
+                }
+            }
+            r
+        }));
+    }
+    let mut report = ShortLoadReport::default();
+    for t in tasks {
+        if let Ok(r) = t.await {
+            report.completed += r.completed;
+            for (k, v) in r.failed {
+                *report.failed.entry(k).or_default() += v;
+            }
+            report.latencies.extend(r.latencies);
+            report.platform.extend(r.platform);
+        } else {
+            *report.failed.entry(0).or_default() += 1;
+        }
+    }
+    report.elapsed = start.elapsed();
+    report
+}

@@ -8,6 +8,7 @@ pub(crate) mod doctor;
 pub(crate) mod inspect;
 pub(crate) mod model_args;
 pub(crate) mod perplexity;
+pub(crate) mod platform_bench;
 pub(crate) mod run;
 pub(crate) mod serve;
 pub(crate) mod serve_bench;
