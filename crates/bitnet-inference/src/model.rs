@@ -630,6 +630,30 @@ fn linear(
             }
             b.forward_quantized(xq, out, dots, par)?;
         }
+        Linear::Dense(m) => {
+            // Row-parallel: each output row's weights are read once for
+            // all `n` tokens.
+            let (rows, cols) = (m.rows(), m.cols());
+            let mut by_row = vec![0.0f32; rows * n];
+            let work = |r: usize, o: &mut [f32]| m.dot_row_many(r, &x[..n * cols], o);
+            match par {
+                Parallelism::Sequential => by_row
+                    .chunks_mut(n)
+                    .enumerate()
+                    .for_each(|(r, o)| work(r, o)),
+                Parallelism::Pool(pool) => pool.install(|| {
+                    by_row
+                        .par_chunks_mut(n)
+                        .enumerate()
+                        .for_each(|(r, o)| work(r, o))
+                }),
+            }
+            for (r, col) in by_row.chunks(n).enumerate() {
+                for (t, &v) in col.iter().enumerate() {
+                    out[t * rows + r] = v;
+                }
+            }
+        }
         Linear::Float { weight, rows, cols } => {
             for (xt, ot) in x.chunks_exact(*cols).zip(out.chunks_exact_mut(*rows)) {
                 for (r, o) in ot.iter_mut().enumerate() {

@@ -130,3 +130,49 @@ fn converted_tq_files_match_llama_cpp_logits() {
         assert_eq!(top(&got), top(&want), "{tt:?} {emb:?}: top-1");
     }
 }
+
+/// Mixed precision against transformers: the `float` fixture's layers kept
+/// dense (f32, then f16) by a policy give transformers' float logits; a
+/// policy that keeps only some layers dense runs too, between the two.
+#[test]
+fn dense_layers_of_a_mixed_precision_file_give_transformers_float_logits() {
+    use bitnet_models::convert::policy::PrecisionPolicy;
+    use bitnet_models::weights::Linear;
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = Expected::load("float");
+    for (policy, tol) in [
+        ("default = \"f32\"", 1e-3),
+        ("default = \"f16\"", 0.1),
+        (
+            "default = \"ternary\"\n[[rules]]\nmatch = \"blk.{first}.*\"\nprecision = \"int8\"\n",
+            f32::INFINITY,
+        ),
+    ] {
+        let out = tmp.path().join("mixed.gguf");
+        let o = ConvertOptions {
+            target: Target::Gguf(TernaryType::I2S),
+            embeddings: FloatPrecision::F32,
+            policy: Some(PrecisionPolicy::parse(policy).unwrap()),
+            force: true,
+            ..ConvertOptions::default()
+        };
+        run(&tiny("float"), &out, &o);
+        let model = BitNetModel::load(&out).unwrap();
+        let dense = model
+            .weights()
+            .layers
+            .iter()
+            .flat_map(|l| [&l.q_proj, &l.down_proj])
+            .filter(|l| matches!(l, Linear::Dense(_)))
+            .count();
+        assert!(dense > 0, "{policy}: no dense layer loaded");
+        for p in 0..3 {
+            let ids = exp.ids(&format!("ids_p{p}"));
+            let got = logits(&model, &ids);
+            assert!(got.iter().all(|v| v.is_finite()));
+            let diff = max_abs_diff(&got, &exp.f32(&format!("logits_p{p}")));
+            eprintln!("{policy:?} prompt {p}: max |logit diff| vs transformers float {diff:.2e}");
+            assert!(diff < tol, "{policy} prompt {p}: {diff}");
+        }
+    }
+}

@@ -17,7 +17,7 @@
 use crate::config::{Activation, BitNetConfig, LinearVariant};
 use crate::error::{Error, Result};
 use crate::float_matrix::{FloatEncoding, FloatMatrix};
-use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetadataValue, dequant};
+use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetadataArray, MetadataValue, dequant};
 use crate::weights::{BitNetWeights, Layer, Linear};
 use bitnet_quant::bitlinear::{BitLinear, ScaleConvention, WeightScale};
 use bitnet_quant::formats::runtime::PackedTernary;
@@ -281,6 +281,31 @@ fn ternary_linear(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Resu
     ))
 }
 
+/// Metadata naming the linear layers a mixed-precision conversion kept in
+/// a float encoding.
+pub const DENSE_LINEARS_KEY: &str = "bitnet-rust.dense_linears";
+
+fn dense_linears(file: &GgufFile) -> Result<Vec<String>> {
+    match file.content().metadata().get(DENSE_LINEARS_KEY) {
+        None => Ok(Vec::new()),
+        Some(MetadataValue::Array(MetadataArray::String(v))) => Ok(v.clone()),
+        Some(_) => Err(bad(
+            file,
+            format!("{DENSE_LINEARS_KEY} must be an array of strings"),
+        )),
+    }
+}
+
+/// Whether a linear layer runs dense: named in the metadata, or stored in
+/// a type that never holds ternary weights (Q8_0/Q4_K/Q6_K, as llama.cpp's
+/// mixed quantizations write). F16/F32 linears without the key stay
+/// ternary (exact ternary values, or latent weights ternarized on load).
+fn is_dense(file: &GgufFile, dense: &[String], name: &str) -> Result<bool> {
+    let ty = file.content().tensor(name).map(|t| t.ggml_type());
+    Ok(dense.iter().any(|d| d == name)
+        || matches!(ty, Ok(GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K)))
+}
+
 impl BitNetWeights {
     /// Loads a BitNet GGUF file (`bitnet`, `bitnet-b1.58` or `bitnet-25`).
     pub fn from_gguf(path: &Path) -> Result<Self> {
@@ -297,6 +322,7 @@ impl BitNetWeights {
         } else {
             Some(float_matrix(&file, "output.weight", v, h)?)
         };
+        let dense = dense_linears(&file)?;
         let mut layers = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
@@ -313,6 +339,9 @@ impl BitNetWeights {
                 .iter()
                 .zip(dims)
                 .map(|(name, (r, c))| {
+                    if is_dense(&file, &dense, &n(name))? {
+                        return Ok(Linear::Dense(float_matrix(&file, &n(name), r, c)?));
+                    }
                     let linear = ternary_linear(&file, &n(name), r, c);
                     // Repacked: the file's copy need not stay resident.
                     file.release(&n(name));
@@ -378,6 +407,7 @@ impl BitNetWeights {
             let (ty, bytes) = gguf_float(head);
             w.add_tensor("output.weight", &[h as u64, v as u64], ty, bytes)?;
         }
+        let mut dense = Vec::new();
         for (i, l) in self.layers.iter().enumerate() {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             for (name, norm, len) in [
@@ -398,9 +428,21 @@ impl BitNetWeights {
                 &l.down_proj,
             ];
             for (name, lin) in LINEARS.iter().zip(lins) {
-                let (ty, bytes) = encode_ternary(&n(name), lin, ternary)?;
+                let (ty, bytes) = match lin {
+                    Linear::Dense(m) => {
+                        dense.push(n(name));
+                        gguf_float(m)
+                    }
+                    _ => encode_ternary(&n(name), lin, ternary)?,
+                };
                 w.add_tensor(n(name), &[lin.cols() as u64, lin.rows() as u64], ty, bytes)?;
             }
+        }
+        if !dense.is_empty() {
+            w.add_metadata(
+                DENSE_LINEARS_KEY,
+                MetadataValue::Array(MetadataArray::String(dense)),
+            )?;
         }
         w.write_to_path(path)
     }

@@ -30,6 +30,10 @@ pub enum Linear {
     },
     /// Ternary weights with int8 activations.
     Ternary(BitLinear),
+    /// A layer a mixed-precision conversion kept in a float encoding (F16,
+    /// BF16, Q8_0, Q4_K, Q6_K), run with f32 activations as llama.cpp runs
+    /// such a layer; the encoding stays as stored.
+    Dense(FloatMatrix),
 }
 
 impl Linear {
@@ -38,6 +42,7 @@ impl Linear {
         match self {
             Linear::Float { rows, .. } => *rows,
             Linear::Ternary(b) => b.out_features(),
+            Linear::Dense(m) => m.rows(),
         }
     }
     /// Input features.
@@ -45,6 +50,7 @@ impl Linear {
         match self {
             Linear::Float { cols, .. } => *cols,
             Linear::Ternary(b) => b.in_features(),
+            Linear::Dense(m) => m.cols(),
         }
     }
 }

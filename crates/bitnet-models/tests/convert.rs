@@ -403,3 +403,144 @@ fn per_channel_scales_survive_in_tq_formats() {
         }
     }
 }
+
+/// A policy file keeps the named layers dense (in the file's metadata and
+/// on reload), the rest ternary; mistakes are clear errors.
+#[test]
+fn a_precision_policy_keeps_named_layers_dense() {
+    use bitnet_models::convert::policy::PrecisionPolicy;
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = "default = \"ternary\"\n\
+        [[rules]]\nmatch = \"blk.{first}.attn_*\"\nprecision = \"int8\"\n\
+        [[rules]]\nmatch = \"model.layers.{last}.mlp.down_proj.weight\"\nprecision = \"f16\"\n";
+    let mut o = opts(Target::Gguf(TernaryType::I2S));
+    o.policy = Some(PrecisionPolicy::parse(policy).unwrap());
+    let out = tmp.path().join("mixed.gguf");
+    let r = convert(&float_dir(), &out, &o, &mut |_| {}).unwrap();
+    let precision = |n: &str| {
+        r.tensors
+            .iter()
+            .find(|t| t.name == n)
+            .unwrap()
+            .precision
+            .clone()
+    };
+    assert_eq!(precision("blk.0.attn_q.weight"), "Q8_0");
+    assert_eq!(precision("blk.0.attn_output.weight"), "Q8_0");
+    assert_eq!(precision("blk.0.ffn_up.weight"), "I2_S");
+    assert_eq!(precision("blk.1.ffn_down.weight"), "F16");
+    let q8 = r
+        .tensors
+        .iter()
+        .find(|t| t.name == "blk.0.attn_q.weight")
+        .unwrap();
+    assert!(q8.sqnr_db.unwrap() > 30.0, "{q8:?}");
+    let w = BitNetWeights::from_gguf(&out).unwrap();
+    let enc = |l: &Linear| match l {
+        Linear::Dense(m) => Some(m.encoding()),
+        _ => None,
+    };
+    assert_eq!(enc(&w.layers[0].q_proj), Some(FloatEncoding::Q8_0));
+    assert_eq!(enc(&w.layers[0].v_proj), Some(FloatEncoding::Q8_0));
+    assert_eq!(enc(&w.layers[1].down_proj), Some(FloatEncoding::F16));
+    assert_eq!(enc(&w.layers[1].q_proj), None);
+    // Our own mixed file converts on (the dense layers' values carried).
+    let again = tmp.path().join("again.gguf");
+    let mut o2 = opts(Target::Gguf(TernaryType::I2S));
+    o2.policy = Some(PrecisionPolicy::parse(policy).unwrap());
+    convert(&out, &again, &o2, &mut |_| {}).unwrap();
+    // The HF layout cannot hold dense linears; a rule that matches nothing is a typo.
+    let mut hf = opts(Target::HfPacked);
+    hf.policy = Some(PrecisionPolicy::parse(policy).unwrap());
+    let e = convert(&float_dir(), &tmp.path().join("hf"), &hf, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("GGUF target"), "{e}");
+    let mut typo = opts(Target::Gguf(TernaryType::I2S));
+    typo.policy = Some(
+        PrecisionPolicy::parse("[[rules]]\nmatch = \"blk.0.atn_q.weight\"\nprecision = \"int8\"\n")
+            .unwrap(),
+    );
+    let e = convert(&float_dir(), &tmp.path().join("t.gguf"), &typo, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("matches no linear layer"), "{e}");
+    assert!(!tmp.path().join("t.gguf").exists());
+}
+
+/// The automatic mode measures every layer's sensitivity on held-out
+/// calibration tokens and promotes the most sensitive per byte while the
+/// output stays within the budget.
+#[test]
+fn a_size_budget_promotes_the_most_sensitive_layers() {
+    use bitnet_models::convert::CalibrationInput;
+    use bitnet_models::convert::policy::AutoPrecision;
+    let tmp = tempfile::tempdir().unwrap();
+    let text = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let calib = CalibrationInput {
+        text,
+        ctx: 64,
+        max_tokens: 4096,
+    };
+    let base = tmp.path().join("base.gguf");
+    let r0 = convert(
+        &float_dir(),
+        &base,
+        &opts(Target::Gguf(TernaryType::I2S)),
+        &mut |_| {},
+    )
+    .unwrap();
+    // Room for a few Q8_0 layers: a 64x64 one adds 64*68 - 64*16 - 32 bytes.
+    let extra = 3 * 64 * 52;
+    let mut o = opts(Target::Gguf(TernaryType::I2S));
+    o.calibration = Some(calib.clone());
+    o.auto_precision = Some(AutoPrecision {
+        budget_bytes: r0.output_bytes + extra as u64,
+        promote_to: FloatPrecision::Q8_0,
+    });
+    let out = tmp.path().join("auto.gguf");
+    let r = convert(&float_dir(), &out, &o, &mut |_| {}).unwrap();
+    let lin: Vec<_> = r
+        .tensors
+        .iter()
+        .filter(|t| t.name.starts_with("blk."))
+        .collect();
+    assert_eq!(lin.len(), 14);
+    assert!(
+        lin.iter().all(|t| t.sensitivity.is_some_and(|s| s > 0.0)),
+        "{lin:?}"
+    );
+    let promoted: Vec<_> = lin.iter().filter(|t| t.precision == "Q8_0").collect();
+    assert!(!promoted.is_empty() && promoted.len() < 14, "{promoted:?}");
+    assert!(
+        r.output_bytes <= r0.output_bytes + extra as u64 + 4096,
+        "{} vs {}",
+        r.output_bytes,
+        r0.output_bytes
+    );
+    // Among same-shape layers, a promoted one is at least as sensitive as
+    // any that stayed ternary.
+    let min_promoted = promoted
+        .iter()
+        .filter(|t| t.shape == [64, 64])
+        .map(|t| t.sensitivity.unwrap())
+        .fold(f64::INFINITY, f64::min);
+    let max_kept = lin
+        .iter()
+        .filter(|t| t.shape == [64, 64] && t.precision != "Q8_0")
+        .map(|t| t.sensitivity.unwrap())
+        .fold(0.0, f64::max);
+    if min_promoted.is_finite() {
+        assert!(min_promoted >= max_kept, "{min_promoted} < {max_kept}");
+    }
+    // A budget below the all-ternary size, or no calibration: clear errors.
+    o.auto_precision = Some(AutoPrecision {
+        budget_bytes: 1000,
+        promote_to: FloatPrecision::Q8_0,
+    });
+    let e = convert(&float_dir(), &tmp.path().join("x.gguf"), &o, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("below the all-ternary size"), "{e}");
+    o.calibration = None;
+    o.auto_precision = Some(AutoPrecision {
+        budget_bytes: 1 << 30,
+        promote_to: FloatPrecision::Q8_0,
+    });
+    let e = convert(&float_dir(), &tmp.path().join("x.gguf"), &o, &mut |_| {}).unwrap_err();
+    assert!(e.to_string().contains("--calib"), "{e}");
+}

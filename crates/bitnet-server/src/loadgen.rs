@@ -378,6 +378,9 @@ pub struct ShortLoadConfig {
     pub prompt: String,
     /// The API key, if the server has accounts.
     pub api_key: Option<String>,
+    /// Requests per second over all clients (open loop: each client sends
+    /// on a fixed schedule); `None` sends as fast as answers come back.
+    pub rate: Option<f64>,
 }
 
 /// What a short-request load measured.
@@ -424,9 +427,21 @@ pub async fn run_short_load(cfg: &ShortLoadConfig) -> ShortLoadReport {
             format!("{}/v1/completions", cfg.base_url),
         );
         let key = cfg.api_key.clone();
+        let period = cfg
+            .rate
+            .filter(|r| *r > 0.0)
+            .map(|r| Duration::from_secs_f64(cfg.concurrency as f64 / r));
         tasks.push(tokio::spawn(async move {
             let mut r = ShortLoadReport::default();
+            let mut ticks = period.map(|p| {
+                let mut t = tokio::time::interval(p);
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                t
+            });
             while Instant::now() < until {
+                if let Some(t) = ticks.as_mut() {
+                    t.tick().await;
+                }
                 let mut b = Request::post(&url).header("content-type", "application/json");
                 if let Some(k) = &key {
                     b = b.header("authorization", format!("Bearer {k}"));

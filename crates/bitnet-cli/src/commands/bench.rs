@@ -279,6 +279,7 @@ fn linear_bytes(l: &Linear) -> usize {
     match l {
         Linear::Float { weight, .. } => std::mem::size_of_val(weight.as_slice()),
         Linear::Ternary(b) => b.weights().as_bytes().len(),
+        Linear::Dense(m) => m.size_bytes(),
     }
 }
 

@@ -3,6 +3,7 @@
 //! per-tensor quality report (table on stdout, JSON to a file).
 
 use anyhow::{Context, bail};
+use bitnet_models::convert::policy::{AutoPrecision, LinearPrecision, PrecisionPolicy};
 use bitnet_models::convert::{
     CalibrationInput, ConvertOptions, ConvertReport, FloatPrecision, Method, ScaleMode, Target,
     TensorReport, convert,
@@ -69,6 +70,18 @@ pub(crate) struct Args {
     /// only: no engine here runs it).
     #[arg(long, default_value_t = 0)]
     low_rank: usize,
+    /// Mixed precision: a TOML policy mapping tensor-name patterns to
+    /// ternary, int8, int4, q6_k, f16, bf16 or f32 (GGUF targets).
+    #[arg(long, value_name = "FILE", conflicts_with = "budget_mib")]
+    precision_policy: Option<PathBuf>,
+    /// Mixed precision chosen automatically: keep the layers whose
+    /// ternarization costs the most held-out output error per byte in
+    /// --promote-to, while the file stays within this many MiB (needs --calib).
+    #[arg(long, value_name = "MIB")]
+    budget_mib: Option<f64>,
+    /// What --budget-mib promotes layers to.
+    #[arg(long, default_value = "int8")]
+    promote_to: String,
     /// Print the per-tensor report (precision, sparsity, MSE, SQNR, cosine).
     #[arg(long)]
     report: bool,
@@ -119,6 +132,27 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             max_tokens: args.calib_tokens,
         }),
         low_rank: args.low_rank,
+        policy: args
+            .precision_policy
+            .as_deref()
+            .map(PrecisionPolicy::from_file)
+            .transpose()?,
+        auto_precision: match args.budget_mib {
+            Some(mib) if !(mib.is_finite() && mib > 0.0) => {
+                bail!("--budget-mib must be a positive number of MiB, not {mib}")
+            }
+            Some(mib) => Some(AutoPrecision {
+                budget_bytes: (mib * 1048576.0) as u64,
+                promote_to: match LinearPrecision::parse(&args.promote_to) {
+                    Some(LinearPrecision::Float(p)) => p,
+                    _ => bail!(
+                        "--promote-to `{}`: use int8, int4, q6_k, f16, bf16 or f32",
+                        args.promote_to
+                    ),
+                },
+            }),
+            None => None,
+        },
     };
     let start = Instant::now();
     let bar = if args.quiet {
@@ -177,6 +211,7 @@ fn table(r: &ConvertReport) -> String {
         "absmean",
         "+lowrank"
     );
+    let sensitive = r.tensors.iter().any(|t| t.sensitivity.is_some());
     for t in &r.tensors {
         out += &format!(
             "{:<28} {:>11} {:<12} {:>6} {:>10} {:>7} {:>7} {:>10} {:>10} {:>10}{}\n",
@@ -192,7 +227,12 @@ fn table(r: &ConvertReport) -> String {
             sci(t.out_err_low_rank),
             t.note
                 .as_deref()
-                .map_or(String::new(), |n| format!("  ({n})")),
+                .map_or(String::new(), |n| format!("  ({n})"))
+                + &if sensitive {
+                    format!("  sensitivity {}", sci(t.sensitivity))
+                } else {
+                    String::new()
+                },
         );
     }
     let mean = |f: &dyn Fn(&TensorReport) -> Option<f64>| {

@@ -40,6 +40,10 @@ pub(crate) struct Args {
     /// Skip the run without accounts.
     #[arg(long)]
     only_platform: bool,
+    /// Send this many requests per second in all (open loop) instead of
+    /// as fast as answers come back.
+    #[arg(long)]
+    rate: Option<f64>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -97,6 +101,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             max_tokens: args.max_tokens,
             prompt: args.prompt.clone(),
             api_key: key,
+            rate: args.rate,
         };
         if !args.only_platform {
             let (_state, base) = start(base_config.clone()).await?;

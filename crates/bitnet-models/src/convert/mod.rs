@@ -29,6 +29,7 @@
 //! recognises as ternary; float matrices in F16).
 
 pub mod calib;
+pub mod policy;
 pub(crate) mod sink;
 mod source;
 
@@ -44,6 +45,7 @@ use bitnet_core::Parallelism;
 use bitnet_quant::formats::{blocks_to_bytes, hf2bit, i2s, tq1_0, tq2_0};
 use bitnet_quant::ptq::{GptqParams, Hessian, gptq_ternary, low_rank_residual};
 use bitnet_quant::quantize::ternary::{Granularity, quantize};
+use policy::LinearPrecision;
 use rayon::prelude::*;
 use safetensors::tensor::Dtype;
 use serde::Serialize;
@@ -224,6 +226,12 @@ pub struct ConvertOptions {
     /// Measure a rank-`k` f16 residual correction per layer (0: off). Not
     /// exported: no engine here adds it at run time.
     pub low_rank: usize,
+    /// Mixed precision from a policy (GGUF targets): which linear layers
+    /// keep a float encoding.
+    pub policy: Option<policy::PrecisionPolicy>,
+    /// Mixed precision chosen from measured sensitivity under a size
+    /// budget (needs calibration).
+    pub auto_precision: Option<policy::AutoPrecision>,
 }
 
 impl Default for ConvertOptions {
@@ -242,6 +250,8 @@ impl Default for ConvertOptions {
             damp: 0.01,
             calibration: None,
             low_rank: 0,
+            policy: None,
+            auto_precision: None,
         }
     }
 }
@@ -273,6 +283,9 @@ pub struct TensorReport {
     pub out_err_low_rank: Option<f64>,
     /// Why the precision differs from the one asked for, if it does.
     pub note: Option<String>,
+    /// Automatic mixed precision: the held-out relative output error this
+    /// layer has when ternarized (its sensitivity).
+    pub sensitivity: Option<f64>,
 }
 
 /// The result of a conversion.
@@ -358,7 +371,16 @@ fn fallback_or(
 
 /// Decides every output tensor's name, shape and storage from the shapes
 /// alone, before any data is read.
-fn plan(c: &BitNetConfig, opts: &ConvertOptions, has_lm_head: bool) -> Result<Vec<Planned>> {
+fn plan(
+    c: &BitNetConfig,
+    opts: &ConvertOptions,
+    has_lm_head: bool,
+    choices: &[[LinearPrecision; 7]],
+) -> Result<Vec<Planned>> {
+    let dense_at = |i: usize, k: usize| match choices.get(i).map(|l| l[k]) {
+        Some(LinearPrecision::Float(p)) => Some(p),
+        _ => None,
+    };
     let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
     let mut out = Vec::new();
     let mut push = |name: String, kind, store, shape: Vec<usize>, note| {
@@ -374,6 +396,17 @@ fn plan(c: &BitNetConfig, opts: &ConvertOptions, has_lm_head: bool) -> Result<Ve
     let separate_output = has_lm_head || output_prec != opts.embeddings;
     match opts.target {
         Target::HfPacked => {
+            if choices
+                .iter()
+                .flatten()
+                .any(|c| *c != LinearPrecision::Ternary)
+            {
+                return Err(Error::Config(
+                    "mixed precision: the HF packed layout holds only ternary linear layers; \
+                     use a GGUF target (gguf:tq2_0, gguf:tq1_0, gguf:i2_s)"
+                        .into(),
+                ));
+            }
             let dt = |p: FloatPrecision, what: &str| {
                 p.hf_dtype().ok_or_else(|| {
                     Error::Config(format!(
@@ -498,6 +531,27 @@ fn plan(c: &BitNetConfig, opts: &ConvertOptions, has_lm_head: bool) -> Result<Ve
                 for (k, (_, g)) in LINEARS.iter().enumerate() {
                     let (r, cols) = Linears::dims(c, k);
                     let name = format!("blk.{i}.{g}.weight");
+                    if let Some(p) = dense_at(i, k) {
+                        let ty = p.ggml_type();
+                        let block = encode::block_len(ty);
+                        let (store, note) = if cols.is_multiple_of(block) {
+                            (
+                                Store::Float(ty),
+                                Some(format!("kept dense as {} (mixed precision)", ty.name())),
+                            )
+                        } else {
+                            fallback_or(
+                                opts,
+                                &name,
+                                format!(
+                                    "{ty} needs rows that are a multiple of {block}, this one has {cols}"
+                                ),
+                                Store::Float(GgmlType::F16),
+                            )?
+                        };
+                        push(name, Kind::Linear(i, k), store, vec![r, cols], note);
+                        continue;
+                    }
                     let ok = match tt {
                         TernaryType::I2S => (r * cols).is_multiple_of(i2s::GROUP),
                         _ => cols.is_multiple_of(256),
@@ -756,7 +810,6 @@ pub fn convert(
     let src = Source::open(input, opts)?;
     let c = src.config().clone();
     let lm_head = src.lm_head()?;
-    let planned = plan(&c, opts, lm_head.is_some())?;
     let calibration = match &opts.calibration {
         Some(ci) => Some(run_calibration(input, &src, ci)?),
         None if opts.method == Method::Gptq => {
@@ -766,6 +819,9 @@ pub fn convert(
         }
         None => None,
     };
+    let (choices, sensitivity) =
+        precision_choices(&c, opts, &src, calibration.as_ref(), lm_head.is_some())?;
+    let planned = plan(&c, opts, lm_head.is_some(), &choices)?;
     // Outputs: a GGUF file, or an HF directory holding a safetensors file.
     let dir = match opts.target {
         Target::HfPacked => Some(AtomicDir::create(output, opts.force)?),
@@ -780,6 +836,19 @@ pub fn convert(
         Target::Gguf(tt) => {
             let mut w = GgufWriter::new();
             gguf_metadata(&mut w, &c, tt, opts.arch)?;
+            let dense: Vec<String> = planned
+                .iter()
+                .filter(|p| {
+                    matches!(p.kind, Kind::Linear(..)) && matches!(p.store, Store::Float(_))
+                })
+                .map(|p| p.name.clone())
+                .collect();
+            if !dense.is_empty() {
+                w.add_metadata(
+                    crate::gguf_model::DENSE_LINEARS_KEY,
+                    crate::gguf::MetadataValue::Array(crate::gguf::MetadataArray::String(dense)),
+                )?;
+            }
             for p in &planned {
                 let dims: Vec<u64> = p.shape.iter().rev().map(|&d| d as u64).collect();
                 let ty = match p.store {
@@ -847,6 +916,7 @@ pub fn convert(
                     out_err_absmean: None,
                     out_err_low_rank: None,
                     note: p.note.clone(),
+                    sensitivity: None,
                 });
             }
             Kind::FinalNorm => sink.tensor(&p.name, &floats(&src.final_norm()?))?,
@@ -856,6 +926,29 @@ pub fn convert(
                 sink.tensor(&p.name, &floats(&norms[j]))?
             }
             Kind::WeightScale => sink.tensor(&p.name, &floats(&[last_scale]))?,
+            Kind::Linear(i, k) if matches!(p.store, Store::Float(_)) => {
+                // Kept dense by the precision policy or the budget.
+                let (rows, cols) = (p.shape[0], p.shape[1]);
+                let hf_name = format!("model.layers.{i}.{}.weight", LINEARS[k].0);
+                let w = linear_values(src.linear(i, k)?, cols);
+                src.release(&hf_name);
+                let m = FloatMatrix::from_f32(rows, cols, w)?;
+                let stats = write_float_matrix(&mut sink, &p.name, &m, p.store, true)?;
+                reports.push(TensorReport {
+                    name: p.name.clone(),
+                    shape: [rows, cols],
+                    precision: store_name(p.store),
+                    sparsity: None,
+                    mse: stats.map(|s| s.0),
+                    sqnr_db: stats.map(|s| s.1),
+                    cosine: stats.map(|s| s.2),
+                    out_err: None,
+                    out_err_absmean: None,
+                    out_err_low_rank: None,
+                    note: p.note.clone(),
+                    sensitivity: sensitivity.get(&(i, k)).copied(),
+                });
+            }
             Kind::Linear(i, k) => {
                 let (rows, cols) = (p.shape[0], p.shape[1]);
                 let hf_name = format!("model.layers.{i}.{}.weight", LINEARS[k].0);
@@ -906,6 +999,7 @@ pub fn convert(
                     out_err_absmean: errs.1,
                     out_err_low_rank: errs.2,
                     note: p.note.clone(),
+                    sensitivity: sensitivity.get(&(i, k)).copied(),
                 });
             }
         }
@@ -951,6 +1045,128 @@ pub fn convert(
         calibration_tokens: calibration.as_ref().map(|c| c.tokens),
         tensors: reports,
     })
+}
+
+/// A linear layer's values as f32.
+fn linear_values(l: LinearIn, cols: usize) -> Vec<f32> {
+    match l {
+        LinearIn::Float(w) => w,
+        LinearIn::Ternary { codes, scale } => dequant(&Ternarized { codes, scale }, cols),
+    }
+}
+
+/// Bytes a planned tensor takes in the output.
+fn store_bytes(store: Store, shape: &[usize]) -> u64 {
+    let ty = match store {
+        Store::Float(t) => t,
+        Store::Ternary(TernaryType::I2S) => GgmlType::I2_S,
+        Store::Ternary(TernaryType::Tq2_0) => GgmlType::TQ2_0,
+        Store::Ternary(TernaryType::Tq1_0) => GgmlType::TQ1_0,
+        Store::TernaryF16 | Store::Hf(FloatDtype::F16) => GgmlType::F16,
+        Store::Hf(FloatDtype::BF16) => GgmlType::BF16,
+        Store::Hf(FloatDtype::F32) => GgmlType::F32,
+        Store::HfPacked => {
+            return (shape[0].div_ceil(4) * shape.get(1).copied().unwrap_or(1)) as u64;
+        }
+    };
+    let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
+    ty.byte_size(&dims)
+        .unwrap_or_else(|_| shape.iter().product::<usize>() as u64 * 4)
+}
+
+/// `w` encoded as `ty` and decoded again, row by row.
+fn round_trip(name: &str, ty: GgmlType, w: &[f32], cols: usize) -> Result<Vec<f32>> {
+    let mut out = vec![0.0f32; w.len()];
+    let mut bytes = Vec::new();
+    let err = |m: String| Error::TensorData {
+        name: name.into(),
+        message: m,
+    };
+    for (row, o) in w.chunks(cols).zip(out.chunks_mut(cols)) {
+        bytes.clear();
+        encode_row(ty, row, &mut bytes).map_err(|e| err(e.to_string()))?;
+        crate::gguf::dequantize_row(ty, &bytes, o).map_err(|e| err(e.to_string()))?;
+    }
+    Ok(out)
+}
+
+/// Sensitivities keyed by `(layer, k)`.
+type Sensitivity = std::collections::HashMap<(usize, usize), f64>;
+
+/// Every linear's precision: all ternary, the policy's, or the automatic
+/// choice under the size budget (with each layer's measured sensitivity).
+fn precision_choices(
+    c: &BitNetConfig,
+    opts: &ConvertOptions,
+    src: &Source,
+    cal: Option<&calib::Calibration>,
+    has_lm_head: bool,
+) -> Result<(Vec<[LinearPrecision; 7]>, Sensitivity)> {
+    let n = c.num_layers;
+    let all_ternary = vec![[LinearPrecision::Ternary; 7]; n];
+    let auto = match (&opts.policy, &opts.auto_precision) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Config(
+                "give a precision policy or a size budget, not both".into(),
+            ));
+        }
+        (Some(p), None) => return Ok((p.resolve(n)?, Sensitivity::new())),
+        (None, None) => return Ok((all_ternary, Sensitivity::new())),
+        (None, Some(a)) => *a,
+    };
+    let Some(cal) = cal else {
+        return Err(Error::Config(
+            "a size budget needs calibration text (--calib FILE) to measure each layer's \
+             sensitivity"
+                .into(),
+        ));
+    };
+    let base_plan = plan(c, opts, has_lm_head, &all_ternary)?;
+    let base: u64 = base_plan
+        .iter()
+        .map(|p| store_bytes(p.store, &p.shape))
+        .sum();
+    if base > auto.budget_bytes {
+        return Err(Error::Config(format!(
+            "the budget of {} bytes is below the all-ternary size of {base} bytes",
+            auto.budget_bytes
+        )));
+    }
+    let ty = auto.promote_to.ggml_type();
+    let mut candidates = Vec::new();
+    let mut sensitivity = Sensitivity::new();
+    for p in &base_plan {
+        let Kind::Linear(i, k) = p.kind else { continue };
+        let (rows, cols) = (p.shape[0], p.shape[1]);
+        if !cols.is_multiple_of(encode::block_len(ty)) {
+            continue;
+        }
+        let hf_name = format!("model.layers.{i}.{}.weight", LINEARS[k].0);
+        let w = linear_values(src.linear(i, k)?, cols);
+        src.release(&hf_name);
+        let held = &cal.held_out[i].inputs[calib::input_of(k)];
+        let t = ternarize(&hf_name, &w, rows, cols, opts.scales)?;
+        let q = Error::quant(&hf_name);
+        let e_ternary = held
+            .relative_output_error(&w, &dequant(&t, cols))
+            .map_err(q)?;
+        let e_dense = held
+            .relative_output_error(&w, &round_trip(&hf_name, ty, &w, cols)?)
+            .map_err(Error::quant(&hf_name))?;
+        sensitivity.insert((i, k), e_ternary);
+        candidates.push(policy::Candidate {
+            layer: i,
+            k,
+            gain: e_ternary - e_dense,
+            cost: store_bytes(Store::Float(ty), &p.shape)
+                .saturating_sub(store_bytes(p.store, &p.shape)),
+        });
+    }
+    let mut choices = all_ternary;
+    for (i, k) in policy::choose(candidates, auto.budget_bytes - base) {
+        choices[i][k] = LinearPrecision::Float(auto.promote_to);
+    }
+    Ok((choices, sensitivity))
 }
 
 /// Tokenizes the calibration text and runs it through the float model.

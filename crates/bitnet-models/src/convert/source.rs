@@ -239,6 +239,9 @@ impl Source {
                 ][k];
                 Ok(match lin {
                     Linear::Float { weight, .. } => LinearIn::Float(weight.clone()),
+                    // A dense layer of a mixed-precision file: its values,
+                    // to keep dense or ternarize as the policy says.
+                    Linear::Dense(m) => LinearIn::Float(m.to_f32()),
                     Linear::Ternary(b) => {
                         let scale = match (b.scale(), b.convention()) {
                             (WeightScale::Tensor(s), ScaleConvention::Multiply) => Mult::Tensor(*s),
