@@ -53,13 +53,17 @@ pub(crate) struct Range {
     to: Option<String>,
 }
 
-fn range(r: &Range) -> Result<(String, String), ApiError> {
+/// The days `from..=to` (default: the last 30 days), checked.
+pub(crate) fn day_range(
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(String, String), ApiError> {
     let today = day_of(now_ms());
-    let to = match &r.to {
+    let to = match to {
         Some(d) => parse_day(d).map_err(platform_error)?,
         None => today,
     };
-    let from = match &r.from {
+    let from = match from {
         Some(d) => parse_day(d).map_err(platform_error)?,
         None => day_of(now_ms() - 29 * 86_400_000),
     };
@@ -87,7 +91,7 @@ pub(crate) async fn usage(
     Query(r): Query<Range>,
 ) -> Result<Json<UsageReport>, ApiError> {
     let (p, ctx) = tenant_of(&state, ctx)?;
-    let (from, to) = range(&r)?;
+    let (from, to) = day_range(r.from.as_deref(), r.to.as_deref())?;
     let id = &ctx.principal.tenant.id;
     let data = metering::daily(&p.store, id, &from, &to)
         .await
@@ -108,7 +112,7 @@ pub(crate) async fn usage_export(
     Query(r): Query<Range>,
 ) -> Result<Response, ApiError> {
     let (p, ctx) = tenant_of(&state, ctx)?;
-    let (from, to) = range(&r)?;
+    let (from, to) = day_range(r.from.as_deref(), r.to.as_deref())?;
     let rows = metering::records(&p.store, &ctx.principal.tenant.id, &from, &to)
         .await
         .map_err(platform_error)?;

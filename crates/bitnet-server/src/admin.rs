@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use bitnet_platform::db::{day_of, now_ms, parse_day};
+use bitnet_platform::db::{day_of, now_ms};
 use bitnet_platform::{Platform, audit, keys, metering, privacy, tenants};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -246,14 +246,7 @@ async fn tenant_usage(
     tenants::get_tenant(&p.store, &id)
         .await
         .map_err(platform_error)?;
-    let to = match &q.to {
-        Some(d) => parse_day(d).map_err(platform_error)?,
-        None => day_of(now_ms()),
-    };
-    let from = match &q.from {
-        Some(d) => parse_day(d).map_err(platform_error)?,
-        None => day_of(now_ms() - 29 * 86_400_000),
-    };
+    let (from, to) = crate::account::day_range(q.from.as_deref(), q.to.as_deref())?;
     if q.format.as_deref() == Some("csv") {
         let rows = metering::records(&p.store, &id, &from, &to)
             .await
