@@ -10,7 +10,8 @@
 # Steps, everything under $WORK (default /tmp/peer-bench):
 #  1. llama.cpp's llama-bench and llama-quantize, built (cmake Release,
 #     GGML_NATIVE) from the sources vendored in the PyPI sdist of
-#     llama-cpp-python (`pip download --no-binary :all:`; an sdist already in
+#     llama-cpp-python (`pip download --no-binary llama-cpp-python --no-build-isolation`, so that
+#     pip does not build cmake itself from source to read the metadata; an sdist already in
 #     $WORK, or named by $LLAMA_SDIST, is reused), with cmake and ninja from
 #     pip in a venv. Built once; delete $WORK/build to rebuild.
 #  2. A random model of the preset's shape: `bitnet synth --format gguf:tq2_0
@@ -55,7 +56,7 @@ build_llama_cpp() {
     if [[ ! -x $WORK/venv/bin/cmake ]]; then
         log "venv with cmake and ninja in $WORK/venv"
         python3 -m venv "$WORK/venv"
-        "$WORK/venv/bin/pip" install -q cmake ninja
+        "$WORK/venv/bin/pip" install -q cmake ninja scikit-build-core
     fi
     local sdist=${LLAMA_SDIST:-}
     if [[ -z $sdist ]]; then
@@ -63,7 +64,7 @@ build_llama_cpp() {
     fi
     if [[ -z $sdist ]]; then
         log "downloading the llama-cpp-python sdist"
-        "$WORK/venv/bin/pip" download -q --no-deps --no-binary :all: llama-cpp-python -d "$WORK"
+        "$WORK/venv/bin/pip" download -q --no-deps --no-binary llama-cpp-python --no-build-isolation llama-cpp-python -d "$WORK"
         sdist=$(ls "$WORK"/llama_cpp_python-*.tar.gz | tail -1)
     fi
     local name

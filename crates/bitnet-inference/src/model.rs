@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use bitnet_core::Parallelism;
 use bitnet_core::ops::rows::{RopeTable, dot, relu2, rms_norm_into, silu, softmax_in_place};
+use bitnet_models::BlockQ8Activations;
 use bitnet_models::config::{Activation, BitNetConfig};
 use bitnet_models::weights::{BitNetWeights, Layer, Linear};
 use bitnet_quant::quantize::int8::QuantizedActivations;
@@ -182,7 +183,13 @@ impl BitNetModel {
                 }
             }
         }
-        self.lm_head(&normed, &mut ws.logits, &mut ws.logits_t, par);
+        self.lm_head(
+            &normed,
+            &mut ws.logits,
+            &mut ws.logits_t,
+            &mut ws.block_acts,
+            par,
+        );
         ws.x = x;
         ws.normed = normed;
         Ok(&ws.logits)
@@ -440,75 +447,65 @@ impl BitNetModel {
     /// `[rows, vocab]` logits of normalized hidden states `x` `[rows, hidden]`
     /// into `logits`.
     ///
-    /// With several rows, each task takes a slice of the vocabulary and
-    /// runs every row against each vocabulary row while it is in L1, so the
-    /// output matrix is read once per call, not once per row (for a batch
-    /// of decoding sequences that is the difference between reading it
-    /// once and 64 times). Every logit is the same `dot_row` either way.
+    /// Each task takes a slice of the vocabulary and runs every row against
+    /// each vocabulary row while it is in L1, so the output matrix is read
+    /// once per call, not once per row (for a batch of decoding sequences
+    /// that is the difference between reading it once and 64 times).
+    ///
+    /// A Q8_0/Q4_K/Q6_K output matrix dots in integers against the hidden
+    /// states quantized to int8 blocks, as llama.cpp does (its logits to
+    /// float rounding); a float one (F32/F16/BF16) dots in f32.
     fn lm_head(
         &self,
         x: &[f32],
         logits: &mut Vec<f32>,
         logits_t: &mut Vec<f32>,
+        acts: &mut BlockQ8Activations,
         par: Parallelism<'_>,
     ) {
+        const CHUNK: usize = 256;
         let c = self.config();
         let (h, vocab) = (c.hidden_size, c.vocab_size);
         let w = self.weights.output_weight();
         let rows = x.len() / h;
-        logits.resize(rows * vocab, 0.0);
-        if rows > 1 {
-            const CHUNK: usize = 256;
-            // `[vocab, rows]`: one contiguous block per vocabulary chunk.
-            logits_t.resize(rows * vocab, 0.0);
-            let fill_t = |chunk: usize, out: &mut [f32]| {
-                for (i, row_out) in out.chunks_exact_mut(rows).enumerate() {
+        let integer = w.quantize_activations(x, acts);
+        let acts = &*acts;
+        // `[vocab, rows]`: one contiguous block per vocabulary chunk (with
+        // one row, that is already `[rows, vocab]`).
+        let out_t = if rows == 1 {
+            &mut *logits
+        } else {
+            &mut *logits_t
+        };
+        out_t.resize(rows * vocab, 0.0);
+        let fill_t = |chunk: usize, out: &mut [f32]| {
+            for (i, row_out) in out.chunks_exact_mut(rows).enumerate() {
+                if integer {
+                    w.dot_row_quantized(chunk * CHUNK + i, acts, row_out);
+                } else {
                     w.dot_row_many(chunk * CHUNK + i, x, row_out);
                 }
-            };
-            match par {
-                Parallelism::Sequential => logits_t
-                    .chunks_mut(CHUNK * rows)
-                    .enumerate()
-                    .for_each(|(chunk, out)| fill_t(chunk, out)),
-                Parallelism::Pool(pool) => pool.install(|| {
-                    logits_t
-                        .par_chunks_mut(CHUNK * rows)
-                        .enumerate()
-                        .for_each(|(chunk, out)| fill_t(chunk, out))
-                }),
             }
+        };
+        match par {
+            Parallelism::Sequential => out_t
+                .chunks_mut(CHUNK * rows)
+                .enumerate()
+                .for_each(|(chunk, out)| fill_t(chunk, out)),
+            Parallelism::Pool(pool) => pool.install(|| {
+                out_t
+                    .par_chunks_mut(CHUNK * rows)
+                    .enumerate()
+                    .for_each(|(chunk, out)| fill_t(chunk, out))
+            }),
+        }
+        if rows > 1 {
+            logits.resize(rows * vocab, 0.0);
             for (k, col) in logits_t.chunks_exact(rows).enumerate() {
                 for (t, &v) in col.iter().enumerate() {
                     logits[t * vocab + k] = v;
                 }
             }
-            return;
-        }
-        // Logits of vocabulary rows `first..` for hidden state `xt`.
-        let fill = |xt: &[f32], first: usize, out: &mut [f32]| {
-            for (k, o) in out.iter_mut().enumerate() {
-                *o = w.dot_row(first + k, xt);
-            }
-        };
-        match par {
-            Parallelism::Sequential => {
-                for (t, out) in logits.chunks_exact_mut(vocab).enumerate() {
-                    fill(&x[t * h..(t + 1) * h], 0, out);
-                }
-            }
-            Parallelism::Pool(pool) => pool.install(|| {
-                // Split the vocabulary so one position also uses every thread.
-                logits
-                    .par_chunks_mut(vocab)
-                    .enumerate()
-                    .for_each(|(t, out)| {
-                        let xt = &x[t * h..(t + 1) * h];
-                        out.par_chunks_mut(1024)
-                            .enumerate()
-                            .for_each(|(chunk, o)| fill(xt, chunk * 1024, o));
-                    })
-            }),
         }
     }
 }
@@ -549,6 +546,7 @@ pub struct Workspace {
     scores: Vec<f32>,
     logits: Vec<f32>,
     logits_t: Vec<f32>,
+    block_acts: BlockQ8Activations,
     xq: QuantizedActivations,
     dots: Vec<i32>,
     spans: Vec<Span>,
@@ -571,6 +569,7 @@ impl Default for Workspace {
             scores: Vec::new(),
             logits: Vec::new(),
             logits_t: Vec::new(),
+            block_acts: BlockQ8Activations::new(),
             xq: QuantizedActivations::zeroed(0, 0),
             dots: Vec::new(),
             spans: Vec::new(),
@@ -632,10 +631,19 @@ fn linear(
         }
         Linear::Dense(m) => {
             // Row-parallel: each output row's weights are read once for
-            // all `n` tokens.
+            // all `n` tokens. Q8_0/Q4_K/Q6_K rows dot in integers against
+            // int8 blocks of `x`, as in llama.cpp (see `lm_head`).
             let (rows, cols) = (m.rows(), m.cols());
             let mut by_row = vec![0.0f32; rows * n];
-            let work = |r: usize, o: &mut [f32]| m.dot_row_many(r, &x[..n * cols], o);
+            let mut acts = BlockQ8Activations::new();
+            let integer = m.quantize_activations(&x[..n * cols], &mut acts);
+            let work = |r: usize, o: &mut [f32]| {
+                if integer {
+                    m.dot_row_quantized(r, &acts, o);
+                } else {
+                    m.dot_row_many(r, &x[..n * cols], o);
+                }
+            };
             match par {
                 Parallelism::Sequential => by_row
                     .chunks_mut(n)

@@ -11,6 +11,7 @@
 use crate::error::{Error, Result};
 use crate::float_dot::{self, RowFormat};
 use crate::gguf::{GgmlType, dequant};
+use crate::quant_dot::{self, BlockQ8Activations};
 use std::sync::Arc;
 
 /// How the elements of a [`FloatMatrix`] are stored.
@@ -377,6 +378,51 @@ impl FloatMatrix {
             }
         };
         float_dot::dot_many(format, xs, row, out);
+    }
+
+    /// Quantizes `xs` (rows of `cols` values) into `into` when this matrix
+    /// has an integer dot (Q8_0, Q4_K, Q6_K): each row becomes int8 blocks
+    /// as in llama.cpp (Q8_0 activations for Q8_0, Q8_K for the k-quants),
+    /// for [`Self::dot_row_quantized`]. Returns false for F32, F16 and
+    /// BF16, which dot in f32 ([`Self::dot_row_many`]).
+    ///
+    /// # Panics
+    /// If `xs.len()` is not a multiple of `cols`.
+    pub fn quantize_activations(&self, xs: &[f32], into: &mut BlockQ8Activations) -> bool {
+        assert!(
+            self.cols > 0 && xs.len().is_multiple_of(self.cols),
+            "{} values for {self:?}",
+            xs.len()
+        );
+        let ty = match self.encoding {
+            FloatEncoding::Q8_0 | FloatEncoding::Q4K | FloatEncoding::Q6K => {
+                self.encoding.ggml_type()
+            }
+            _ => return false,
+        };
+        into.quantize(ty, xs, self.cols, quant_dot::Backend::detect())
+    }
+
+    /// `row(r) · x_t` into `out[t]` for each activation row of `acts`,
+    /// in integers: llama.cpp's arithmetic for this encoding, reading the
+    /// row once for all of them.
+    ///
+    /// # Panics
+    /// If `r >= rows`, `out.len() != acts.rows()`, or `acts` was not
+    /// quantized by [`Self::quantize_activations`] of a matrix with this
+    /// encoding and width.
+    pub fn dot_row_quantized(&self, r: usize, acts: &BlockQ8Activations, out: &mut [f32]) {
+        assert!(
+            r < self.rows
+                && out.len() == acts.rows()
+                && acts.cols() == self.cols
+                && acts.weight_type() == Some(self.encoding.ggml_type()),
+            "row {r} of {self:?} with activations for {:?} x {}",
+            acts.weight_type(),
+            acts.cols()
+        );
+        let row = &self.encoded()[r * self.row_bytes..(r + 1) * self.row_bytes];
+        acts.dot_row(row, out);
     }
 
     /// The whole matrix as f32, row-major.

@@ -27,6 +27,8 @@ pub mod hf_export;
 #[cfg(feature = "hub")]
 pub mod hub;
 mod mapped;
+mod quant_dot;
+pub use quant_dot::BlockQ8Activations;
 pub mod safetensors;
 pub mod synth;
 pub mod tokenizer;
