@@ -19,6 +19,7 @@ use crate::kernels::TernaryKernel;
 use crate::quantize::int8::QuantizedActivations;
 use crate::quantize::ternary::{Granularity, TernaryWeights};
 use bitnet_core::Parallelism;
+use rayon::prelude::*;
 
 /// How a stored weight scale turns integer dot products into outputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,16 +194,55 @@ impl BitLinear {
         } else {
             self.kernel.gemm(&self.weights, x, scratch, par)?;
         }
-        for t in 0..tokens {
-            let sx = x.scale(t);
-            for r in 0..rows {
-                let dot = scratch[r * tokens + t] as f32;
-                let ws = self.scale.get(r);
-                out[t * rows + r] = match self.convention {
-                    ScaleConvention::Multiply => dot / sx * ws,
-                    ScaleConvention::Divide => dot / (ws * sx),
-                };
+        // `scratch` is `[rows, tokens]`, `out` `[tokens, rows]`: each task
+        // takes a few tokens, so it reads short contiguous runs of
+        // `scratch` and writes a few sequential streams of `out`.
+        const TOKENS_PER_TASK: usize = 8;
+        let scratch = &scratch[..];
+        // Through a small transposed block, so the division runs 16 rows
+        // wide in vector registers (it is exact per element either way).
+        const ROWS_PER_BLOCK: usize = 16;
+        let scale_rows = |t0: usize, o: &mut [f32]| {
+            let nt = o.len() / rows;
+            let mut block = [[0i32; ROWS_PER_BLOCK]; TOKENS_PER_TASK];
+            let mut ws = [0.0f32; ROWS_PER_BLOCK];
+            for r0 in (0..rows).step_by(ROWS_PER_BLOCK) {
+                let nr = ROWS_PER_BLOCK.min(rows - r0);
+                for (i, w) in ws.iter_mut().enumerate().take(nr) {
+                    *w = self.scale.get(r0 + i);
+                    let dots = &scratch[(r0 + i) * tokens + t0..][..nt];
+                    for (j, &d) in dots.iter().enumerate() {
+                        block[j][i] = d;
+                    }
+                }
+                for (j, dots) in block.iter().enumerate().take(nt) {
+                    let sx = x.scale(t0 + j);
+                    let dst = &mut o[j * rows + r0..j * rows + r0 + nr];
+                    match self.convention {
+                        ScaleConvention::Multiply => {
+                            for ((y, &d), &w) in dst.iter_mut().zip(dots).zip(&ws) {
+                                *y = d as f32 / sx * w;
+                            }
+                        }
+                        ScaleConvention::Divide => {
+                            for ((y, &d), &w) in dst.iter_mut().zip(dots).zip(&ws) {
+                                *y = d as f32 / (w * sx);
+                            }
+                        }
+                    }
+                }
             }
+        };
+        match par {
+            Parallelism::Pool(pool) if tokens > 1 => pool.install(|| {
+                out.par_chunks_mut(TOKENS_PER_TASK * rows)
+                    .enumerate()
+                    .for_each(|(i, o)| scale_rows(i * TOKENS_PER_TASK, o))
+            }),
+            _ => out
+                .chunks_mut(TOKENS_PER_TASK * rows)
+                .enumerate()
+                .for_each(|(i, o)| scale_rows(i * TOKENS_PER_TASK, o)),
         }
         Ok(())
     }

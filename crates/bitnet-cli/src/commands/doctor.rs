@@ -58,7 +58,13 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
 
     let best = Backend::detect();
     println!("\nDispatch");
-    println!("  ternary x int8 GEMV (decode)    {best}");
+    // AMX tiles serve many tokens; one token runs the VNNI kernel.
+    let gemv = if best == Backend::Amx {
+        Backend::Avx512Vnni
+    } else {
+        best
+    };
+    println!("  ternary x int8 GEMV (decode)    {gemv}");
     println!("  ternary x int8 GEMM (prefill)   {best}");
     println!("  int8 per-token quantize         scalar (round half to even)");
     println!("  f32 matmul, linear algebra      faer");

@@ -3,9 +3,10 @@
 //!
 //! Layers, as in memchr: [`reference`] is the obviously-correct scalar loop;
 //! [`portable`] is plain Rust that compilers vectorize on any target; the
-//! `x86_64` module has AVX2 and AVX-512 VNNI versions behind checked
-//! constructors. The best backend is detected once per process (the only
-//! static in the crate) and can be forced with [`TernaryKernel::new`].
+//! `x86_64` module has AVX2, AVX-512 VNNI and AMX-INT8 versions behind
+//! checked constructors. The best backend is detected once per process
+//! (with AMX's OS permission, the only statics in the crate) and can be
+//! forced with [`TernaryKernel::new`].
 //!
 //! Every backend returns the exact integer dot products `Σ t·x` as i32, so
 //! all of them must agree bit for bit; scales are applied by the caller
@@ -41,15 +42,19 @@ pub enum Backend {
     Avx2,
     /// x86-64 AVX-512 with VNNI (`vpdpbusd`).
     Avx512Vnni,
+    /// x86-64 AMX-INT8 tiles (`tdpbusd`) for many tokens; one token runs
+    /// the AVX-512 VNNI kernel.
+    Amx,
 }
 
 impl Backend {
     /// Every backend, slowest first.
-    pub const ALL: [Backend; 4] = [
+    pub const ALL: [Backend; 5] = [
         Backend::Reference,
         Backend::Portable,
         Backend::Avx2,
         Backend::Avx512Vnni,
+        Backend::Amx,
     ];
 
     /// Whether this CPU can run the backend.
@@ -64,8 +69,13 @@ impl Backend {
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "x86_64")]
+            Backend::Amx => {
+                static AMX: OnceLock<bool> = OnceLock::new();
+                Backend::Avx512Vnni.is_available() && *AMX.get_or_init(x86_64::amx::available)
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Backend::Avx2 | Backend::Avx512Vnni => false,
+            Backend::Avx2 | Backend::Avx512Vnni | Backend::Amx => false,
         }
     }
 
@@ -96,6 +106,7 @@ impl Backend {
             Backend::Portable => "portable",
             Backend::Avx2 => "avx2",
             Backend::Avx512Vnni => "avx512-vnni",
+            Backend::Amx => "amx-int8",
         }
     }
 }
@@ -221,6 +232,16 @@ impl TernaryKernel {
         if tokens == 0 || w.rows() == 0 {
             return;
         }
+        // AMX reads the activations as tiles: packed once for all tasks.
+        #[cfg(target_arch = "x86_64")]
+        let packed = (self.backend == Backend::Amx && tokens > 1).then(|| {
+            let stride = blocks * 256;
+            let mut p = vec![0u8; x86_64::amx::packed_len(stride, tokens)];
+            x86_64::amx::pack_activations(x, stride, tokens, &mut p);
+            p
+        });
+        #[cfg(not(target_arch = "x86_64"))]
+        let packed: Option<Vec<u8>> = None;
         let task = |first_row: usize, out: &mut [i32]| {
             let rows = out.len() / tokens;
             let t = RowsTask {
@@ -229,7 +250,7 @@ impl TernaryKernel {
                 x,
                 sums,
             };
-            self.run_rows(&t, out);
+            self.run_rows(&t, packed.as_deref(), out);
         };
         match par {
             Parallelism::Sequential => task(0, out),
@@ -244,7 +265,9 @@ impl TernaryKernel {
         }
     }
 
-    fn run_rows(&self, t: &RowsTask<'_>, out: &mut [i32]) {
+    /// `packed`: the activations in AMX tiles, for [`Backend::Amx`] with
+    /// several tokens.
+    fn run_rows(&self, t: &RowsTask<'_>, packed: Option<&[u8]>, out: &mut [i32]) {
         match self.backend {
             Backend::Reference => reference::rows(t, out),
             Backend::Portable => portable::rows(t, out),
@@ -259,8 +282,17 @@ impl TernaryKernel {
                 // SAFETY: as above, for AVX-512F/BW/VNNI.
                 unsafe { x86_64::avx512::rows(t, out) }
             }
+            #[cfg(target_arch = "x86_64")]
+            Backend::Amx => match packed {
+                // SAFETY: this backend exists only where `amx::available`
+                // (and AVX-512 VNNI) holds; `packed` is the packing of
+                // `t.x` made by `run`.
+                Some(p) => unsafe { x86_64::amx::gemm(t, p, out) },
+                // SAFETY: as for `Avx512Vnni`.
+                None => unsafe { x86_64::avx512::rows(t, out) },
+            },
             #[cfg(not(target_arch = "x86_64"))]
-            Backend::Avx2 | Backend::Avx512Vnni => portable::rows(t, out),
+            Backend::Avx2 | Backend::Avx512Vnni | Backend::Amx => portable::rows(t, out),
         }
     }
 }

@@ -101,6 +101,39 @@ macro_rules! backend_props {
 backend_props!(portable_equals_reference, Backend::Portable);
 backend_props!(avx2_equals_reference, Backend::Avx2);
 backend_props!(avx512_vnni_equals_reference, Backend::Avx512Vnni);
+backend_props!(amx_equals_reference, Backend::Amx);
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    /// AMX tiles hold 16 rows and 16 tokens, processed 2 x 2: shapes
+    /// around 16, 32 and 48 in both directions.
+    #[test]
+    fn amx_tiles_equal_reference(rows in 0usize..70, cols in col_strategy(), tokens in 1usize..50, seed in any::<u64>()) {
+        check_backend(Backend::Amx, rows, cols, tokens, seed)?;
+    }
+}
+
+#[test]
+fn amx_in_a_thread_pool_equals_reference() {
+    let Some(kernel) = TernaryKernel::new(Backend::Amx) else {
+        return; // not on this CPU
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    let (w, x) = case(300, 1000, 37, 7);
+    let mut want = vec![0; 300 * 37];
+    TernaryKernel::new(Backend::Reference)
+        .unwrap()
+        .gemm(&w, &x, &mut want, Parallelism::Sequential)
+        .unwrap();
+    let mut got = vec![7; 300 * 37];
+    kernel
+        .gemm(&w, &x, &mut got, Parallelism::Pool(&pool))
+        .unwrap();
+    assert_eq!(got, want);
+}
 
 #[test]
 fn reference_matches_plain_dot() {

@@ -3,5 +3,6 @@
 //! [`super::Backend::is_available`]) and that the task's slices hold whole
 //! rows and whole padded tokens.
 
+pub mod amx;
 pub mod avx2;
 pub mod avx512;
