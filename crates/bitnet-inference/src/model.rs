@@ -388,34 +388,17 @@ impl BitNetModel {
         let ctx = start + n;
         scores.resize(heads * ctx, 0.0);
         let o_heads = &mut o_heads[..heads * n * d];
+        let attend = HeadAttention::detect();
         let head_task = |head: usize, out: &mut [f32], scores: &mut [f32]| {
-            let kv_off = (head / group) * d;
-            for i in 0..n {
-                let visible = start + i + 1;
-                let row = span.offset + i;
-                let qh = &q[row * h + head * d..row * h + (head + 1) * d];
-                // The cache comes in runs of positions (one per block).
-                let mut j = 0;
-                for (keys, _) in cache.runs(l, visible) {
-                    for key in keys.chunks_exact(kv) {
-                        scores[j] = dot(qh, &key[kv_off..kv_off + d]) * scale;
-                        j += 1;
-                    }
-                }
-                // At least one position is visible, so the row is never all -inf.
-                softmax_in_place(&mut scores[..visible]);
-                let out = &mut out[i * d..(i + 1) * d];
-                out.fill(0.0);
-                let mut j = 0;
-                for (_, values) in cache.runs(l, visible) {
-                    for value in values.chunks_exact(kv) {
-                        let p = scores[j];
-                        let vj = &value[kv_off..kv_off + d];
-                        out.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
-                        j += 1;
-                    }
-                }
-            }
+            let geometry = HeadGeometry {
+                h,
+                kv,
+                d,
+                kv_off: (head / group) * d,
+                q_off: head * d,
+                scale,
+            };
+            attend.run(l, q, cache, span, geometry, out, scores);
         };
         match par {
             Parallelism::Pool(pool) if heads > 1 => pool.install(|| {
@@ -505,6 +488,152 @@ impl BitNetModel {
                 for (t, &v) in col.iter().enumerate() {
                     logits[t * vocab + k] = v;
                 }
+            }
+        }
+    }
+}
+
+/// Where one attention head's vectors sit in the rows it reads.
+#[derive(Clone, Copy)]
+struct HeadGeometry {
+    /// Query row width (hidden size).
+    h: usize,
+    /// Key/value row width (kv_dim).
+    kv: usize,
+    /// Head dimension.
+    d: usize,
+    /// This head's offset in a key/value row.
+    kv_off: usize,
+    /// This head's offset in a query row.
+    q_off: usize,
+    /// 1 / sqrt(d).
+    scale: f32,
+}
+
+/// One head's causal attention, compiled for the widest vectors the CPU
+/// has. Every version runs the same Rust body and Rust never reorders
+/// float operations, so they compute the same bits; only the vector
+/// width of the dot products and the weighted sum changes.
+#[derive(Clone, Copy)]
+enum HeadAttention {
+    Plain,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl HeadAttention {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return HeadAttention::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return HeadAttention::Avx2;
+            }
+        }
+        HeadAttention::Plain
+    }
+
+    /// Queries `span.offset..` of `q` over `cache`'s layer `l`, into `out`
+    /// (`[span.len, d]`), with `scores` as scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        self,
+        l: usize,
+        q: &[f32],
+        cache: &KvCache,
+        span: Span,
+        g: HeadGeometry,
+        out: &mut [f32],
+        scores: &mut [f32],
+    ) {
+        match self {
+            HeadAttention::Plain => attend_head(l, q, cache, span, g, out, scores),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `detect` saw AVX2 on this CPU.
+            HeadAttention::Avx2 => unsafe { attend_head_avx2(l, q, cache, span, g, out, scores) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `detect` saw AVX-512F on this CPU.
+            HeadAttention::Avx512 => unsafe {
+                attend_head_avx512(l, q, cache, span, g, out, scores)
+            },
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn attend_head_avx2(
+    l: usize,
+    q: &[f32],
+    cache: &KvCache,
+    span: Span,
+    g: HeadGeometry,
+    out: &mut [f32],
+    scores: &mut [f32],
+) {
+    attend_head(l, q, cache, span, g, out, scores)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn attend_head_avx512(
+    l: usize,
+    q: &[f32],
+    cache: &KvCache,
+    span: Span,
+    g: HeadGeometry,
+    out: &mut [f32],
+    scores: &mut [f32],
+) {
+    attend_head(l, q, cache, span, g, out, scores)
+}
+
+/// The body every [`HeadAttention`] version runs.
+#[inline(always)]
+fn attend_head(
+    l: usize,
+    q: &[f32],
+    cache: &KvCache,
+    span: Span,
+    g: HeadGeometry,
+    out: &mut [f32],
+    scores: &mut [f32],
+) {
+    let HeadGeometry {
+        h,
+        kv,
+        d,
+        kv_off,
+        q_off,
+        scale,
+    } = g;
+    for i in 0..span.len {
+        let visible = span.start + i + 1;
+        let row = span.offset + i;
+        let qh = &q[row * h + q_off..row * h + q_off + d];
+        // The cache comes in runs of positions (one per block).
+        let mut j = 0;
+        for (keys, _) in cache.runs(l, visible) {
+            for key in keys.chunks_exact(kv) {
+                scores[j] = dot(qh, &key[kv_off..kv_off + d]) * scale;
+                j += 1;
+            }
+        }
+        // At least one position is visible, so the row is never all -inf.
+        softmax_in_place(&mut scores[..visible]);
+        let out = &mut out[i * d..(i + 1) * d];
+        out.fill(0.0);
+        let mut j = 0;
+        for (_, values) in cache.runs(l, visible) {
+            for value in values.chunks_exact(kv) {
+                let p = scores[j];
+                let vj = &value[kv_off..kv_off + d];
+                out.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
+                j += 1;
             }
         }
     }

@@ -197,7 +197,7 @@ impl BitLinear {
         // `scratch` is `[rows, tokens]`, `out` `[tokens, rows]`: each task
         // takes a few tokens, so it reads short contiguous runs of
         // `scratch` and writes a few sequential streams of `out`.
-        const TOKENS_PER_TASK: usize = 8;
+        const TOKENS_PER_TASK: usize = 16;
         let scratch = &scratch[..];
         // Through a small transposed block, so the division runs 16 rows
         // wide in vector registers (it is exact per element either way).

@@ -26,6 +26,7 @@ pub fn rms_norm_into(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 
 /// Numerically stable softmax of one row, in place. Returns `false` (and
 /// leaves the row untouched) when every entry is `-inf`.
+#[inline]
 pub fn softmax_in_place(row: &mut [f32]) -> bool {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if max == f32::NEG_INFINITY {

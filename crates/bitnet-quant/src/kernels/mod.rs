@@ -237,7 +237,24 @@ impl TernaryKernel {
         let packed = (self.backend == Backend::Amx && tokens > 1).then(|| {
             let stride = blocks * 256;
             let mut p = vec![0u8; x86_64::amx::packed_len(stride, tokens)];
-            x86_64::amx::pack_activations(x, stride, tokens, &mut p);
+            // One task per group of 16 tokens.
+            let group = x86_64::amx::packed_len(stride, 1);
+            let pack = |g: usize, dst: &mut [u8]| {
+                let t0 = g * 16;
+                let n = (tokens - t0).min(16);
+                x86_64::amx::pack_activations(&x[t0 * stride..], stride, n, dst);
+            };
+            match par {
+                Parallelism::Pool(pool) if tokens > 16 => pool.install(|| {
+                    p.par_chunks_mut(group)
+                        .enumerate()
+                        .for_each(|(g, dst)| pack(g, dst))
+                }),
+                _ => p
+                    .chunks_mut(group)
+                    .enumerate()
+                    .for_each(|(g, dst)| pack(g, dst)),
+            }
             p
         });
         #[cfg(not(target_arch = "x86_64"))]
