@@ -224,6 +224,7 @@ fn quantize_q8_0(x: &[f32], qs: &mut [i8]) -> f32 {
     f16::from_f32(d).to_f32()
 }
 
+#[inline(always)]
 fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
