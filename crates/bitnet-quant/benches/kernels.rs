@@ -9,6 +9,7 @@
 //!   `bitnet doctor`'s measured read bandwidth.
 //! - `gemv/cached`: the same matrix every time (fits in L2/L3).
 //! - `gemm128`: 128 tokens (prefill); throughput in int8 multiply-adds/s.
+//! - `gemm_batch`: 2 to 32 tokens (a batch of decoding sequences), 1 thread.
 //!
 //! Every available backend runs side by side, at 1 and 2 threads.
 
@@ -113,5 +114,34 @@ fn gemm(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gemv, gemm);
+/// A batch of decoding sequences: few tokens, where the register tiles
+/// (4 tokens for VNNI, 16 for AMX) are partly empty.
+fn gemm_batch(c: &mut Criterion) {
+    let pool = build_pool(1).expect("thread pool");
+    let (rows, cols) = (6912, 2560);
+    let w = matrix(rows, cols);
+    let mut group = c.benchmark_group("gemm_batch");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(2));
+    for tokens in [2, 4, 8, 16, 32] {
+        let x = activations(tokens, cols);
+        let mut out = vec![0i32; rows * tokens];
+        group.throughput(Throughput::Elements((rows * cols * tokens) as u64));
+        for backend in fast_backends() {
+            let k = TernaryKernel::new(backend).expect("available");
+            let id = format!("{rows}x{cols}x{tokens}/{backend}/1t");
+            group.bench_function(BenchmarkId::from_parameter(id), |b| {
+                b.iter(|| {
+                    k.gemm(&w, &x, &mut out, Parallelism::Pool(&pool))
+                        .expect("shapes match");
+                    black_box(&out);
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, gemv, gemm, gemm_batch);
 criterion_main!(benches);

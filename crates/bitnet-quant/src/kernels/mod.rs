@@ -42,8 +42,8 @@ pub enum Backend {
     Avx2,
     /// x86-64 AVX-512 with VNNI (`vpdpbusd`).
     Avx512Vnni,
-    /// x86-64 AMX-INT8 tiles (`tdpbusd`) for many tokens; one token runs
-    /// the AVX-512 VNNI kernel.
+    /// x86-64 AMX-INT8 tiles (`tdpbusd`) for [`AMX_MIN_TOKENS`] tokens or
+    /// more; fewer run the AVX-512 VNNI kernels.
     Amx,
 }
 
@@ -233,8 +233,10 @@ impl TernaryKernel {
             return;
         }
         // AMX reads the activations as tiles: packed once for all tasks.
+        // Below `AMX_MIN_TOKENS` the VNNI kernel is faster (the tiles would
+        // be mostly padding, and unpacking the weights to bytes dominates).
         #[cfg(target_arch = "x86_64")]
-        let packed = (self.backend == Backend::Amx && tokens > 1).then(|| {
+        let packed = (self.backend == Backend::Amx && tokens >= AMX_MIN_TOKENS).then(|| {
             let stride = blocks * 256;
             let mut p = vec![0u8; x86_64::amx::packed_len(stride, tokens)];
             // One task per group of 16 tokens.
@@ -313,6 +315,12 @@ impl TernaryKernel {
         }
     }
 }
+
+/// Fewest tokens for which [`Backend::Amx`] uses its tiles: measured on
+/// a 6912 x 2560 matrix, one thread (`cargo bench -p bitnet-quant --bench
+/// kernels -- gemm_batch`), AMX ran at 0.3x VNNI at 2 tokens, 0.6x at 16,
+/// 1.06x at 32 and 1.9x at 128.
+pub const AMX_MIN_TOKENS: usize = 32;
 
 /// Rows per parallel task: several tasks per thread for balance, a multiple
 /// of 4 for the register tiles, large enough to amortize scheduling.

@@ -105,10 +105,10 @@ backend_props!(amx_equals_reference, Backend::Amx);
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
-    /// AMX tiles hold 16 rows and 16 tokens, processed 2 x 2: shapes
-    /// around 16, 32 and 48 in both directions.
+    /// AMX tiles hold 16 rows and 16 tokens, processed 2 x 2, from
+    /// `AMX_MIN_TOKENS` tokens: shapes around 16, 32, 48 and 64.
     #[test]
-    fn amx_tiles_equal_reference(rows in 0usize..70, cols in col_strategy(), tokens in 1usize..50, seed in any::<u64>()) {
+    fn amx_tiles_equal_reference(rows in 0usize..70, cols in col_strategy(), tokens in AMX_MIN_TOKENS..80, seed in any::<u64>()) {
         check_backend(Backend::Amx, rows, cols, tokens, seed)?;
     }
 }
@@ -122,13 +122,13 @@ fn amx_in_a_thread_pool_equals_reference() {
         .num_threads(3)
         .build()
         .unwrap();
-    let (w, x) = case(300, 1000, 37, 7);
-    let mut want = vec![0; 300 * 37];
+    let (w, x) = case(300, 1000, 67, 7);
+    let mut want = vec![0; 300 * 67];
     TernaryKernel::new(Backend::Reference)
         .unwrap()
         .gemm(&w, &x, &mut want, Parallelism::Sequential)
         .unwrap();
-    let mut got = vec![7; 300 * 37];
+    let mut got = vec![7; 300 * 67];
     kernel
         .gemm(&w, &x, &mut got, Parallelism::Pool(&pool))
         .unwrap();
