@@ -209,16 +209,29 @@ impl Verification {
 }
 
 /// Recomputes the whole chain (in pages, so memory stays flat).
+///
+/// The head is read first and only rows up to it are checked: a row and
+/// its head are committed together, so rows appended while this runs
+/// (past the head read here) are left for the next check rather than
+/// reported as a mismatch.
 pub async fn verify(store: &Store) -> Result<Verification> {
+    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_optional(store.pool())
+        .await?;
+    let (head_seq, head_hash) = match head {
+        Some(h) => (h.try_get::<i64, _>(0)?, h.try_get::<String, _>(1)?),
+        None => (0, GENESIS.to_string()),
+    };
     let mut expected_prev = GENESIS.to_string();
     let mut expected_seq = 1i64;
     let mut rows = 0i64;
     const PAGE: i64 = 1000;
     loop {
         let page = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2"
+            "SELECT {COLUMNS} FROM audit_log WHERE seq >= $1 AND seq <= $2 ORDER BY seq LIMIT $3"
         ))
         .bind(expected_seq)
+        .bind(head_seq)
         .bind(PAGE)
         .fetch_all(store.pool())
         .await?;
@@ -265,19 +278,36 @@ pub async fn verify(store: &Store) -> Result<Verification> {
             break;
         }
     }
-    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-        .fetch_optional(store.pool())
-        .await?;
-    let (head_seq, head_hash) = match head {
-        Some(h) => (h.try_get::<i64, _>(0)?, h.try_get::<String, _>(1)?),
-        None => (0, GENESIS.to_string()),
-    };
     if head_seq != rows || head_hash != expected_prev {
         return Ok(Verification {
             rows,
             problem: Some(format!(
                 "the chain ends at row {rows} but its head records row {head_seq}: rows were \
                  removed from the end or the head was changed"
+            )),
+        });
+    }
+    // Rows past the head are legitimate only if the head has moved on
+    // since (a row and its head commit together): read the last row, then
+    // the head again.
+    let last: Option<i64> = sqlx::query("SELECT MAX(seq) FROM audit_log")
+        .fetch_one(store.pool())
+        .await?
+        .try_get(0)?;
+    let head_now: Option<i64> = sqlx::query("SELECT seq FROM audit_head WHERE id = 1")
+        .fetch_optional(store.pool())
+        .await?
+        .map(|h| h.try_get(0))
+        .transpose()?;
+    if let Some(last) = last
+        && last > head_now.unwrap_or(0)
+    {
+        return Ok(Verification {
+            rows,
+            problem: Some(format!(
+                "row {last} lies past the chain's head (row {}): rows were added without \
+                 the head",
+                head_now.unwrap_or(0)
             )),
         });
     }
