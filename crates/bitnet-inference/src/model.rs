@@ -390,7 +390,11 @@ impl BitNetModel {
         let o_heads = &mut o_heads[..heads * n * d];
         let attend = HeadAttention::detect();
         let head_task = |head: usize, out: &mut [f32], scores: &mut [f32]| {
-            let geometry = HeadGeometry {
+            let task = HeadTask {
+                layer: l,
+                q,
+                cache,
+                span,
                 h,
                 kv,
                 d,
@@ -398,7 +402,7 @@ impl BitNetModel {
                 q_off: head * d,
                 scale,
             };
-            attend.run(l, q, cache, span, geometry, out, scores);
+            attend.run(&task, out, scores);
         };
         match par {
             Parallelism::Pool(pool) if heads > 1 => pool.install(|| {
@@ -493,9 +497,15 @@ impl BitNetModel {
     }
 }
 
-/// Where one attention head's vectors sit in the rows it reads.
-#[derive(Clone, Copy)]
-struct HeadGeometry {
+/// One attention head's inputs: its queries, the cache it reads, and
+/// where its vectors sit in their rows.
+struct HeadTask<'a> {
+    /// Decoder layer.
+    layer: usize,
+    /// Queries `[rows, h]`; this head reads rows `span.offset..`.
+    q: &'a [f32],
+    cache: &'a KvCache,
+    span: Span,
     /// Query row width (hidden size).
     h: usize,
     /// Key/value row width (kv_dim).
@@ -537,80 +547,48 @@ impl HeadAttention {
         HeadAttention::Plain
     }
 
-    /// Queries `span.offset..` of `q` over `cache`'s layer `l`, into `out`
-    /// (`[span.len, d]`), with `scores` as scratch.
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        self,
-        l: usize,
-        q: &[f32],
-        cache: &KvCache,
-        span: Span,
-        g: HeadGeometry,
-        out: &mut [f32],
-        scores: &mut [f32],
-    ) {
+    /// The task's queries over its cache into `out` (`[span.len, d]`),
+    /// with `scores` as scratch.
+    fn run(self, task: &HeadTask<'_>, out: &mut [f32], scores: &mut [f32]) {
         match self {
-            HeadAttention::Plain => attend_head(l, q, cache, span, g, out, scores),
+            HeadAttention::Plain => attend_head(task, out, scores),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `detect` saw AVX2 on this CPU.
-            HeadAttention::Avx2 => unsafe { attend_head_avx2(l, q, cache, span, g, out, scores) },
+            HeadAttention::Avx2 => unsafe { attend_head_avx2(task, out, scores) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `detect` saw AVX-512F on this CPU.
-            HeadAttention::Avx512 => unsafe {
-                attend_head_avx512(l, q, cache, span, g, out, scores)
-            },
+            HeadAttention::Avx512 => unsafe { attend_head_avx512(task, out, scores) },
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn attend_head_avx2(
-    l: usize,
-    q: &[f32],
-    cache: &KvCache,
-    span: Span,
-    g: HeadGeometry,
-    out: &mut [f32],
-    scores: &mut [f32],
-) {
-    attend_head(l, q, cache, span, g, out, scores)
+fn attend_head_avx2(task: &HeadTask<'_>, out: &mut [f32], scores: &mut [f32]) {
+    attend_head(task, out, scores)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn attend_head_avx512(
-    l: usize,
-    q: &[f32],
-    cache: &KvCache,
-    span: Span,
-    g: HeadGeometry,
-    out: &mut [f32],
-    scores: &mut [f32],
-) {
-    attend_head(l, q, cache, span, g, out, scores)
+fn attend_head_avx512(task: &HeadTask<'_>, out: &mut [f32], scores: &mut [f32]) {
+    attend_head(task, out, scores)
 }
 
 /// The body every [`HeadAttention`] version runs.
 #[inline(always)]
-fn attend_head(
-    l: usize,
-    q: &[f32],
-    cache: &KvCache,
-    span: Span,
-    g: HeadGeometry,
-    out: &mut [f32],
-    scores: &mut [f32],
-) {
-    let HeadGeometry {
+fn attend_head(task: &HeadTask<'_>, out: &mut [f32], scores: &mut [f32]) {
+    let &HeadTask {
+        layer: l,
+        q,
+        cache,
+        span,
         h,
         kv,
         d,
         kv_off,
         q_off,
         scale,
-    } = g;
+    } = task;
     for i in 0..span.len {
         let visible = span.start + i + 1;
         let row = span.offset + i;
