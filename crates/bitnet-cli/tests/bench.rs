@@ -132,3 +132,56 @@ fn bad_arguments_are_refused() {
     let (ok, _, err) = bitnet(&["bench", "-m", model, "-p", "0", "-n", "0"]);
     assert!(!ok && err.contains("nothing to run"), "{err}");
 }
+
+#[test]
+fn parallel_sequences_get_one_tg_row_per_count() {
+    let dir = tiny("bitlinear_offline");
+    let model = dir.to_str().unwrap();
+    let (ok, out, err) = bitnet(&[
+        "bench",
+        "-m",
+        model,
+        "-p",
+        "4",
+        "-n",
+        "3",
+        "--parallel",
+        "1,5",
+        "-t",
+        "1",
+        "-r",
+        "2",
+        "--bandwidth-mib",
+        "0",
+        "-o",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let tests: Vec<(u64, u64, u64)> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["n_prompt"].as_u64().unwrap(),
+                r["n_gen"].as_u64().unwrap(),
+                r["n_parallel"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // One pp row, then tg3 with one and with five sequences.
+    assert_eq!(tests, [(4, 0, 1), (0, 3, 1), (0, 3, 5)]);
+    for r in rows.as_array().unwrap() {
+        // t/s counts every sequence's tokens: tokens / seconds per sample.
+        let tokens = r["n_prompt"].as_u64().unwrap()
+            + r["n_gen"].as_u64().unwrap() * r["n_parallel"].as_u64().unwrap();
+        let ns = r["samples_ns"][0].as_f64().unwrap();
+        let ts = r["samples_ts"][0].as_f64().unwrap();
+        assert!((ts - 1e9 * tokens as f64 / ns).abs() <= 1e-6 * ts, "{r}");
+    }
+    // The bandwidth figures describe one sequence only.
+    assert!(rows[2]["decode_bytes_per_token"].is_null(), "{}", rows[2]);
+    let (ok, _, err) = bitnet(&["bench", "-m", model, "--parallel", "0"]);
+    assert!(!ok && err.contains("--parallel"), "{err}");
+}

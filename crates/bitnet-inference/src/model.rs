@@ -339,8 +339,8 @@ impl BitNetModel {
             }
             let rows = span.offset * kv..(span.offset + span.len) * kv;
             e.cache.write(l, &k[rows.clone()], &v[rows]);
-            self.attention(l, q, e.cache, *span, o_heads, o, scores, par);
         }
+        self.attention(l, q, batch, spans, o_heads, o, scores, par);
         rms_norm_into(o, &layer.attn_sub_norm, eps, a);
         linear(&layer.o_proj, a, false, xq, n, proj, dots, par)?;
         x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
@@ -364,17 +364,21 @@ impl BitNetModel {
         Ok(())
     }
 
-    /// Causal attention of one entry's queries (rows `span.offset..` of
+    /// Causal attention of every entry's queries (rows `span.offset..` of
     /// `q`, positions `span.start..`) over its cached keys and values of
-    /// layer `l`, into the same rows of `o`. Heads run in parallel, each
-    /// into its own slice of `o_heads` (head-major) and of `scores`.
+    /// layer `l`, into the same rows of `o`.
+    ///
+    /// All (entry, head) pairs of the batch run as one parallel pass, each
+    /// into its own slice of `o_heads` (per entry, head-major) and of
+    /// `scores`: a decode batch of many one-token entries would otherwise
+    /// pay a fork-join per entry for a few microseconds of work each.
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
         l: usize,
         q: &[f32],
-        cache: &KvCache,
-        span: Span,
+        batch: &[BatchEntry<'_>],
+        spans: &[Span],
         o_heads: &mut [f32],
         o: &mut [f32],
         scores: &mut Vec<f32>,
@@ -383,50 +387,60 @@ impl BitNetModel {
         let c = self.config();
         let (h, kv, d, heads) = (c.hidden_size, c.kv_dim(), c.head_dim, c.num_heads);
         let group = heads / c.num_kv_heads;
-        let (n, start) = (span.len, span.start);
         let scale = 1.0 / (d as f32).sqrt();
-        let ctx = start + n;
-        scores.resize(heads * ctx, 0.0);
-        let o_heads = &mut o_heads[..heads * n * d];
-        let attend = HeadAttention::detect();
-        let head_task = |head: usize, out: &mut [f32], scores: &mut [f32]| {
-            let task = HeadTask {
-                layer: l,
-                q,
-                cache,
-                span,
-                h,
-                kv,
-                d,
-                kv_off: (head / group) * d,
-                q_off: head * d,
-                scale,
-            };
-            attend.run(&task, out, scores);
-        };
-        match par {
-            Parallelism::Pool(pool) if heads > 1 => pool.install(|| {
-                o_heads
-                    .par_chunks_mut(n * d)
-                    .zip(scores.par_chunks_mut(ctx))
-                    .enumerate()
-                    .for_each(|(head, (out, s))| head_task(head, out, s))
-            }),
-            _ => {
-                for (head, (out, s)) in o_heads
-                    .chunks_mut(n * d)
-                    .zip(scores.chunks_mut(ctx))
-                    .enumerate()
-                {
-                    head_task(head, out, s);
-                }
+        let contexts = spans.iter().map(|s| s.start + s.len);
+        scores.resize(heads * contexts.sum::<usize>(), 0.0);
+        // Each task takes a run of one entry's heads, its output rows
+        // `[heads, span.len, d]` and its score scratch (one context per
+        // head). Many entries (a decode batch) get one task each, which
+        // walks its cache rows once, front to back, for all heads; few
+        // entries split their heads so that every thread has work.
+        let wanted = 4 * par.threads();
+        let mut tasks = Vec::with_capacity(wanted.max(spans.len()));
+        let (mut outs, mut scratch) = (&mut o_heads[..], &mut scores[..]);
+        for (span, e) in spans.iter().zip(batch) {
+            let ctx = span.start + span.len;
+            let pieces = wanted.div_ceil(spans.len()).clamp(1, heads);
+            let per_task = heads.div_ceil(pieces);
+            for first in (0..heads).step_by(per_task) {
+                let count = per_task.min(heads - first);
+                let (out, rest) = std::mem::take(&mut outs).split_at_mut(count * span.len * d);
+                let (s, rest_s) = std::mem::take(&mut scratch).split_at_mut(count * ctx);
+                (outs, scratch) = (rest, rest_s);
+                let task = HeadTask {
+                    layer: l,
+                    q,
+                    cache: &*e.cache,
+                    span: *span,
+                    h,
+                    kv,
+                    d,
+                    heads: first..first + count,
+                    group,
+                    scale,
+                };
+                tasks.push((task, out, s));
             }
         }
-        // Head-major back to row-major `[n, heads * d]`.
-        for (head, block) in o_heads.chunks_exact(n * d).enumerate() {
-            for (i, src) in block.chunks_exact(d).enumerate() {
-                let row = span.offset + i;
-                o[row * h + head * d..row * h + (head + 1) * d].copy_from_slice(src);
+        let attend = HeadAttention::detect();
+        match par {
+            Parallelism::Pool(pool) if tasks.len() > 1 => pool.install(|| {
+                tasks
+                    .par_iter_mut()
+                    .for_each(|(task, out, s)| attend.run(task, out, s))
+            }),
+            _ => tasks
+                .iter_mut()
+                .for_each(|(task, out, s)| attend.run(task, out, s)),
+        }
+        // Per entry head-major back to row-major `[n, heads * d]`.
+        for span in spans {
+            let block = &o_heads[span.offset * h..(span.offset + span.len) * h];
+            for (head, rows) in block.chunks_exact(span.len * d).enumerate() {
+                for (i, src) in rows.chunks_exact(d).enumerate() {
+                    let row = span.offset + i;
+                    o[row * h + head * d..row * h + (head + 1) * d].copy_from_slice(src);
+                }
             }
         }
     }
@@ -466,12 +480,13 @@ impl BitNetModel {
         };
         out_t.resize(rows * vocab, 0.0);
         let fill_t = |chunk: usize, out: &mut [f32]| {
-            for (i, row_out) in out.chunks_exact_mut(rows).enumerate() {
-                if integer {
-                    w.dot_row_quantized(chunk * CHUNK + i, acts, row_out);
-                } else {
-                    w.dot_row_many(chunk * CHUNK + i, x, row_out);
+            let first = chunk * CHUNK;
+            if integer {
+                for (i, row_out) in out.chunks_exact_mut(rows).enumerate() {
+                    w.dot_row_quantized(first + i, acts, row_out);
                 }
+            } else {
+                w.dot_rows_many(first..first + out.len() / rows, x, out);
             }
         };
         match par {
@@ -497,12 +512,12 @@ impl BitNetModel {
     }
 }
 
-/// One attention head's inputs: its queries, the cache it reads, and
-/// where its vectors sit in their rows.
+/// A run of attention heads of one batch entry: its queries, the cache
+/// it reads, and where its vectors sit in their rows.
 struct HeadTask<'a> {
     /// Decoder layer.
     layer: usize,
-    /// Queries `[rows, h]`; this head reads rows `span.offset..`.
+    /// Queries `[rows, h]`; this task reads rows `span.offset..`.
     q: &'a [f32],
     cache: &'a KvCache,
     span: Span,
@@ -512,16 +527,16 @@ struct HeadTask<'a> {
     kv: usize,
     /// Head dimension.
     d: usize,
-    /// This head's offset in a key/value row.
-    kv_off: usize,
-    /// This head's offset in a query row.
-    q_off: usize,
+    /// The query heads this task computes.
+    heads: std::ops::Range<usize>,
+    /// Query heads per key/value head.
+    group: usize,
     /// 1 / sqrt(d).
     scale: f32,
 }
 
-/// One head's causal attention, compiled for the widest vectors the CPU
-/// has. Every version runs the same Rust body and Rust never reorders
+/// Causal attention of a run of heads, compiled for the widest vectors
+/// the CPU has. Every version runs the same Rust body and Rust never reorders
 /// float operations, so they compute the same bits; only the vector
 /// width of the dot products and the weighted sum changes.
 #[derive(Clone, Copy)]
@@ -547,8 +562,8 @@ impl HeadAttention {
         HeadAttention::Plain
     }
 
-    /// The task's queries over its cache into `out` (`[span.len, d]`),
-    /// with `scores` as scratch.
+    /// The task's queries over its cache into `out` (`[heads, span.len,
+    /// d]`), with `scores` (`[heads, context]`) as scratch.
     fn run(self, task: &HeadTask<'_>, out: &mut [f32], scores: &mut [f32]) {
         match self {
             HeadAttention::Plain => attend_head(task, out, scores),
@@ -575,9 +590,15 @@ fn attend_head_avx512(task: &HeadTask<'_>, out: &mut [f32], scores: &mut [f32]) 
 }
 
 /// The body every [`HeadAttention`] version runs.
+///
+/// Each query walks its cache rows once, front to back, doing every head
+/// of the task on a row before the next: a row is `kv_dim` contiguous
+/// floats, so the reads stream instead of hopping one head's slice per
+/// row. Per head, the arithmetic (scores in position order, one softmax,
+/// values summed in position order) is the same whatever the task's size.
 #[inline(always)]
 fn attend_head(task: &HeadTask<'_>, out: &mut [f32], scores: &mut [f32]) {
-    let &HeadTask {
+    let HeadTask {
         layer: l,
         q,
         cache,
@@ -585,32 +606,43 @@ fn attend_head(task: &HeadTask<'_>, out: &mut [f32], scores: &mut [f32]) {
         h,
         kv,
         d,
-        kv_off,
-        q_off,
+        ref heads,
+        group,
         scale,
-    } = task;
+    } = *task;
+    let ctx = span.start + span.len;
+    let (first, count) = (heads.start, heads.len());
     for i in 0..span.len {
         let visible = span.start + i + 1;
         let row = span.offset + i;
-        let qh = &q[row * h + q_off..row * h + q_off + d];
+        let qrow = &q[row * h..(row + 1) * h];
         // The cache comes in runs of positions (one per block).
         let mut j = 0;
         for (keys, _) in cache.runs(l, visible) {
             for key in keys.chunks_exact(kv) {
-                scores[j] = dot(qh, &key[kv_off..kv_off + d]) * scale;
+                for k in 0..count {
+                    let (head, kv_off) = (first + k, (first + k) / group * d);
+                    let qh = &qrow[head * d..(head + 1) * d];
+                    scores[k * ctx + j] = dot(qh, &key[kv_off..kv_off + d]) * scale;
+                }
                 j += 1;
             }
         }
-        // At least one position is visible, so the row is never all -inf.
-        softmax_in_place(&mut scores[..visible]);
-        let out = &mut out[i * d..(i + 1) * d];
-        out.fill(0.0);
+        for k in 0..count {
+            // At least one position is visible, so the row is never all -inf.
+            softmax_in_place(&mut scores[k * ctx..k * ctx + visible]);
+            out[(k * span.len + i) * d..(k * span.len + i + 1) * d].fill(0.0);
+        }
         let mut j = 0;
         for (_, values) in cache.runs(l, visible) {
             for value in values.chunks_exact(kv) {
-                let p = scores[j];
-                let vj = &value[kv_off..kv_off + d];
-                out.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
+                for k in 0..count {
+                    let p = scores[k * ctx + j];
+                    let kv_off = (first + k) / group * d;
+                    let vj = &value[kv_off..kv_off + d];
+                    let o = &mut out[(k * span.len + i) * d..(k * span.len + i + 1) * d];
+                    o.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
+                }
                 j += 1;
             }
         }

@@ -3,10 +3,12 @@
 //! vocabulary row per token.
 //!
 //! Every version keeps 16 lane sums (lane `k` adds elements `k`, `k + 16`,
-//! ...), multiplies then adds without fusing, and reduces the lanes in one
-//! fixed order, so the AVX2 and AVX-512 versions compute exactly the
-//! plain reference's sums and are tested against it bit for bit. Dispatch
-//! reads the CPU features (cached by std) on each call.
+//! ...) with one fused multiply-add per element, and reduces the lanes in
+//! one fixed order, so the AVX2 and AVX-512 versions compute exactly the
+//! plain reference's sums (`f32::mul_add`, correctly rounded) and are
+//! tested against it bit for bit. Fusing halves the arithmetic of the
+//! batched output layer, which is compute-bound once a row is reused for
+//! many tokens. Dispatch reads the CPU features (cached by std) on each call.
 //!
 //! Half floats are widened with integer operations that vectorize: a bf16
 //! is the top half of an f32; an f16's exponent and mantissa shifted into
@@ -80,16 +82,16 @@ pub(crate) fn dot_reference(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
     for (blk, xs) in x.chunks_exact(LANES).enumerate() {
         let bs = &b[blk * LANES * w..(blk + 1) * LANES * w];
         for k in 0..LANES {
-            acc[k] += xs[k] * widen(format, bs, k);
+            acc[k] = xs[k].mul_add(widen(format, bs, k), acc[k]);
         }
     }
     finish(acc, format, x, b)
 }
 
-/// AVX2 (+F16C): lanes 0-7 and 8-15 in two registers; multiply then add,
-/// never fused, so the sums round exactly as the reference's.
+/// AVX2 (+FMA, F16C): lanes 0-7 and 8-15 in two registers, fused
+/// multiply-adds as in the reference.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,f16c")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn dot_avx2(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
     use std::arch::x86_64::*;
     let blocks = x.len() / LANES;
@@ -120,8 +122,8 @@ fn dot_avx2(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
                 }
             };
             let xs = xp.add(blk * LANES);
-            lo = _mm256_add_ps(lo, _mm256_mul_ps(_mm256_loadu_ps(xs), w0));
-            hi = _mm256_add_ps(hi, _mm256_mul_ps(_mm256_loadu_ps(xs.add(8)), w1));
+            lo = _mm256_fmadd_ps(_mm256_loadu_ps(xs), w0, lo);
+            hi = _mm256_fmadd_ps(_mm256_loadu_ps(xs.add(8)), w1, hi);
         }
         let mut lanes = [0.0f32; LANES];
         _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
@@ -131,7 +133,7 @@ fn dot_avx2(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
     finish(lanes, format, x, b)
 }
 
-/// AVX-512: all 16 lanes in one register; multiply then add, never fused.
+/// AVX-512: all 16 lanes in one register.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn dot_avx512(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
@@ -153,7 +155,7 @@ fn dot_avx512(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
                     _mm512_cvtph_ps(_mm256_loadu_si256(bp.add(blk * 32).cast::<__m256i>()))
                 }
             };
-            acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_loadu_ps(xp.add(blk * LANES)), w));
+            acc = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(blk * LANES)), w, acc);
         }
         let mut lanes = [0.0f32; LANES];
         _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
@@ -162,66 +164,167 @@ fn dot_avx512(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
     finish(lanes, format, x, b)
 }
 
-/// AVX-512, four vectors against one row: the row is widened once per
-/// block and each vector keeps its own 16 lane sums with the same
-/// multiply-then-add as [`dot_avx512`], so every result is bit for bit
-/// that function's. For a batch, the row is read once instead of four times.
+/// Widens 16 elements of block `blk` of a row to f32.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn widen16_avx512(
+    format: RowFormat,
+    row: *const u8,
+    blk: usize,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller guarantees block `blk` lies within the row.
+    unsafe {
+        match format {
+            RowFormat::F32 => _mm512_loadu_ps(row.add(blk * 64).cast::<f32>()),
+            RowFormat::BF16 => {
+                let h = _mm256_loadu_si256(row.add(blk * 32).cast::<__m256i>());
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+            }
+            RowFormat::F16 => {
+                _mm512_cvtph_ps(_mm256_loadu_si256(row.add(blk * 32).cast::<__m256i>()))
+            }
+        }
+    }
+}
+
+/// AVX-512, `R` rows against `T` vectors: a register tile of `R x T`
+/// accumulators, so each widened row block serves `T` vectors and each
+/// vector load serves `R` rows. Every (row, vector) pair keeps its own
+/// 16 lane sums with the same fused multiply-adds as [`dot_avx512`], so
+/// every result is bit for bit that function's.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn dot4_avx512(format: RowFormat, xs: [&[f32]; 4], b: &[u8]) -> [f32; 4] {
+fn tile_avx512<const R: usize, const T: usize>(
+    format: RowFormat,
+    xs: [&[f32]; T],
+    rows: [&[u8]; R],
+) -> [[f32; T]; R] {
     use std::arch::x86_64::*;
     let n = xs[0].len();
     assert!(xs.iter().all(|x| x.len() == n));
     let blocks = n / LANES;
-    assert!(b.len() >= blocks * LANES * format.width());
-    let bp = b.as_ptr();
-    // SAFETY: as in `dot_avx2`, for each of the four equal-length vectors.
+    assert!(
+        rows.iter()
+            .all(|b| b.len() >= blocks * LANES * format.width())
+    );
+    // SAFETY: every load reads within the first `blocks * 16` elements of
+    // a vector or a row (asserted above); unaligned loads.
     let lanes = unsafe {
-        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
         for blk in 0..blocks {
-            let w = match format {
-                RowFormat::F32 => _mm512_loadu_ps(bp.add(blk * 64).cast::<f32>()),
-                RowFormat::BF16 => {
-                    let h = _mm256_loadu_si256(bp.add(blk * 32).cast::<__m256i>());
-                    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+            let w = rows.map(|b| widen16_avx512(format, b.as_ptr(), blk));
+            for t in 0..T {
+                let xv = _mm512_loadu_ps(xs[t].as_ptr().add(blk * LANES));
+                for r in 0..R {
+                    acc[r][t] = _mm512_fmadd_ps(xv, w[r], acc[r][t]);
                 }
-                RowFormat::F16 => {
-                    _mm512_cvtph_ps(_mm256_loadu_si256(bp.add(blk * 32).cast::<__m256i>()))
-                }
-            };
-            for (a, x) in acc.iter_mut().zip(xs) {
-                let xv = _mm512_loadu_ps(x.as_ptr().add(blk * LANES));
-                *a = _mm512_add_ps(*a, _mm512_mul_ps(xv, w));
             }
         }
-        let mut lanes = [[0.0f32; LANES]; 4];
-        for (l, a) in lanes.iter_mut().zip(acc) {
-            _mm512_storeu_ps(l.as_mut_ptr(), a);
-        }
-        lanes
+        acc.map(|row| {
+            row.map(|a| {
+                let mut l = [0.0f32; LANES];
+                _mm512_storeu_ps(l.as_mut_ptr(), a);
+                l
+            })
+        })
     };
-    [0, 1, 2, 3].map(|i| finish(lanes[i], format, xs[i], b))
+    let mut out = [[0.0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            out[r][t] = finish(lanes[r][t], format, xs[t], rows[r]);
+        }
+    }
+    out
 }
 
-/// `x_t · row` for every `x_t` of `xs` (`out.len()` vectors of `cols`
-/// values each, row-major), each equal to [`dot`] of that vector.
-pub(crate) fn dot_many(format: RowFormat, xs: &[f32], b: &[u8], out: &mut [f32]) {
-    let cols = b.len() / format.width();
-    debug_assert_eq!(xs.len(), cols * out.len());
-    let mut done = 0;
+/// `R` rows against every vector of `xs`, into `out` (`[R, tokens]`),
+/// `T` vectors at a time while they last, then one at a time.
+#[cfg(target_arch = "x86_64")]
+fn rows_avx512<const R: usize>(
+    format: RowFormat,
+    xs: &[f32],
+    cols: usize,
+    rows: [&[u8]; R],
+    out: &mut [f32],
+) {
+    const T: usize = 4;
+    let tokens = xs.len() / cols;
+    let mut t0 = 0;
+    while t0 < tokens {
+        let width = if tokens - t0 >= T { T } else { 1 };
+        let v = |i: usize| &xs[(t0 + i) * cols..(t0 + i + 1) * cols];
+        // SAFETY (both): the caller checked AVX-512 F.
+        if width == T {
+            let r = unsafe { tile_avx512::<R, T>(format, [0, 1, 2, 3].map(v), rows) };
+            for (i, row) in r.iter().enumerate() {
+                out[i * tokens + t0..i * tokens + t0 + T].copy_from_slice(row);
+            }
+        } else {
+            let r = unsafe { tile_avx512::<R, 1>(format, [v(0)], rows) };
+            for (i, row) in r.iter().enumerate() {
+                out[i * tokens + t0] = row[0];
+            }
+        }
+        t0 += width;
+    }
+}
+
+/// `x_t · row_r` for every vector `x_t` of `xs` (`cols` values each,
+/// row-major) and every row of `rows` (`cols` elements each in `format`),
+/// into `out[r * tokens + t]`; each equal to [`dot`] of that pair bit for
+/// bit. Rows are taken four at a time and vectors four at a time, so a
+/// batch reads the matrix once and each vector a quarter as often.
+///
+/// # Panics
+/// If `xs` or `rows` is not a whole number of `cols`-long vectors or rows,
+/// or `out` is not one value per (row, vector).
+pub(crate) fn dot_rows_many(
+    format: RowFormat,
+    cols: usize,
+    xs: &[f32],
+    rows: &[u8],
+    out: &mut [f32],
+) {
+    let rb = cols * format.width();
+    let (tokens, nrows) = match cols {
+        0 => (out.len(), 0),
+        _ => (xs.len() / cols, rows.len() / rb),
+    };
+    assert!(
+        xs.len() == tokens * cols && rows.len() == nrows * rb && out.len() == nrows * tokens
+            || cols == 0,
+        "{} values, {} row bytes and {} outputs for width {cols}",
+        xs.len(),
+        rows.len(),
+        out.len()
+    );
+    if cols == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let row = |r: usize| &rows[r * rb..(r + 1) * rb];
+    let mut r0 = 0;
     #[cfg(target_arch = "x86_64")]
     {
-        if cols > 0 && std::arch::is_x86_feature_detected!("avx512f") {
-            for (group, o) in xs.chunks_exact(4 * cols).zip(out.chunks_exact_mut(4)) {
-                let x = [0, 1, 2, 3].map(|i| &group[i * cols..(i + 1) * cols]);
-                // SAFETY: the CPU has AVX-512 F (checked just above).
-                o.copy_from_slice(&unsafe { dot4_avx512(format, x, b) });
-                done += 4;
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            while r0 < nrows {
+                let o = &mut out[r0 * tokens..];
+                if nrows - r0 >= 4 {
+                    let four = [0, 1, 2, 3].map(|i| row(r0 + i));
+                    rows_avx512::<4>(format, xs, cols, four, &mut o[..4 * tokens]);
+                    r0 += 4;
+                } else {
+                    rows_avx512::<1>(format, xs, cols, [row(r0)], &mut o[..tokens]);
+                    r0 += 1;
+                }
             }
         }
     }
-    for (t, o) in out.iter_mut().enumerate().skip(done) {
-        *o = dot(format, &xs[t * cols..(t + 1) * cols], b);
+    for r in r0..nrows {
+        for t in 0..tokens {
+            out[r * tokens + t] = dot(format, &xs[t * cols..(t + 1) * cols], row(r));
+        }
     }
 }
 
@@ -288,9 +391,10 @@ pub(crate) fn dot(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
             return unsafe { dot_avx512(format, x, b) };
         }
         if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
             && std::arch::is_x86_feature_detected!("f16c")
         {
-            // SAFETY: the CPU has AVX2 and F16C (checked just above).
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked just above).
             return unsafe { dot_avx2(format, x, b) };
         }
     }
@@ -318,8 +422,9 @@ mod tests {
 
     proptest! {
         #[test]
-        fn many_vectors_at_once_equal_one_at_a_time(
-            n in 0usize..9,
+        fn many_rows_and_vectors_at_once_equal_one_at_a_time(
+            n in 0usize..11,
+            nrows in 0usize..10,
             cols in 0usize..80,
             seed in any::<u64>(),
         ) {
@@ -330,15 +435,18 @@ mod tests {
                 s ^= s << 17;
                 ((s % 20_000) as f32 - 10_000.0) / 997.0
             };
-            let row: Vec<f32> = (0..cols).map(|_| next()).collect();
+            let rows: Vec<f32> = (0..nrows * cols).map(|_| next()).collect();
             let xs: Vec<f32> = (0..n * cols).map(|_| next()).collect();
             for format in [RowFormat::F32, RowFormat::F16, RowFormat::BF16] {
-                let b = encode(format, &row);
-                let mut out = vec![0.0; n];
-                dot_many(format, &xs, &b, &mut out);
-                for t in 0..n {
-                    let one = dot(format, &xs[t * cols..(t + 1) * cols], &b);
-                    prop_assert_eq!(out[t].to_bits(), one.to_bits());
+                let b = encode(format, &rows);
+                let rb = cols * format.width();
+                let mut out = vec![f32::NAN; nrows * n];
+                dot_rows_many(format, cols, &xs, &b, &mut out);
+                for r in 0..nrows {
+                    for t in 0..n {
+                        let one = dot(format, &xs[t * cols..(t + 1) * cols], &b[r * rb..(r + 1) * rb]);
+                        prop_assert_eq!(out[r * n + t].to_bits(), one.to_bits(), "row {} vector {}", r, t);
+                    }
                 }
             }
         }
@@ -376,9 +484,10 @@ mod tests {
                 #[cfg(target_arch = "x86_64")]
                 {
                     if std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
                         && std::arch::is_x86_feature_detected!("f16c")
                     {
-                        // SAFETY: AVX2 and F16C checked just above.
+                        // SAFETY: AVX2, FMA and F16C checked just above.
                         let v = unsafe { dot_avx2(format, &x, &b) };
                         prop_assert_eq!(v.to_bits(), want.to_bits());
                     }

@@ -361,23 +361,59 @@ impl FloatMatrix {
     /// # Panics
     /// If `r >= rows` or `xs.len() != out.len() * cols`.
     pub fn dot_row_many(&self, r: usize, xs: &[f32], out: &mut [f32]) {
+        self.dot_rows_many(r..r + 1, xs, out);
+    }
+
+    /// `row(r) · x_t` into `out[(r - rows.start) * tokens + t]` for every
+    /// row `r` of `rows` and each of the `tokens` vectors in `xs`
+    /// (row-major, `cols` each). Each result equals [`Self::dot_row`] of
+    /// that pair bit for bit; float rows are dotted four rows by four
+    /// vectors at a time, so a batch reads the matrix once and the vectors
+    /// a quarter as often as one row at a time.
+    ///
+    /// # Panics
+    /// If `rows` reaches past the matrix, `xs` is not a whole number of
+    /// `cols`-long vectors, or `out.len()` is not `rows.len()` times their number.
+    ///
+    /// ```
+    /// use bitnet_models::float_matrix::FloatMatrix;
+    /// let m = FloatMatrix::from_f32(3, 2, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0])?;
+    /// let xs = [1.0, 0.0, 0.0, 1.0]; // two vectors
+    /// let mut out = [0.0; 4];
+    /// m.dot_rows_many(1..3, &xs, &mut out);
+    /// assert_eq!(out, [3.0, 4.0, 5.0, 6.0]);
+    /// # Ok::<(), bitnet_models::Error>(())
+    /// ```
+    pub fn dot_rows_many(&self, rows: std::ops::Range<usize>, xs: &[f32], out: &mut [f32]) {
+        let tokens = match self.cols {
+            0 => out.len() / rows.len().max(1),
+            cols => xs.len() / cols,
+        };
         assert!(
-            r < self.rows && xs.len() == out.len() * self.cols,
-            "row {r} of {self:?}"
+            rows.start <= rows.end
+                && rows.end <= self.rows
+                && out.len() == rows.len() * tokens
+                && xs.len() == tokens * self.cols,
+            "rows {rows:?} of {self:?} against {} values into {} outputs",
+            xs.len(),
+            out.len()
         );
-        let row = &self.encoded()[r * self.row_bytes..(r + 1) * self.row_bytes];
+        let bytes = &self.encoded()[rows.start * self.row_bytes..rows.end * self.row_bytes];
         let format = match self.encoding {
             FloatEncoding::F32 => RowFormat::F32,
             FloatEncoding::F16 => RowFormat::F16,
             FloatEncoding::BF16 => RowFormat::BF16,
             _ => {
-                for (t, o) in out.iter_mut().enumerate() {
-                    *o = self.dot_row(r, &xs[t * self.cols..(t + 1) * self.cols]);
+                for (i, r) in rows.enumerate() {
+                    for t in 0..tokens {
+                        let x = &xs[t * self.cols..(t + 1) * self.cols];
+                        out[i * tokens + t] = self.dot_row(r, x);
+                    }
                 }
                 return;
             }
         };
-        float_dot::dot_many(format, xs, row, out);
+        float_dot::dot_rows_many(format, self.cols, xs, bytes, out);
     }
 
     /// Quantizes `xs` (rows of `cols` values) into `into` when this matrix

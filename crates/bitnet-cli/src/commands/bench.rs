@@ -69,6 +69,10 @@ pub(crate) struct Args {
     /// `md` (llama-bench's table), `json` (an array of rows) or `jsonl`.
     #[arg(short = 'o', long, default_value = "md", value_parser = ["md", "json", "jsonl"])]
     output: String,
+    /// Sequences decoded together in each `tg` test, e.g. `--parallel 1,16`
+    /// (one row per count; t/s counts the tokens of all of them).
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    parallel: Vec<usize>,
     /// Skip the warm-up run before each test.
     #[arg(long)]
     no_warmup: bool,
@@ -86,6 +90,8 @@ struct Row {
     n_threads: usize,
     n_prompt: usize,
     n_gen: usize,
+    /// Sequences decoding together (`tg` rows; 1 for `pp`).
+    n_parallel: usize,
     test_time: String,
     samples_ns: Vec<u64>,
     peak_rss_bytes: Option<u64>,
@@ -96,7 +102,7 @@ struct Row {
 
 impl Row {
     fn tokens(&self) -> usize {
-        self.n_prompt + self.n_gen
+        self.n_prompt + self.n_gen * self.n_parallel
     }
     fn samples_ts(&self) -> Vec<f64> {
         let n = self.tokens() as f64;
@@ -106,10 +112,14 @@ impl Row {
             .collect()
     }
     fn name(&self) -> String {
-        match (self.n_prompt, self.n_gen) {
+        let name = match (self.n_prompt, self.n_gen) {
             (p, 0) => format!("pp{p}"),
             (0, g) => format!("tg{g}"),
             (p, g) => format!("pp{p}+tg{g}"),
+        };
+        match self.n_parallel {
+            1 => name,
+            n => format!("{name} x{n}"),
         }
     }
     fn bandwidth_fraction(&self) -> Option<f64> {
@@ -138,6 +148,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     if args.reps == 0 {
         bail!("--repetitions must be at least 1");
     }
+    if args.parallel.contains(&0) {
+        bail!("--parallel: sequence counts must be at least 1");
+    }
     let prompts: Vec<usize> = args.n_prompt.iter().copied().filter(|&n| n > 0).collect();
     let gens: Vec<usize> = args.n_gen.iter().copied().filter(|&n| n > 0).collect();
     if prompts.is_empty() && gens.is_empty() {
@@ -160,7 +173,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     if longest > context {
         bail!("a test needs {longest} positions; the model's context is {context}");
     }
-    let mut cache = model.new_cache(longest);
+    let widest = args.parallel.iter().copied().max().unwrap_or(1);
+    let mut caches: Vec<_> = (0..widest).map(|_| model.new_cache(longest)).collect();
     let mut ws = Workspace::new();
     let mut rng = SplitMix(0x5eed);
     let vocab = model.config().vocab_size as u64;
@@ -171,15 +185,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         let pool = build_pool(n_threads)
             .with_context(|| format!("building a pool of {n_threads} threads"))?;
         let par = Parallelism::Pool(&pool);
-        let tests = prompts
-            .iter()
-            .map(|&p| (p, 0))
-            .chain(gens.iter().map(|&g| (0, g)));
-        for (n_prompt, n_gen) in tests {
+        let tests = prompts.iter().map(|&p| (p, 0, 1)).chain(
+            gens.iter()
+                .flat_map(|&g| args.parallel.iter().map(move |&np| (0, g, np))),
+        );
+        for (n_prompt, n_gen, n_parallel) in tests {
             let mut row = Row {
                 n_threads,
                 n_prompt,
                 n_gen,
+                n_parallel,
                 test_time: rfc3339_now(),
                 samples_ns: Vec::with_capacity(args.reps),
                 peak_rss_bytes: None,
@@ -187,27 +202,32 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 bandwidth: None,
             };
             let mut once = |warmup: bool| -> anyhow::Result<u64> {
-                cache.clear();
+                let caches = &mut caches[..n_parallel];
+                caches.iter_mut().for_each(|c| c.clear());
                 let (p, g) = if warmup {
                     (n_prompt, n_gen.min(1))
                 } else {
                     (n_prompt, n_gen)
                 };
                 let prompt = random_ids(p);
-                let steps = random_ids(g);
+                let steps = random_ids(g * n_parallel);
                 let t0 = Instant::now();
                 if p > 0 {
                     let mut batch = [BatchEntry {
                         ids: &prompt,
-                        cache: &mut cache,
+                        cache: &mut caches[0],
                     }];
                     model.forward_batch(&mut batch, Logits::Last, &mut ws, par)?;
                 }
-                for id in &steps {
-                    let mut batch = [BatchEntry {
-                        ids: std::slice::from_ref(id),
-                        cache: &mut cache,
-                    }];
+                for ids in steps.chunks_exact(n_parallel) {
+                    let mut batch: Vec<_> = ids
+                        .iter()
+                        .zip(caches.iter_mut())
+                        .map(|(id, cache)| BatchEntry {
+                            ids: std::slice::from_ref(id),
+                            cache,
+                        })
+                        .collect();
                     model.forward_batch(&mut batch, Logits::Last, &mut ws, par)?;
                 }
                 std::hint::black_box(ws.logits());
@@ -231,7 +251,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 row.samples_ns.push(once(false)?);
             }
             row.peak_rss_bytes = system::peak_rss_bytes();
-            if n_gen > 0 {
+            // Bytes per token and the bandwidth fraction describe one
+            // sequence; a batch reads the weights once for all of them.
+            if n_gen > 0 && n_parallel == 1 {
                 row.bytes_per_token = Some(decode_bytes_per_token(model.weights(), n_gen));
             }
             rows.push(row);
@@ -374,6 +396,7 @@ fn json_row(info: &ModelInfo, r: &Row) -> serde_json::Value {
         "n_prompt": r.n_prompt,
         "n_gen": r.n_gen,
         "n_depth": 0,
+        "n_parallel": r.n_parallel,
         "test_time": r.test_time,
         "avg_ns": mean(&ns) as u64,
         "stddev_ns": stddev(&ns) as u64,
