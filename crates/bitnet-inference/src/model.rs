@@ -555,7 +555,9 @@ impl HeadAttention {
             if std::arch::is_x86_feature_detected!("avx512f") {
                 return HeadAttention::Avx512;
             }
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
                 return HeadAttention::Avx2;
             }
         }
@@ -566,9 +568,9 @@ impl HeadAttention {
     /// d]`), with `scores` (`[heads, context]`) as scratch.
     fn run(self, task: &HeadTask<'_>, out: &mut [f32], scores: &mut [f32]) {
         match self {
-            HeadAttention::Plain => attend_head(task, out, scores),
+            HeadAttention::Plain => attend_head::<PlainScores>(task, out, scores),
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `detect` saw AVX2 on this CPU.
+            // SAFETY: `detect` saw AVX2 and FMA on this CPU.
             HeadAttention::Avx2 => unsafe { attend_head_avx2(task, out, scores) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `detect` saw AVX-512F on this CPU.
@@ -578,15 +580,15 @@ impl HeadAttention {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn attend_head_avx2(task: &HeadTask<'_>, out: &mut [f32], scores: &mut [f32]) {
-    attend_head(task, out, scores)
+    attend_head::<Avx2Scores>(task, out, scores)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn attend_head_avx512(task: &HeadTask<'_>, out: &mut [f32], scores: &mut [f32]) {
-    attend_head(task, out, scores)
+    attend_head::<Avx512Scores>(task, out, scores)
 }
 
 /// The body every [`HeadAttention`] version runs.
@@ -594,10 +596,13 @@ fn attend_head_avx512(task: &HeadTask<'_>, out: &mut [f32], scores: &mut [f32]) 
 /// Each query walks its cache rows once, front to back, doing every head
 /// of the task on a row before the next: a row is `kv_dim` contiguous
 /// floats, so the reads stream instead of hopping one head's slice per
-/// row. Per head, the arithmetic (scores in position order, one softmax,
-/// values summed in position order) is the same whatever the task's size.
+/// row. Rows go four at a time, so four independent dot products (and
+/// four value rows per load and store of the output) are in flight. Per
+/// head, the arithmetic is fixed whatever the task's size or the rows'
+/// grouping: each score is [`score`], and each output element sums
+/// `p_j * v_j` in position order with fused multiply-adds.
 #[inline(always)]
-fn attend_head(task: &HeadTask<'_>, out: &mut [f32], scores: &mut [f32]) {
+fn attend_head<S: Scores>(task: &HeadTask<'_>, out: &mut [f32], scores: &mut [f32]) {
     let HeadTask {
         layer: l,
         q,
@@ -612,6 +617,7 @@ fn attend_head(task: &HeadTask<'_>, out: &mut [f32], scores: &mut [f32]) {
     } = *task;
     let ctx = span.start + span.len;
     let (first, count) = (heads.start, heads.len());
+    let kv_off = |k: usize| (first + k) / group * d;
     for i in 0..span.len {
         let visible = span.start + i + 1;
         let row = span.offset + i;
@@ -619,11 +625,24 @@ fn attend_head(task: &HeadTask<'_>, out: &mut [f32], scores: &mut [f32]) {
         // The cache comes in runs of positions (one per block).
         let mut j = 0;
         for (keys, _) in cache.runs(l, visible) {
-            for key in keys.chunks_exact(kv) {
+            let mut quads = keys.chunks_exact(4 * kv);
+            for quad in &mut quads {
                 for k in 0..count {
-                    let (head, kv_off) = (first + k, (first + k) / group * d);
-                    let qh = &qrow[head * d..(head + 1) * d];
-                    scores[k * ctx + j] = dot(qh, &key[kv_off..kv_off + d]) * scale;
+                    let (qh, off) = (&qrow[(first + k) * d..(first + k + 1) * d], kv_off(k));
+                    let ks = [0, 1, 2, 3].map(|r| &quad[r * kv + off..r * kv + off + d]);
+                    // SAFETY: `S` matches the features of the caller.
+                    let s4 = unsafe { S::score4(qh, ks) };
+                    for (r, s) in s4.into_iter().enumerate() {
+                        scores[k * ctx + j + r] = s * scale;
+                    }
+                }
+                j += 4;
+            }
+            for key in quads.remainder().chunks_exact(kv) {
+                for k in 0..count {
+                    let (qh, off) = (&qrow[(first + k) * d..(first + k + 1) * d], kv_off(k));
+                    // SAFETY: as above.
+                    scores[k * ctx + j] = unsafe { S::score(qh, &key[off..off + d]) } * scale;
                 }
                 j += 1;
             }
@@ -635,17 +654,257 @@ fn attend_head(task: &HeadTask<'_>, out: &mut [f32], scores: &mut [f32]) {
         }
         let mut j = 0;
         for (_, values) in cache.runs(l, visible) {
-            for value in values.chunks_exact(kv) {
+            let mut quads = values.chunks_exact(4 * kv);
+            for quad in &mut quads {
                 for k in 0..count {
-                    let p = scores[k * ctx + j];
-                    let kv_off = (first + k) / group * d;
-                    let vj = &value[kv_off..kv_off + d];
+                    let off = kv_off(k);
+                    let p = [0, 1, 2, 3].map(|r| scores[k * ctx + j + r]);
+                    let vs = [0, 1, 2, 3].map(|r| &quad[r * kv + off..r * kv + off + d]);
                     let o = &mut out[(k * span.len + i) * d..(k * span.len + i + 1) * d];
-                    o.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
+                    accumulate4(o, p, vs);
+                }
+                j += 4;
+            }
+            for value in quads.remainder().chunks_exact(kv) {
+                for k in 0..count {
+                    let (p, off) = (scores[k * ctx + j], kv_off(k));
+                    let o = &mut out[(k * span.len + i) * d..(k * span.len + i + 1) * d];
+                    o.iter_mut()
+                        .zip(&value[off..off + d])
+                        .for_each(|(o, v)| *o = p.mul_add(*v, *o));
                 }
                 j += 1;
             }
         }
+    }
+}
+
+/// Lanes of an attention score's partial sums.
+const SCORE_LANES: usize = 16;
+
+/// Reduces 16 lane sums in a fixed pairwise order.
+#[inline(always)]
+fn reduce_lanes(mut acc: [f32; SCORE_LANES]) -> f32 {
+    let mut width = SCORE_LANES / 2;
+    while width > 0 {
+        for k in 0..width {
+            acc[k] += acc[k + width];
+        }
+        width /= 2;
+    }
+    acc[0]
+}
+
+/// `q · k` for attention: lane `l` fuses the products of elements `l`,
+/// `l + 16`, ..., the lanes reduce pairwise, and the elements past the
+/// last whole lane block are added in order. [`score4`] computes exactly
+/// this for four keys at once.
+#[inline(always)]
+fn score(q: &[f32], k: &[f32]) -> f32 {
+    let mut acc = [0.0f32; SCORE_LANES];
+    let (qb, kb) = (q.chunks_exact(SCORE_LANES), k.chunks_exact(SCORE_LANES));
+    let mut tail = 0.0f32;
+    for (x, y) in qb.remainder().iter().zip(kb.remainder()) {
+        tail = x.mul_add(*y, tail);
+    }
+    for (x, y) in qb.zip(kb) {
+        for l in 0..SCORE_LANES {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    reduce_lanes(acc) + tail
+}
+
+/// [`score`] of one query against four keys, bit for bit, with the four
+/// sums interleaved so that they do not wait on each other.
+#[inline(always)]
+fn score4(q: &[f32], ks: [&[f32]; 4]) -> [f32; 4] {
+    let n = q.len() / SCORE_LANES * SCORE_LANES;
+    let mut acc = [[0.0f32; SCORE_LANES]; 4];
+    for b in (0..n).step_by(SCORE_LANES) {
+        let x = &q[b..b + SCORE_LANES];
+        for (a, k) in acc.iter_mut().zip(ks) {
+            let y = &k[b..b + SCORE_LANES];
+            for l in 0..SCORE_LANES {
+                a[l] = x[l].mul_add(y[l], a[l]);
+            }
+        }
+    }
+    let mut out = [0.0f32; 4];
+    for (r, (a, k)) in acc.into_iter().zip(ks).enumerate() {
+        let mut tail = 0.0f32;
+        for (x, y) in q[n..].iter().zip(&k[n..q.len()]) {
+            tail = x.mul_add(*y, tail);
+        }
+        out[r] = reduce_lanes(a) + tail;
+    }
+    out
+}
+
+/// Attention scores ([`score`] and [`score4`]) with one instruction set.
+/// Every implementation computes the same bits: 16 lane sums of fused
+/// products, the same pairwise lane reduction, the tail added in order.
+trait Scores {
+    /// [`score`].
+    ///
+    /// # Safety
+    /// The CPU has the implementation's features.
+    unsafe fn score(q: &[f32], k: &[f32]) -> f32;
+    /// [`score4`].
+    ///
+    /// # Safety
+    /// As [`Scores::score`].
+    unsafe fn score4(q: &[f32], ks: [&[f32]; 4]) -> [f32; 4];
+}
+
+/// Plain Rust (the reference).
+struct PlainScores;
+
+impl Scores for PlainScores {
+    #[inline(always)]
+    unsafe fn score(q: &[f32], k: &[f32]) -> f32 {
+        score(q, k)
+    }
+    #[inline(always)]
+    unsafe fn score4(q: &[f32], ks: [&[f32]; 4]) -> [f32; 4] {
+        score4(q, ks)
+    }
+}
+
+/// The elements past the last whole 16-lane block, fused in order.
+#[inline(always)]
+fn score_tail(q: &[f32], k: &[f32]) -> f32 {
+    let n = q.len() / SCORE_LANES * SCORE_LANES;
+    let mut tail = 0.0f32;
+    for (x, y) in q[n..].iter().zip(&k[n..q.len()]) {
+        tail = x.mul_add(*y, tail);
+    }
+    tail
+}
+
+/// AVX2 + FMA: lanes 0-7 and 8-15 of each sum in two registers.
+#[cfg(target_arch = "x86_64")]
+struct Avx2Scores;
+
+#[cfg(target_arch = "x86_64")]
+impl Scores for Avx2Scores {
+    #[inline(always)]
+    unsafe fn score(q: &[f32], k: &[f32]) -> f32 {
+        // SAFETY: the caller's CPU has AVX2 and FMA.
+        unsafe { Self::score4(q, [k, k, k, k])[0] }
+    }
+    #[inline(always)]
+    unsafe fn score4(q: &[f32], ks: [&[f32]; 4]) -> [f32; 4] {
+        // SAFETY: the caller's CPU has AVX2 and FMA.
+        unsafe { score4_avx2(q, ks) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn score4_avx2(q: &[f32], ks: [&[f32]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = q.len() / SCORE_LANES * SCORE_LANES;
+    assert!(ks.iter().all(|k| k.len() >= q.len()));
+    let mut out = [0.0f32; 4];
+    // SAFETY: loads stay within the first `n` elements of `q` and of
+    // each key (asserted above).
+    unsafe {
+        let mut lo = [_mm256_setzero_ps(); 4];
+        let mut hi = [_mm256_setzero_ps(); 4];
+        for b in (0..n).step_by(SCORE_LANES) {
+            let (x0, x1) = (
+                _mm256_loadu_ps(q.as_ptr().add(b)),
+                _mm256_loadu_ps(q.as_ptr().add(b + 8)),
+            );
+            for r in 0..4 {
+                let kp = ks[r].as_ptr().add(b);
+                lo[r] = _mm256_fmadd_ps(x0, _mm256_loadu_ps(kp), lo[r]);
+                hi[r] = _mm256_fmadd_ps(x1, _mm256_loadu_ps(kp.add(8)), hi[r]);
+            }
+        }
+        for r in 0..4 {
+            // Pairwise: 16 → 8 lanes, then 8 → 4 → 2 → 1, as `reduce_lanes`.
+            let s8 = _mm256_add_ps(lo[r], hi[r]);
+            out[r] = reduce8_avx(s8) + score_tail(q, ks[r]);
+        }
+    }
+    out
+}
+
+/// Lanes `k + width` added onto lanes `k` for width 4, 2, 1.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+fn reduce8_avx(s8: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    let s1 = _mm_add_ss(s2, _mm_shuffle_ps::<0b01>(s2, s2));
+    _mm_cvtss_f32(s1)
+}
+
+/// AVX-512: each sum's 16 lanes in one register.
+#[cfg(target_arch = "x86_64")]
+struct Avx512Scores;
+
+#[cfg(target_arch = "x86_64")]
+impl Scores for Avx512Scores {
+    #[inline(always)]
+    unsafe fn score(q: &[f32], k: &[f32]) -> f32 {
+        // SAFETY: the caller's CPU has AVX-512 F.
+        unsafe { Self::score4(q, [k, k, k, k])[0] }
+    }
+    #[inline(always)]
+    unsafe fn score4(q: &[f32], ks: [&[f32]; 4]) -> [f32; 4] {
+        // SAFETY: the caller's CPU has AVX-512 F.
+        unsafe { score4_avx512(q, ks) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn score4_avx512(q: &[f32], ks: [&[f32]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let n = q.len() / SCORE_LANES * SCORE_LANES;
+    assert!(ks.iter().all(|k| k.len() >= q.len()));
+    let mut out = [0.0f32; 4];
+    // SAFETY: as in `score4_avx2`.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for b in (0..n).step_by(SCORE_LANES) {
+            let x = _mm512_loadu_ps(q.as_ptr().add(b));
+            for r in 0..4 {
+                acc[r] = _mm512_fmadd_ps(x, _mm512_loadu_ps(ks[r].as_ptr().add(b)), acc[r]);
+            }
+        }
+        for r in 0..4 {
+            let s8 = _mm256_add_ps(
+                _mm512_castps512_ps256(acc[r]),
+                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[r]))),
+            );
+            out[r] = reduce8_avx(s8) + score_tail(q, ks[r]);
+        }
+    }
+    out
+}
+
+/// `o += p_r * v_r` for r = 0..4 in that order, element by element with
+/// fused multiply-adds: the same as four single-row updates, with one
+/// load and store of `o` instead of four.
+#[inline(always)]
+fn accumulate4(o: &mut [f32], p: [f32; 4], vs: [&[f32]; 4]) {
+    let n = o.len();
+    let [v0, v1, v2, v3] = vs.map(|v| &v[..n]);
+    for e in 0..n {
+        let mut a = o[e];
+        a = p[0].mul_add(v0[e], a);
+        a = p[1].mul_add(v1[e], a);
+        a = p[2].mul_add(v2[e], a);
+        a = p[3].mul_add(v3[e], a);
+        o[e] = a;
     }
 }
 
@@ -810,4 +1069,125 @@ fn linear(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv_cache::KvPool;
+
+    fn values(n: usize, seed: &mut u64) -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                ((*seed % 20_001) as f32 - 10_000.0) / 4_000.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn four_keys_or_value_rows_at_once_equal_one_at_a_time() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15;
+        for d in (1..40).chain([64, 96, 100, 128]) {
+            let q = values(d, &mut seed);
+            let ks: Vec<Vec<f32>> = (0..4).map(|_| values(d, &mut seed)).collect();
+            let four = score4(&q, [0, 1, 2, 3].map(|r| &ks[r][..]));
+            for r in 0..4 {
+                assert_eq!(four[r].to_bits(), score(&q, &ks[r]).to_bits(), "d {d}");
+            }
+            let p = [0.1, 0.7, 0.15, 0.05];
+            let mut o4 = values(d, &mut seed);
+            let mut o1 = o4.clone();
+            accumulate4(&mut o4, p, [0, 1, 2, 3].map(|r| &ks[r][..]));
+            for r in 0..4 {
+                o1.iter_mut()
+                    .zip(&ks[r])
+                    .for_each(|(o, v)| *o = p[r].mul_add(*v, *o));
+            }
+            assert_eq!(o4, o1, "d {d}");
+        }
+    }
+
+    #[test]
+    fn every_attention_version_computes_the_same_bits() {
+        for d in [20, 37, 96] {
+            attention_versions_agree(d);
+        }
+    }
+
+    fn attention_versions_agree(d: usize) {
+        let mut seed = 0x2545_f491_4f6c_dd1d;
+        // Blocks of 5 positions: runs end inside and between groups of four.
+        let (heads, group, positions) = (4, 2, 23);
+        let kv = heads / group * d;
+        let pool = KvPool::new(1, kv, 5, 1 << 20).expect("pool");
+        let mut cache = KvCache::paged(&pool, positions, positions).expect("cache");
+        cache.reserve(positions).expect("room");
+        cache.write(
+            0,
+            &values(positions * kv, &mut seed),
+            &values(positions * kv, &mut seed),
+        );
+        cache.advance(positions);
+        // The last 7 positions as queries, heads 1..4 in one task.
+        let span = Span {
+            offset: 0,
+            len: 7,
+            start: positions - 7,
+        };
+        let q = values(span.len * heads * d, &mut seed);
+        let task = HeadTask {
+            layer: 0,
+            q: &q,
+            cache: &cache,
+            span,
+            h: heads * d,
+            kv,
+            d,
+            heads: 1..4,
+            group,
+            scale: 0.3,
+        };
+        let run = |version: HeadAttention| {
+            let mut out = vec![f32::NAN; 3 * span.len * d];
+            let mut scores = vec![0.0; 3 * positions];
+            version.run(&task, &mut out, &mut scores);
+            out
+        };
+        let plain = run(HeadAttention::Plain);
+        assert!(plain.iter().all(|v| v.is_finite()));
+        // Each head alone gives its rows of the three-head task.
+        for head in 1..4 {
+            let one = HeadTask {
+                layer: 0,
+                q: &q,
+                cache: &cache,
+                span,
+                h: heads * d,
+                kv,
+                d,
+                heads: head..head + 1,
+                group,
+                scale: 0.3,
+            };
+            let mut out = vec![0.0; span.len * d];
+            let mut scores = vec![0.0; positions];
+            HeadAttention::Plain.run(&one, &mut out, &mut scores);
+            let k = head - 1;
+            assert_eq!(out, plain[k * span.len * d..(k + 1) * span.len * d]);
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                assert_eq!(run(HeadAttention::Avx2), plain);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                assert_eq!(run(HeadAttention::Avx512), plain);
+            }
+        }
+    }
 }
