@@ -322,8 +322,10 @@ impl BitNetModel {
         }
 
         // Attention.
-        rms_norm_into(x, &layer.input_layernorm, eps, a);
-        let shared = quantize_for(&[&layer.q_proj, &layer.k_proj, &layer.v_proj], a, n, xq)?;
+        let norm = |w| rms_norm_rows(w, eps);
+        for_rows(par, n, x, a, norm(&layer.input_layernorm));
+        let qkv = [&layer.q_proj, &layer.k_proj, &layer.v_proj];
+        let shared = quantize_for(&qkv, a, n, xq, par)?;
         linear(&layer.q_proj, a, shared, xq, n, q, dots, par)?;
         linear(&layer.k_proj, a, shared, xq, n, k, dots, par)?;
         linear(&layer.v_proj, a, shared, xq, n, v, dots, par)?;
@@ -341,24 +343,24 @@ impl BitNetModel {
             e.cache.write(l, &k[rows.clone()], &v[rows]);
         }
         self.attention(l, q, batch, spans, o_heads, o, scores, par);
-        rms_norm_into(o, &layer.attn_sub_norm, eps, a);
+        for_rows(par, n, o, a, norm(&layer.attn_sub_norm));
         linear(&layer.o_proj, a, false, xq, n, proj, dots, par)?;
         x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
 
         // Feed-forward.
-        rms_norm_into(x, &layer.post_attention_layernorm, eps, a);
-        let shared = quantize_for(&[&layer.gate_proj, &layer.up_proj], a, n, xq)?;
+        for_rows(par, n, x, a, norm(&layer.post_attention_layernorm));
+        let shared = quantize_for(&[&layer.gate_proj, &layer.up_proj], a, n, xq, par)?;
         linear(&layer.gate_proj, a, shared, xq, n, gate, dots, par)?;
         linear(&layer.up_proj, a, shared, xq, n, up, dots, par)?;
         let act = match c.activation {
             Activation::Relu2 => relu2,
             Activation::Silu => silu,
         };
-        gate.iter_mut()
-            .zip(up.iter())
-            .for_each(|(g, u)| *g = act(*g) * u);
+        for_rows(par, n, up, gate, |up: &[f32], gate: &mut [f32]| {
+            gate.iter_mut().zip(up).for_each(|(g, u)| *g = act(*g) * u)
+        });
         // `up` is free again: it takes the normalized inner activation.
-        rms_norm_into(gate, &layer.ffn_sub_norm, eps, up);
+        for_rows(par, n, gate, up, norm(&layer.ffn_sub_norm));
         linear(&layer.down_proj, up, false, xq, n, proj, dots, par)?;
         x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
         Ok(())
@@ -999,12 +1001,42 @@ fn quantize_for(
     a: &[f32],
     n: usize,
     xq: &mut QuantizedActivations,
+    par: Parallelism<'_>,
 ) -> Result<bool> {
     let ternary = layers.iter().any(|l| matches!(l, Linear::Ternary(_)));
     if ternary {
-        xq.quantize_into("hidden state", a, n, a.len() / n)?;
+        xq.quantize_into_par("hidden state", a, n, a.len() / n, par)?;
     }
     Ok(ternary)
+}
+
+/// RMSNorm with `weight` of every row of `x` into `out`.
+fn rms_norm_rows(weight: &[f32], eps: f32) -> impl Fn(&[f32], &mut [f32]) + Sync + '_ {
+    move |x, out| rms_norm_into(x, weight, eps, out)
+}
+
+/// `f` over matching runs of rows of `x` and `out` (`n` rows each, of any
+/// widths), split over the pool's threads when there are enough rows (a
+/// batch or a prompt): per-row work such as norms and activations would
+/// otherwise run on the calling thread alone while the kernels' threads
+/// wait. Each row's result is the same either way.
+fn for_rows<F>(par: Parallelism<'_>, n: usize, x: &[f32], out: &mut [f32], f: F)
+where
+    F: Fn(&[f32], &mut [f32]) + Sync,
+{
+    let threads = par.threads();
+    match par {
+        Parallelism::Pool(pool) if n >= 8 && threads > 1 => {
+            let rows = n.div_ceil(4 * threads);
+            let (wx, wo) = (x.len() / n, out.len() / n);
+            pool.install(|| {
+                x.par_chunks(rows * wx)
+                    .zip(out.par_chunks_mut(rows * wo))
+                    .for_each(|(x, o)| f(x, o))
+            })
+        }
+        _ => f(x, out),
+    }
 }
 
 /// `out [n, rows] = x [n, cols] · Wᵀ`. Ternary layers read `xq`, which
@@ -1023,7 +1055,7 @@ fn linear(
     match layer {
         Linear::Ternary(b) => {
             if !quantized {
-                xq.quantize_into("hidden state", x, n, b.in_features())?;
+                xq.quantize_into_par("hidden state", x, n, b.in_features(), par)?;
             }
             b.forward_quantized(xq, out, dots, par)?;
         }

@@ -14,6 +14,8 @@ use super::{EPS, check_finite, check_matrix};
 use crate::aligned::AlignedBytes;
 use crate::error::Result;
 use crate::formats::runtime::BLOCK;
+use bitnet_core::Parallelism;
+use rayon::prelude::*;
 
 /// The absmax scale `127 / max(absmax, 1e-5)` of a run of values.
 pub fn absmax_scale(values: &[f32]) -> f32 {
@@ -133,6 +135,20 @@ impl QuantizedActivations {
         tokens: usize,
         cols: usize,
     ) -> Result<()> {
+        self.quantize_into_par(tensor, data, tokens, cols, Parallelism::Sequential)
+    }
+
+    /// [`Self::quantize_into`] with the rows split over `par`'s threads
+    /// when there are enough of them (a batch or a prompt); each row's
+    /// codes, scale and sum are the same either way.
+    pub fn quantize_into_par(
+        &mut self,
+        tensor: &str,
+        data: &[f32],
+        tokens: usize,
+        cols: usize,
+        par: Parallelism<'_>,
+    ) -> Result<()> {
         check_matrix("int8 per-token quantize", data.len(), tokens, cols)?;
         check_finite(tensor, data, "int8 per-token quantize")?;
         let stride = cols.div_ceil(BLOCK) * BLOCK;
@@ -140,11 +156,36 @@ impl QuantizedActivations {
         self.scales.resize(tokens, 127.0 / EPS);
         self.sums.resize(tokens, 0);
         (self.tokens, self.cols, self.stride) = (tokens, cols, stride);
-        for t in 0..tokens {
-            // The kernels read whole blocks: the padding must be zero even
-            // where an earlier, wider shape left codes.
-            self.codes.as_i8_mut()[t * stride + cols..(t + 1) * stride].fill(0);
-            self.quantize_row(t, &data[t * cols..(t + 1) * cols]);
+        if tokens == 0 {
+            return Ok(());
+        }
+        let codes = &mut self.codes.as_i8_mut()[..tokens * stride];
+        let (scales, sums) = (&mut self.scales[..tokens], &mut self.sums[..tokens]);
+        let quantize_rows = |t0: usize, codes: &mut [i8], scales: &mut [f32], sums: &mut [i32]| {
+            for (i, ((c, s), sum)) in codes
+                .chunks_exact_mut(stride)
+                .zip(scales)
+                .zip(sums)
+                .enumerate()
+            {
+                // The kernels read whole blocks: the padding must be zero
+                // even where an earlier, wider shape left codes.
+                c[cols..].fill(0);
+                let row = &data[(t0 + i) * cols..(t0 + i + 1) * cols];
+                (*s, *sum) = quantize_into(row, &mut c[..cols]);
+            }
+        };
+        let per_task = tokens.div_ceil(4 * par.threads()).max(1);
+        match par {
+            Parallelism::Pool(pool) if tokens >= 8 && par.threads() > 1 => pool.install(|| {
+                codes
+                    .par_chunks_mut(per_task * stride)
+                    .zip(scales.par_chunks_mut(per_task))
+                    .zip(sums.par_chunks_mut(per_task))
+                    .enumerate()
+                    .for_each(|(k, ((c, s), sum))| quantize_rows(k * per_task, c, s, sum))
+            }),
+            _ => quantize_rows(0, codes, scales, sums),
         }
         Ok(())
     }
@@ -277,5 +318,31 @@ mod tests {
             );
         }
         assert!(q.quantize_into("x", &narrow, 4, 5).is_err());
+    }
+
+    #[test]
+    fn rows_split_over_a_pool_equal_one_thread() {
+        let pool = bitnet_core::build_pool(2).unwrap();
+        let mut q = QuantizedActivations::zeroed(0, 0);
+        // A wide shape first, so stale codes sit in the padding.
+        let wide: Vec<f32> = (0..9 * 70).map(|i| (i as f32 * 0.71).cos() * 5.0).collect();
+        q.quantize_into_par("x", &wide, 9, 70, Parallelism::Pool(&pool))
+            .unwrap();
+        for tokens in [1, 7, 8, 9, 33] {
+            let data: Vec<f32> = (0..tokens * 45)
+                .map(|i| (i as f32 * 0.37).sin() * 9.0 - 0.5)
+                .collect();
+            q.quantize_into_par("x", &data, tokens, 45, Parallelism::Pool(&pool))
+                .unwrap();
+            assert_eq!(
+                q,
+                QuantizedActivations::quantize("x", &data, tokens, 45).unwrap()
+            );
+        }
+        let bad = [1.0, f32::NAN, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        assert!(
+            q.quantize_into_par("x", &bad, 8, 1, Parallelism::Pool(&pool))
+                .is_err()
+        );
     }
 }
