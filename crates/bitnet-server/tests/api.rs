@@ -208,6 +208,17 @@ async fn bad_input_gets_a_clear_4xx_and_the_server_keeps_serving() {
             "maximum context length",
         ),
         (
+            // Long enough to be tokenized off the request's task.
+            "long prompt longer than the context",
+            format!(
+                r#"{{"model":"tiny","messages":[{{"role":"user","content":"{}"}}]}}"#,
+                "word ".repeat(5000)
+            )
+            .into_bytes(),
+            400,
+            "maximum context length",
+        ),
+        (
             "invalid UTF-8",
             b"{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}".to_vec(),
             400,
