@@ -747,16 +747,22 @@ fn score4(q: &[f32], ks: [&[f32]; 4]) -> [f32; 4] {
 /// Every implementation computes the same bits: 16 lane sums of fused
 /// products, the same pairwise lane reduction, the tail added in order.
 trait Scores {
-    /// [`score`].
-    ///
-    /// # Safety
-    /// The CPU has the implementation's features.
-    unsafe fn score(q: &[f32], k: &[f32]) -> f32;
     /// [`score4`].
     ///
     /// # Safety
-    /// As [`Scores::score`].
+    /// The CPU has the implementation's features.
     unsafe fn score4(q: &[f32], ks: [&[f32]; 4]) -> [f32; 4];
+    /// [`score`]: by default the first of four equal lanes of
+    /// [`Scores::score4`] (only the rows left over after groups of four
+    /// take this path).
+    ///
+    /// # Safety
+    /// As [`Scores::score4`].
+    #[inline(always)]
+    unsafe fn score(q: &[f32], k: &[f32]) -> f32 {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { Self::score4(q, [k, k, k, k])[0] }
+    }
 }
 
 /// Plain Rust (the reference).
@@ -790,11 +796,6 @@ struct Avx2Scores;
 
 #[cfg(target_arch = "x86_64")]
 impl Scores for Avx2Scores {
-    #[inline(always)]
-    unsafe fn score(q: &[f32], k: &[f32]) -> f32 {
-        // SAFETY: the caller's CPU has AVX2 and FMA.
-        unsafe { Self::score4(q, [k, k, k, k])[0] }
-    }
     #[inline(always)]
     unsafe fn score4(q: &[f32], ks: [&[f32]; 4]) -> [f32; 4] {
         // SAFETY: the caller's CPU has AVX2 and FMA.
@@ -853,11 +854,6 @@ struct Avx512Scores;
 
 #[cfg(target_arch = "x86_64")]
 impl Scores for Avx512Scores {
-    #[inline(always)]
-    unsafe fn score(q: &[f32], k: &[f32]) -> f32 {
-        // SAFETY: the caller's CPU has AVX-512 F.
-        unsafe { Self::score4(q, [k, k, k, k])[0] }
-    }
     #[inline(always)]
     unsafe fn score4(q: &[f32], ks: [&[f32]; 4]) -> [f32; 4] {
         // SAFETY: the caller's CPU has AVX-512 F.
