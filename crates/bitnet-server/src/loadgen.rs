@@ -35,6 +35,11 @@ pub struct LoadConfig {
     pub temperature: f32,
     /// The API key sent as `Authorization: Bearer` (servers with accounts).
     pub api_key: Option<String>,
+    /// Client `i` of `n` sends its first request `i / n` of this after the
+    /// start, so that arrivals spread over time instead of all clients
+    /// starting, and (every request taking as many steps) finishing, in
+    /// lockstep. Zero: all start at once.
+    pub stagger: Duration,
 }
 
 /// One streamed answer.
@@ -306,10 +311,12 @@ pub async fn run_load(cfg: &LoadConfig) -> LoadReport {
     let start = Instant::now();
     let until = start + cfg.duration;
     let mut tasks = Vec::with_capacity(cfg.concurrency);
-    for _ in 0..cfg.concurrency {
+    for i in 0..cfg.concurrency {
         let (client, body, base) = (client.clone(), body.clone(), cfg.base_url.clone());
         let key = cfg.api_key.clone();
+        let delay = cfg.stagger.mul_f64(i as f64 / cfg.concurrency as f64);
         tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
             let mut outcomes = Vec::new();
             while Instant::now() < until {
                 outcomes.push(stream_chat_as(&client, &base, &body, key.as_deref()).await);

@@ -30,6 +30,7 @@ async fn sixty_four_streaming_clients_for_a_minute() {
         prompt: "Tell me about the sea".into(),
         temperature: 0.8,
         api_key: None,
+        stagger: Duration::ZERO,
     })
     .await;
     eprintln!(

@@ -44,12 +44,20 @@ pub(crate) struct Args {
     /// KV budget of the in-process server, MiB.
     #[arg(long, default_value_t = 2048)]
     kv_budget_mib: usize,
+    /// Spread the clients' first requests over this many seconds (client i
+    /// of n starts at i/n of it) instead of starting all at once, so that
+    /// they do not arrive and finish in lockstep.
+    #[arg(long, default_value_t = 0.0)]
+    stagger: f64,
     /// Print the results as JSON lines too.
     #[arg(long)]
     json: bool,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    if !(args.stagger >= 0.0 && args.stagger.is_finite()) {
+        anyhow::bail!("--stagger must be a number of seconds, at least 0");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
@@ -91,10 +99,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             prompt: args.prompt.clone(),
             temperature: 0.0,
             api_key: None,
+            stagger: Duration::ZERO,
         };
         eprintln!("warming up...");
         run_load(&cfg).await;
         cfg.duration = Duration::from_secs_f64(args.duration);
+        cfg.stagger = Duration::from_secs_f64(args.stagger);
         println!(
             "{:>6} {:>8} {:>10} {:>6} {:>16} {:>18} {:>18} {:>6}",
             "conc",
