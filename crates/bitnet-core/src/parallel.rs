@@ -26,6 +26,15 @@ impl Parallelism<'_> {
         }
     }
 
+    /// Rows per task when `rows` rows of cheap per-row work (norms,
+    /// activations, quantizing a batch) are worth splitting over this
+    /// pool: from 8 rows and 2 threads up, about four tasks per thread.
+    /// `None`: run them on the calling thread.
+    pub fn rows_per_task(&self, rows: usize) -> Option<usize> {
+        let threads = self.threads();
+        (rows >= 8 && threads > 1).then(|| rows.div_ceil(4 * threads))
+    }
+
     /// Runs `f` with the matching faer [`Par`]. For a pool, `f` runs inside
     /// `pool.install` so faer's rayon calls land on that pool rather than the
     /// global one.
@@ -67,6 +76,10 @@ mod tests {
         assert_eq!(par, Par::rayon(2));
         assert!(inside, "work must run on the provided pool");
         assert_eq!(Parallelism::Sequential.threads(), 1);
+        assert_eq!(p.rows_per_task(7), None);
+        assert_eq!(p.rows_per_task(8), Some(1));
+        assert_eq!(p.rows_per_task(64), Some(8));
+        assert_eq!(Parallelism::Sequential.rows_per_task(64), None);
         assert_eq!(Parallelism::Sequential.run(|p| p), Par::Seq);
     }
 

@@ -538,9 +538,11 @@ struct HeadTask<'a> {
 }
 
 /// Causal attention of a run of heads, compiled for the widest vectors
-/// the CPU has. Every version runs the same Rust body and Rust never reorders
-/// float operations, so they compute the same bits; only the vector
-/// width of the dot products and the weighted sum changes.
+/// the CPU has. Every version runs the same Rust body with its own
+/// [`Scores`] kernel, and every kernel and every fused multiply-add
+/// computes the same bits, so the versions agree exactly; only the vector
+/// width changes. (The plain version calls libm's `fmaf` on x86 CPUs
+/// without FMA: exact, and slow, but those predate AVX2.)
 #[derive(Clone, Copy)]
 enum HeadAttention {
     Plain,
@@ -704,17 +706,12 @@ fn reduce_lanes(mut acc: [f32; SCORE_LANES]) -> f32 {
 #[inline(always)]
 fn score(q: &[f32], k: &[f32]) -> f32 {
     let mut acc = [0.0f32; SCORE_LANES];
-    let (qb, kb) = (q.chunks_exact(SCORE_LANES), k.chunks_exact(SCORE_LANES));
-    let mut tail = 0.0f32;
-    for (x, y) in qb.remainder().iter().zip(kb.remainder()) {
-        tail = x.mul_add(*y, tail);
-    }
-    for (x, y) in qb.zip(kb) {
+    for (x, y) in q.chunks_exact(SCORE_LANES).zip(k.chunks_exact(SCORE_LANES)) {
         for l in 0..SCORE_LANES {
             acc[l] = x[l].mul_add(y[l], acc[l]);
         }
     }
-    reduce_lanes(acc) + tail
+    reduce_lanes(acc) + score_tail(q, k)
 }
 
 /// [`score`] of one query against four keys, bit for bit, with the four
@@ -732,15 +729,7 @@ fn score4(q: &[f32], ks: [&[f32]; 4]) -> [f32; 4] {
             }
         }
     }
-    let mut out = [0.0f32; 4];
-    for (r, (a, k)) in acc.into_iter().zip(ks).enumerate() {
-        let mut tail = 0.0f32;
-        for (x, y) in q[n..].iter().zip(&k[n..q.len()]) {
-            tail = x.mul_add(*y, tail);
-        }
-        out[r] = reduce_lanes(a) + tail;
-    }
-    out
+    [0, 1, 2, 3].map(|r| reduce_lanes(acc[r]) + score_tail(q, ks[r]))
 }
 
 /// Attention scores ([`score`] and [`score4`]) with one instruction set.
@@ -1020,10 +1009,8 @@ fn for_rows<F>(par: Parallelism<'_>, n: usize, x: &[f32], out: &mut [f32], f: F)
 where
     F: Fn(&[f32], &mut [f32]) + Sync,
 {
-    let threads = par.threads();
-    match par {
-        Parallelism::Pool(pool) if n >= 8 && threads > 1 => {
-            let rows = n.div_ceil(4 * threads);
+    match (par, par.rows_per_task(n)) {
+        (Parallelism::Pool(pool), Some(rows)) => {
             let (wx, wo) = (x.len() / n, out.len() / n);
             pool.install(|| {
                 x.par_chunks(rows * wx)

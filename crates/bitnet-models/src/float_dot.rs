@@ -133,35 +133,11 @@ fn dot_avx2(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
     finish(lanes, format, x, b)
 }
 
-/// AVX-512: all 16 lanes in one register.
+/// AVX-512: all 16 lanes in one register (the 1 x 1 [`tile_avx512`]).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn dot_avx512(format: RowFormat, x: &[f32], b: &[u8]) -> f32 {
-    use std::arch::x86_64::*;
-    let blocks = x.len() / LANES;
-    assert!(b.len() >= blocks * LANES * format.width());
-    let (xp, bp) = (x.as_ptr(), b.as_ptr());
-    // SAFETY: as in `dot_avx2`.
-    let lanes = unsafe {
-        let mut acc = _mm512_setzero_ps();
-        for blk in 0..blocks {
-            let w = match format {
-                RowFormat::F32 => _mm512_loadu_ps(bp.add(blk * 64).cast::<f32>()),
-                RowFormat::BF16 => {
-                    let h = _mm256_loadu_si256(bp.add(blk * 32).cast::<__m256i>());
-                    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-                }
-                RowFormat::F16 => {
-                    _mm512_cvtph_ps(_mm256_loadu_si256(bp.add(blk * 32).cast::<__m256i>()))
-                }
-            };
-            acc = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(blk * LANES)), w, acc);
-        }
-        let mut lanes = [0.0f32; LANES];
-        _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
-        lanes
-    };
-    finish(lanes, format, x, b)
+    tile_avx512::<1, 1>(format, [x], [b])[0][0]
 }
 
 /// Widens 16 elements of block `blk` of a row to f32.
@@ -191,8 +167,8 @@ unsafe fn widen16_avx512(
 /// AVX-512, `R` rows against `T` vectors: a register tile of `R x T`
 /// accumulators, so each widened row block serves `T` vectors and each
 /// vector load serves `R` rows. Every (row, vector) pair keeps its own
-/// 16 lane sums with the same fused multiply-adds as [`dot_avx512`], so
-/// every result is bit for bit that function's.
+/// 16 lane sums of fused multiply-adds and ends with [`finish`], so every
+/// result is bit for bit the reference's.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn tile_avx512<const R: usize, const T: usize>(
@@ -286,23 +262,20 @@ pub(crate) fn dot_rows_many(
     rows: &[u8],
     out: &mut [f32],
 ) {
+    if cols == 0 {
+        // Empty rows: every dot is 0, however many pairs `out` holds.
+        out.fill(0.0);
+        return;
+    }
     let rb = cols * format.width();
-    let (tokens, nrows) = match cols {
-        0 => (out.len(), 0),
-        _ => (xs.len() / cols, rows.len() / rb),
-    };
+    let (tokens, nrows) = (xs.len() / cols, rows.len() / rb);
     assert!(
-        xs.len() == tokens * cols && rows.len() == nrows * rb && out.len() == nrows * tokens
-            || cols == 0,
+        xs.len() == tokens * cols && rows.len() == nrows * rb && out.len() == nrows * tokens,
         "{} values, {} row bytes and {} outputs for width {cols}",
         xs.len(),
         rows.len(),
         out.len()
     );
-    if cols == 0 {
-        out.fill(0.0);
-        return;
-    }
     let row = |r: usize| &rows[r * rb..(r + 1) * rb];
     let mut r0 = 0;
     #[cfg(target_arch = "x86_64")]

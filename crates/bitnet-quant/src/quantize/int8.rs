@@ -175,9 +175,8 @@ impl QuantizedActivations {
                 (*s, *sum) = quantize_into(row, &mut c[..cols]);
             }
         };
-        let per_task = tokens.div_ceil(4 * par.threads()).max(1);
-        match par {
-            Parallelism::Pool(pool) if tokens >= 8 && par.threads() > 1 => pool.install(|| {
+        match (par, par.rows_per_task(tokens)) {
+            (Parallelism::Pool(pool), Some(per_task)) => pool.install(|| {
                 codes
                     .par_chunks_mut(per_task * stride)
                     .zip(scales.par_chunks_mut(per_task))
