@@ -39,6 +39,7 @@ fn fresh_beside<T>(
         .file_name()
         .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
     let pid = std::process::id();
+    sweep_stale(path, &name, pid);
     for attempt in 0..10_000u32 {
         let tmp = path.with_file_name(format!(".{name}.{pid}.{attempt}.tmp"));
         match create(&tmp) {
@@ -51,6 +52,49 @@ fn fresh_beside<T>(
         path: path.to_path_buf(),
         message: "no free temporary name beside it".into(),
     })
+}
+
+/// Removes temporary files or directories for the same target left by
+/// processes that no longer run (a `kill -9` or a crash mid-write leaves
+/// them; nothing else can). Best effort, and only where `/proc` says which
+/// processes run, so a live writer's file is never touched.
+fn sweep_stale(path: &Path, name: &str, own_pid: u32) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|f| f.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        let mut parts = rest.split('.');
+        let (Some(pid), Some(attempt), None) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), attempt.parse::<u32>()) else {
+            continue;
+        };
+        if pid == own_pid || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let stale = entry.path();
+        let _ = match entry.file_type() {
+            Ok(t) if t.is_dir() => fs::remove_dir_all(&stale),
+            _ => fs::remove_file(&stale),
+        };
+    }
 }
 
 /// Syncs the directory holding `path` so the rename itself is durable.
@@ -100,18 +144,26 @@ impl AtomicFile {
         &self.tmp
     }
 
-    /// Flushes, syncs and renames the file into place.
+    /// Flushes, syncs and renames the file into place. On failure (a full
+    /// disk usually shows up here, when the last buffered bytes are
+    /// written or synced) the temporary file is removed.
     pub fn commit(mut self) -> Result<()> {
         let out = self.out.take().ok_or_else(|| Error::InFile {
             path: self.tmp.clone(),
             message: "committed twice".into(),
         })?;
-        let file = out
-            .into_inner()
-            .map_err(|e| Error::io(&self.tmp, "write")(e.into_error()))?;
-        file.sync_all().map_err(Error::io(&self.tmp, "sync"))?;
-        drop(file);
-        fs::rename(&self.tmp, &self.target).map_err(Error::io(&self.target, "rename"))?;
+        let placed = (|| {
+            let file = out
+                .into_inner()
+                .map_err(|e| Error::io(&self.tmp, "write")(e.into_error()))?;
+            file.sync_all().map_err(Error::io(&self.tmp, "sync"))?;
+            drop(file);
+            fs::rename(&self.tmp, &self.target).map_err(Error::io(&self.target, "rename"))
+        })();
+        if placed.is_err() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+        placed?;
         sync_parent(&self.target);
         Ok(())
     }
@@ -239,5 +291,47 @@ mod tests {
         fs::write(d.path().join("b"), b"2").unwrap();
         d.commit().unwrap();
         assert!(target.join("b").exists() && !target.join("a").exists());
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn temporaries_of_dead_writers_are_swept_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("m.gguf");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let own = std::process::id();
+        let dead_file = dir.path().join(format!(".m.gguf.{dead}.0.tmp"));
+        let dead_dir = dir.path().join(format!(".m.gguf.{dead}.1.tmp"));
+        let live = dir.path().join(".m.gguf.1.0.tmp"); // pid 1 always runs
+        let mine = dir.path().join(format!(".m.gguf.{own}.7.tmp"));
+        let other_target = dir.path().join(format!(".n.gguf.{dead}.0.tmp"));
+        let unrelated = dir.path().join(".m.gguf.notes.tmp");
+        for f in [&dead_file, &live, &mine, &other_target, &unrelated] {
+            fs::write(f, b"x").unwrap();
+        }
+        fs::create_dir(&dead_dir).unwrap();
+        fs::write(dead_dir.join("model.safetensors"), b"x").unwrap();
+        let f = AtomicFile::create(&target, false).unwrap();
+        assert!(!dead_file.exists() && !dead_dir.exists());
+        for kept in [&live, &mine, &other_target, &unrelated] {
+            assert!(kept.exists(), "{} must stay", kept.display());
+        }
+        drop(f);
+    }
+
+    #[test]
+    fn a_failed_commit_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The rename fails: the target is a non-empty directory.
+        let target = dir.path().join("m.gguf");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("keep"), b"old").unwrap();
+        let mut f = AtomicFile::create(&target, true).unwrap();
+        f.write_all(b"new").unwrap();
+        assert!(f.commit().is_err());
+        assert_eq!(fs::read(target.join("keep")).unwrap(), b"old");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "temp removed");
     }
 }

@@ -11,6 +11,14 @@
 //! byte g:  [7 6  | 5 4   | 3 2   | 1 0]
 //!           e g   e 32+g  e 64+g  e 96+g
 //! ```
+//!
+//! This is what bitnet.cpp's `quantize_i2_s` writes in its default x86
+//! build (`ACT_PARALLEL` in `include/gemm-config.h`), checked against
+//! `src/ggml-bitnet-mad.cpp`. Two other layouts share type id 36 and the
+//! same byte count, and no header field tells them apart: x86 builds
+//! without `ACT_PARALLEL` interleave four rows per byte, and newer ARM builds
+//! pack groups of 64 into 16 bytes. Files from those read as scrambled
+//! weights; convert them on x86 with the default build.
 
 use super::{hf2bit::first_invalid_2bit, shape_text};
 use crate::error::{Error, Format, Result};
@@ -39,7 +47,9 @@ fn check_len(n: usize) -> Result<()> {
 pub fn pack(codes: &[i8], scale: f32) -> Result<Vec<u8>> {
     check_len(codes.len())?;
     check_codes(codes)?;
-    if !scale.is_finite() {
+    // bitnet.cpp stores max |W| (never negative), and readers take the
+    // magnitude, so a sign here would be silently lost.
+    if !scale.is_finite() || scale.is_sign_negative() {
         return Err(Error::BadScale {
             what: "I2_S tensor",
             value: scale,
@@ -110,7 +120,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trip(groups in 1usize..6, seed in any::<u32>(), scale in -4.0f32..4.0) {
+        fn round_trip(groups in 1usize..6, seed in any::<u32>(), scale in 0.0f32..4.0) {
             let codes: Vec<i8> = (0..groups * GROUP).map(|i| ((seed as usize ^ (i * 31)) % 3) as i8 - 1).collect();
             let bytes = pack(&codes, scale).unwrap();
             prop_assert_eq!(bytes.len(), groups * 32 + 32);
@@ -133,6 +143,7 @@ mod tests {
     fn rejects_bad_input() {
         assert!(pack(&[0; 100], 1.0).is_err());
         assert!(pack(&[0; 128], f32::NAN).is_err());
+        assert!(pack(&[0; 128], -1.0).is_err() && pack(&[0; 128], -0.0).is_err());
         let mut b = pack(&[0; 128], 1.0).unwrap();
         assert!(matches!(
             unpack(&b[..40], 128),
