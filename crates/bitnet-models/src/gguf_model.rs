@@ -392,7 +392,7 @@ impl BitNetWeights {
             ));
         }
         let mut w = GgufWriter::new();
-        gguf_metadata(&mut w, c, ternary, arch)?;
+        gguf_metadata(&mut w, c, ternary, arch, &[])?;
         let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let (h, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
         let (ty, bytes) = gguf_float(&self.embed_tokens);
@@ -449,12 +449,14 @@ impl BitNetWeights {
 }
 
 /// Writes the model metadata of a BitNet GGUF file (architecture, shape,
-/// rope, activation, token ids) for `config` into `w`.
+/// rope, activation, token ids) for `config` into `w`, with the vocabulary
+/// `tokenizer` (`tokenizer.*` keys, see [`crate::tokenizer::gguf::to_metadata`]).
 pub(crate) fn gguf_metadata(
     w: &mut GgufWriter<'_>,
     c: &BitNetConfig,
     ternary: TernaryType,
     arch: GgufArch,
+    tokenizer: &[crate::tokenizer::gguf::MetadataEntry],
 ) -> Result<()> {
     let llama_cpp = arch == GgufArch::LlamaCpp;
     let arch = match c.activation {
@@ -488,9 +490,13 @@ pub(crate) fn gguf_metadata(
         };
         w.add_metadata(md("hidden_activation"), MetadataValue::String(act.into()))?;
     }
-    if llama_cpp {
+    let has_model = tokenizer.iter().any(|(k, _)| k == "tokenizer.ggml.model");
+    if llama_cpp && !has_model {
         // No vocabulary: llama.cpp then makes `vocab_size` dummy tokens.
         w.add_metadata("tokenizer.ggml.model", MetadataValue::String("none".into()))?;
+    }
+    for (k, v) in tokenizer {
+        w.add_metadata(k.clone(), v.clone())?;
     }
     if let Some(b) = c.bos_token_id {
         w.add_metadata("tokenizer.ggml.bos_token_id", MetadataValue::U32(b))?;

@@ -544,3 +544,36 @@ fn a_size_budget_promotes_the_most_sensitive_layers() {
     let e = convert(&float_dir(), &tmp.path().join("x.gguf"), &o, &mut |_| {}).unwrap_err();
     assert!(e.to_string().contains("--calib"), "{e}");
 }
+
+/// A converted GGUF file carries the input's vocabulary (llama.cpp's
+/// `tokenizer.ggml.*` keys), so it tokenizes alone, as the input's
+/// `tokenizer.json` does; converting that file again keeps it.
+#[test]
+fn converted_gguf_files_carry_the_tokenizer() {
+    use bitnet_models::gguf::{GgufFile, MetadataValue};
+    use bitnet_models::tokenizer::TextTokenizer;
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tmp.path().join("a/m.gguf");
+    let second = tmp.path().join("b/m.gguf");
+    std::fs::create_dir_all(first.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(second.parent().unwrap()).unwrap();
+    run(&float_dir(), &first, &opts(Target::Gguf(TernaryType::I2S))).unwrap();
+    let mut o = opts(Target::Gguf(TernaryType::Tq1_0));
+    o.allow_fallback = true;
+    run(&first, &second, &o).unwrap();
+    let hf = TextTokenizer::from_dir(&float_dir()).unwrap();
+    for path in [&first, &second] {
+        let file = GgufFile::open(path).unwrap();
+        assert_eq!(
+            file.metadata().get("tokenizer.ggml.model"),
+            Some(&MetadataValue::String("gpt2".into()))
+        );
+        let t = TextTokenizer::from_gguf(&file).unwrap();
+        for text in ["hello world", "Hi there,  12345 héllo\n\tend"] {
+            assert_eq!(
+                t.encode(text, true).unwrap(),
+                hf.encode(text, true).unwrap()
+            );
+        }
+    }
+}

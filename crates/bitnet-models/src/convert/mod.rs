@@ -32,6 +32,7 @@ pub mod calib;
 pub mod policy;
 pub(crate) mod sink;
 mod source;
+mod vocab;
 
 use crate::atomic::{AtomicDir, AtomicFile};
 use crate::config::BitNetConfig;
@@ -835,7 +836,8 @@ pub fn convert(
     let mut sink = match opts.target {
         Target::Gguf(tt) => {
             let mut w = GgufWriter::new();
-            gguf_metadata(&mut w, &c, tt, opts.arch)?;
+            let tokenizer = vocab::tokenizer_entries(input, &c)?;
+            gguf_metadata(&mut w, &c, tt, opts.arch, &tokenizer)?;
             let dense: Vec<String> = planned
                 .iter()
                 .filter(|p| {

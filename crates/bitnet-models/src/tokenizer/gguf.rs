@@ -233,6 +233,199 @@ pub(crate) fn from_metadata(md: &Metadata, source: &Path) -> Result<GgufTokenize
     })
 }
 
+/// A `tokenizer.ggml.*` key and its value, as [`to_metadata`] gives them.
+pub type MetadataEntry = (String, MetadataValue);
+
+/// The `tokenizer.ggml.*` keys describing the HF `tokenizer.json` in `json`
+/// to llama.cpp, as `convert_hf_to_gguf.py` writes them for byte-level BPE:
+/// the inverse of [`from_metadata`] for the two pre-tokenizers it knows.
+///
+/// `n_vocab` is the model's vocabulary (embedding rows): ids the tokenizer
+/// does not use become unused `[PAD{id}]` tokens, since llama.cpp needs one
+/// token per row. `known_bos`/`known_eos` are the ids the model config
+/// already names (written by the caller); BOS/EOS added by the tokenizer's
+/// post-processor become `add_bos_token`/`add_eos_token`, with their ids
+/// when the config names none. `chat_template` comes from
+/// `tokenizer_config.json`. Errors name `source` and say what is not
+/// expressible (another model type or pre-tokenizer, a normalizer).
+pub fn to_metadata(
+    json: &str,
+    n_vocab: usize,
+    known_bos: Option<u32>,
+    known_eos: Option<u32>,
+    chat_template: Option<&str>,
+    source: &Path,
+) -> Result<Vec<MetadataEntry>> {
+    let unsupported = |what: String| Error::InFile {
+        path: source.to_path_buf(),
+        message: format!(
+            "{what}; GGUF's tokenizer.ggml keys hold byte-level BPE with GPT-2's or Llama-3's \
+             pre-tokenizer only"
+        ),
+    };
+    let j: Value = serde_json::from_str(json).map_err(|e| Error::InFile {
+        path: source.to_path_buf(),
+        message: format!("not a tokenizer.json: {e}"),
+    })?;
+    let model = &j["model"];
+    if model["type"] != "BPE" {
+        return Err(unsupported(format!("tokenizer model {}", model["type"])));
+    }
+    if !j["normalizer"].is_null() {
+        return Err(unsupported(format!(
+            "normalizer {}",
+            j["normalizer"]["type"]
+        )));
+    }
+    let byte_level = |v: &Value, regex: bool| {
+        v["type"] == "ByteLevel"
+            && v["add_prefix_space"] != true
+            && v["use_regex"].as_bool().unwrap_or(true) == regex
+    };
+    let pre_tok = &j["pre_tokenizer"];
+    let ignore_merges = model["ignore_merges"].as_bool().unwrap_or(false);
+    let pre = if byte_level(pre_tok, true) && !ignore_merges {
+        "gpt-2"
+    } else if pre_tok["type"] == "Sequence"
+        && pre_tok["pretokenizers"].as_array().is_some_and(|p| {
+            p.len() == 2
+                && p[0]["type"] == "Split"
+                && p[0]["pattern"]["Regex"] == LLAMA3_REGEX
+                && p[0]["behavior"] == "Isolated"
+                && p[0]["invert"] != true
+                && byte_level(&p[1], false)
+        })
+        && ignore_merges
+    {
+        "llama-bpe"
+    } else {
+        return Err(unsupported(format!(
+            "pre-tokenizer {pre_tok} with ignore_merges = {ignore_merges}"
+        )));
+    };
+    if !j["decoder"].is_null() && j["decoder"]["type"] != "ByteLevel" {
+        return Err(unsupported(format!("decoder {}", j["decoder"]["type"])));
+    }
+
+    // id -> (text, llama.cpp type)
+    let mut tokens: Vec<Option<(String, i32)>> = vec![None; n_vocab];
+    let mut put = |id: u64, text: &str, ty: i32| -> Result<()> {
+        let slot = usize::try_from(id)
+            .ok()
+            .and_then(|i| tokens.get_mut(i))
+            .ok_or_else(|| Error::InFile {
+                path: source.to_path_buf(),
+                message: format!(
+                    "token {text:?} has id {id}, outside the model's vocabulary of {n_vocab}"
+                ),
+            })?;
+        *slot = Some((text.to_owned(), ty));
+        Ok(())
+    };
+    let vocab = model["vocab"]
+        .as_object()
+        .ok_or_else(|| unsupported("a BPE model without a vocab map".into()))?;
+    for (text, id) in vocab {
+        let id = id
+            .as_u64()
+            .ok_or_else(|| unsupported(format!("token {text:?} without an integer id")))?;
+        put(id, text, 1)?;
+    }
+    let text_id = |t: &str| vocab.get(t).and_then(Value::as_u64);
+    let mut added_ids = std::collections::HashMap::new();
+    for a in j["added_tokens"].as_array().into_iter().flatten() {
+        let (Some(id), Some(text)) = (a["id"].as_u64(), a["content"].as_str()) else {
+            return Err(unsupported(format!("added token {a}")));
+        };
+        let ty = if a["special"] == true {
+            TYPE_CONTROL
+        } else {
+            TYPE_USER_DEFINED
+        };
+        put(id, text, ty)?;
+        added_ids.insert(text.to_owned(), id);
+    }
+    let lookup = |t: &str| added_ids.get(t).copied().or_else(|| text_id(t));
+    const TYPE_UNUSED: i32 = 5;
+    let (texts, types): (Vec<String>, Vec<i32>) = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(id, t)| t.unwrap_or_else(|| (format!("[PAD{id}]"), TYPE_UNUSED)))
+        .unzip();
+
+    let mut merges = Vec::new();
+    for m in model["merges"].as_array().into_iter().flatten() {
+        merges.push(match m {
+            Value::String(s) => s.clone(),
+            Value::Array(p) if p.len() == 2 && p.iter().all(Value::is_string) => {
+                format!(
+                    "{} {}",
+                    p[0].as_str().unwrap_or(""),
+                    p[1].as_str().unwrap_or("")
+                )
+            }
+            other => return Err(unsupported(format!("merge {other}"))),
+        });
+    }
+
+    let mut out: Vec<MetadataEntry> = vec![
+        (
+            "tokenizer.ggml.model".into(),
+            MetadataValue::String("gpt2".into()),
+        ),
+        (
+            "tokenizer.ggml.pre".into(),
+            MetadataValue::String(pre.into()),
+        ),
+        (
+            "tokenizer.ggml.tokens".into(),
+            MetadataValue::Array(MetadataArray::String(texts)),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            MetadataValue::Array(MetadataArray::I32(types)),
+        ),
+        (
+            "tokenizer.ggml.merges".into(),
+            MetadataValue::Array(MetadataArray::String(merges)),
+        ),
+    ];
+    // BOS/EOS the post-processor adds around a single sequence.
+    let post = &j["post_processor"];
+    let single = match post["type"].as_str() {
+        None => &[][..],
+        Some("TemplateProcessing") => post["single"].as_array().map_or(&[][..], Vec::as_slice),
+        Some(other) => return Err(unsupported(format!("post-processor {other}"))),
+    };
+    let special_at = |v: Option<&Value>| -> Option<u32> {
+        let name = v?["SpecialToken"]["id"].as_str()?;
+        lookup(name).and_then(|id| u32::try_from(id).ok())
+    };
+    for (which, id, known) in [
+        ("bos", special_at(single.first()), known_bos),
+        ("eos", special_at(single.last()), known_eos),
+    ] {
+        let add = id.is_some() && (known.is_none() || known == id);
+        out.push((
+            format!("tokenizer.ggml.add_{which}_token"),
+            MetadataValue::Bool(add),
+        ));
+        if let (true, None, Some(id)) = (add, known, id) {
+            out.push((
+                format!("tokenizer.ggml.{which}_token_id"),
+                MetadataValue::U32(id),
+            ));
+        }
+    }
+    if let Some(t) = chat_template {
+        out.push((
+            "tokenizer.chat_template".into(),
+            MetadataValue::String(t.to_owned()),
+        ));
+    }
+    Ok(out)
+}
+
 /// The `tokenizer.json` some converters embed whole under
 /// `tokenizer.huggingface.json`, with the BOS/EOS/EOT ids of the
 /// `tokenizer.ggml.*` keys where present; `None` when the key is absent.

@@ -4,7 +4,10 @@
 use crate::{fixture, write_gguf_tokenizer};
 use bitnet_models::Error;
 use bitnet_models::gguf::{GgufWriter, MetadataArray, MetadataValue};
-use bitnet_models::tokenizer::{TextTokenizer, gguf::LLAMA3_REGEX};
+use bitnet_models::tokenizer::{
+    TextTokenizer,
+    gguf::{LLAMA3_REGEX, to_metadata},
+};
 use serde_json::{Value, json};
 use std::path::Path;
 
@@ -256,4 +259,141 @@ fn embedded_tokenizer_json_is_used_for_other_models() {
     let file = bitnet_models::gguf::GgufFile::open(&path).unwrap();
     let e = TextTokenizer::from_gguf(&file).unwrap_err();
     assert!(matches!(e, Error::BadMetadata { .. }), "{e}");
+}
+
+/// `tokenizer::gguf::to_metadata` (what `bitnet convert` writes into a GGUF
+/// file) describes each supported `tokenizer.json` so that the tokenizer
+/// built back from the file gives the source's ids, with the same keys as
+/// `write_gguf_tokenizer` (convert_hf_to_gguf.py's recipe) and padding
+/// tokens for model rows past the tokenizer.
+#[test]
+fn tokenizer_json_written_as_gguf_keys_gives_its_source_ids() {
+    let kjv: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/bitnet-kjv-5m/tokenizer.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut with_bos = small_bpe(true);
+    let n_small = with_bos["model"]["vocab"].as_object().unwrap().len() as u32;
+    with_bos["post_processor"] = json!({"type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<|bos|>", "type_id": 0}},
+                   {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<|bos|>": {"id": "<|bos|>", "ids": [n_small], "tokens": ["<|bos|>"]}}});
+    let mut texts = corpus();
+    texts.push("And God said, Let there be light: and there was light.".into());
+    for (j, pre, add_bos) in [
+        (small_bpe(false), "gpt-2", false),
+        (small_bpe(true), "llama-bpe", false),
+        (with_bos, "llama-bpe", true),
+        (kjv, "gpt-2", false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("tokenizer.json");
+        std::fs::write(&src, j.to_string()).unwrap();
+        let hf = TextTokenizer::from_file(&src).unwrap();
+        let n = hf.vocab_size();
+        let entries =
+            to_metadata(&j.to_string(), n + 3, None, None, Some("{{ x }}"), &src).unwrap();
+        let get = |k: &str| entries.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+        assert_eq!(
+            get("tokenizer.ggml.pre"),
+            Some(&MetadataValue::String(pre.into()))
+        );
+        assert_eq!(
+            get("tokenizer.ggml.add_bos_token"),
+            Some(&MetadataValue::Bool(add_bos))
+        );
+        let reference =
+            write_gguf_tokenizer(&j, pre, None, None, false, None, &dir.path().join("r.gguf"));
+        let rmd = reference.metadata();
+        let Some(MetadataValue::Array(MetadataArray::String(tokens))) =
+            get("tokenizer.ggml.tokens")
+        else {
+            panic!("tokens")
+        };
+        let Some(MetadataValue::Array(MetadataArray::String(ref_tokens))) =
+            rmd.get("tokenizer.ggml.tokens")
+        else {
+            panic!("reference tokens")
+        };
+        assert_eq!(&tokens[..n], &ref_tokens[..], "{pre}");
+        assert_eq!(
+            &tokens[n..],
+            [
+                "[PAD".to_owned() + &n.to_string() + "]",
+                format!("[PAD{}]", n + 1),
+                format!("[PAD{}]", n + 2)
+            ]
+        );
+        let merges = "tokenizer.ggml.merges";
+        assert_eq!(get(merges), rmd.get(merges), "{pre}");
+        let Some(MetadataValue::Array(MetadataArray::I32(types))) =
+            get("tokenizer.ggml.token_type")
+        else {
+            panic!("types")
+        };
+        let Some(MetadataValue::Array(MetadataArray::I32(ref_types))) =
+            rmd.get("tokenizer.ggml.token_type")
+        else {
+            panic!("reference types")
+        };
+        assert_eq!(&types[..n], &ref_types[..]);
+        assert_eq!(&types[n..], [5, 5, 5], "unused");
+
+        let (_d, path) = metadata_file(
+            entries
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect(),
+        );
+        let g =
+            TextTokenizer::from_gguf(&bitnet_models::gguf::GgufFile::open(&path).unwrap()).unwrap();
+        assert_eq!(g.chat_template(), Some("{{ x }}"));
+        for text in &texts {
+            assert_eq!(
+                g.encode(text, true).unwrap(),
+                hf.encode(text, true).unwrap(),
+                "{pre}: {text:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn tokenizers_gguf_keys_cannot_express_are_refused_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("tokenizer.json");
+    let n = 400;
+    let mut unigram = small_bpe(false);
+    unigram["model"]["type"] = json!("Unigram");
+    let mut normalized = small_bpe(false);
+    normalized["normalizer"] = json!({"type": "NFC"});
+    let mut prefix_space = small_bpe(false);
+    prefix_space["pre_tokenizer"]["add_prefix_space"] = json!(true);
+    let mut mixed = small_bpe(false);
+    mixed["model"]["ignore_merges"] = json!(true);
+    for (j, what) in [
+        (unigram, "Unigram"),
+        (normalized, "NFC"),
+        (prefix_space, "add_prefix_space"),
+        (mixed, "ignore_merges = true"),
+    ] {
+        let e = to_metadata(&j.to_string(), n, None, None, None, &src).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains(what) && msg.contains("tokenizer.json"),
+            "{msg}"
+        );
+        assert!(msg.contains("byte-level BPE"), "{msg}");
+    }
+    // A tokenizer with more tokens than the model has rows.
+    let e = to_metadata(&small_bpe(false).to_string(), 10, None, None, None, &src).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("outside the model's vocabulary of 10"),
+        "{e}"
+    );
 }
