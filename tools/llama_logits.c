@@ -42,6 +42,11 @@ int main(int argc, char ** argv) {
 
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
+    /* Weights stay in the plain CPU buffer: no repacked or AMX copies. On
+     * AMX machines ggml's AMX Q8_0 kernel dies with SIGILL (it runs tile
+     * instructions without asking the kernel for the AMX state), and the
+     * plain path is ggml's reference vec_dot for every type. */
+    mp.use_extra_bufts = false;
     struct llama_model * model = llama_model_load_from_file(argv[1], mp);
     if (!model) {
         fprintf(stderr, "failed to load %s\n", argv[1]);
