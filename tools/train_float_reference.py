@@ -8,7 +8,7 @@ offline machine cannot download. `bitnet convert` then ternarizes it, and
     sh tools/fetch_kjv_corpus.sh /tmp/kjv.txt
     TORCHDYNAMO_DISABLE=1 /tmp/refvenv/bin/python tools/train_float_reference.py \
         --corpus /tmp/kjv.txt --tokenizer models/bitnet-kjv-5m/tokenizer.json \
-        --out /tmp/kjv-float [--minutes 12] [--threads 2]
+        --out /tmp/kjv-float [--minutes 20] [--threads 2]
 
 Writes OUT/{config.json, model.safetensors (bf16), tokenizer.json} (an HF float BitNet
 checkpoint), OUT/heldout.txt (the last 2% of verses, never trained on), OUT/calib.txt
@@ -53,9 +53,12 @@ def main():
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--tokenizer", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--minutes", type=float, default=12.0)
+    ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
+    # 768 = 3 x 256: every row length is a multiple of the TQ1_0/TQ2_0 block, so every
+    # target format holds every layer without an F16 fallback.
+    ap.add_argument("--intermediate", type=int, default=768)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -76,7 +79,7 @@ def main():
     data = torch.tensor(ids, dtype=torch.long)
     print(f"{len(ids)} training tokens, {len(held_ids)} held-out tokens", flush=True)
 
-    cfg = BitNetConfig(vocab_size=tok.get_vocab_size(), hidden_size=256, intermediate_size=640,
+    cfg = BitNetConfig(vocab_size=tok.get_vocab_size(), hidden_size=256, intermediate_size=args.intermediate,
                        num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=4,
                        max_position_embeddings=CTX, hidden_act="relu2", tie_word_embeddings=True,
                        rms_norm_eps=1e-5, bos_token_id=None, eos_token_id=None,

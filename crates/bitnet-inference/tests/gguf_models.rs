@@ -284,3 +284,41 @@ const TOL_F16_EMBD: f32 = 3e-4;
 /// The embedding rows themselves are dequantized bit-identically to ggml
 /// (bitnet-models' dequant oracle test).
 const TOL_K_EMBD: f32 = 2e-6;
+
+/// TQ2_0 with a different scale in every block (llama.cpp's quantizer on
+/// float weights, `tools/make_group_scaled_fixture.py`): the layers load as
+/// dense TQ2_0 matrices (the ternary kernels hold one scale per tensor or
+/// row), dotted like llama.cpp's `vec_dot_tq2_0_q8_K` (Q8_K activations,
+/// integer block sums), and give llama.cpp's logits: measured 0.16 on
+/// logits up to 129 (1.3e-3; 7e-3 when the dense blocks were dotted with
+/// f32 activations), allowed 3e-3 as for k-quant layers; same top-1.
+#[test]
+fn per_block_scaled_tq2_0_gives_llama_cpp_logits() {
+    let bytes = std::fs::read(gguf_py("group_llama_logits.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let raw = |n: &str| st.tensor(n).unwrap().data().to_vec();
+    let ids: Vec<u32> = raw("ids")
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+        .collect();
+    let want: Vec<f32> = raw("logits")
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let model = BitNetModel::load(&gguf_py("tq2_0_groups.gguf")).unwrap();
+    for l in &model.weights().layers {
+        // One block per row (width 256): a per-row scale, for the kernels.
+        for lin in [&l.q_proj, &l.k_proj, &l.o_proj, &l.up_proj] {
+            assert!(matches!(lin, Linear::Ternary(_)), "one block per row");
+        }
+        // Three blocks per row (width 768), three scales.
+        assert!(matches!(l.down_proj, Linear::Dense(_)), "stays dense");
+    }
+    let got = logits(&model, &ids);
+    let diff = max_abs_diff(&got, &want);
+    let magnitude = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    eprintln!("per-block TQ2_0 vs llama.cpp: max |diff| {diff} (logits up to {magnitude})");
+    assert!(diff < 3e-3 * magnitude, "{diff}");
+    let vocab = model.config().vocab_size;
+    assert_eq!(argmax_rows(&got, vocab), argmax_rows(&want, vocab));
+}

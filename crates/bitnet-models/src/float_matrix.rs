@@ -30,6 +30,12 @@ pub enum FloatEncoding {
     Q4K,
     /// ggml Q6_K: super-blocks of 256 (210 bytes).
     Q6K,
+    /// ggml TQ1_0 with a scale per block of 256 (54 bytes): ternary
+    /// weights whose scales differ within a row, which the ternary kernels
+    /// (one scale per tensor or row) cannot run.
+    Tq1_0,
+    /// ggml TQ2_0 with a scale per block of 256 (66 bytes), as `Tq1_0`.
+    Tq2_0,
 }
 
 impl FloatEncoding {
@@ -42,6 +48,8 @@ impl FloatEncoding {
             FloatEncoding::Q8_0 => GgmlType::Q8_0,
             FloatEncoding::Q4K => GgmlType::Q4_K,
             FloatEncoding::Q6K => GgmlType::Q6_K,
+            FloatEncoding::Tq1_0 => GgmlType::TQ1_0,
+            FloatEncoding::Tq2_0 => GgmlType::TQ2_0,
         }
     }
 
@@ -54,6 +62,8 @@ impl FloatEncoding {
             GgmlType::Q8_0 => FloatEncoding::Q8_0,
             GgmlType::Q4_K => FloatEncoding::Q4K,
             GgmlType::Q6_K => FloatEncoding::Q6K,
+            GgmlType::TQ1_0 => FloatEncoding::Tq1_0,
+            GgmlType::TQ2_0 => FloatEncoding::Tq2_0,
             _ => return None,
         })
     }
@@ -63,7 +73,10 @@ impl FloatEncoding {
         match self {
             FloatEncoding::F32 | FloatEncoding::F16 | FloatEncoding::BF16 => 1,
             FloatEncoding::Q8_0 => 32,
-            FloatEncoding::Q4K | FloatEncoding::Q6K => 256,
+            FloatEncoding::Q4K
+            | FloatEncoding::Q6K
+            | FloatEncoding::Tq1_0
+            | FloatEncoding::Tq2_0 => 256,
         }
     }
 
@@ -75,6 +88,8 @@ impl FloatEncoding {
             FloatEncoding::Q8_0 => 34,
             FloatEncoding::Q4K => 144,
             FloatEncoding::Q6K => 210,
+            FloatEncoding::Tq1_0 => 54,
+            FloatEncoding::Tq2_0 => 66,
         }
     }
 
@@ -417,8 +432,9 @@ impl FloatMatrix {
     }
 
     /// Quantizes `xs` (rows of `cols` values) into `into` when this matrix
-    /// has an integer dot (Q8_0, Q4_K, Q6_K): each row becomes int8 blocks
-    /// as in llama.cpp (Q8_0 activations for Q8_0, Q8_K for the k-quants),
+    /// has an integer dot (Q8_0, Q4_K, Q6_K, TQ1_0, TQ2_0): each row becomes
+    /// int8 blocks as in llama.cpp (Q8_0 activations for Q8_0, Q8_K for the
+    /// k-quants and TQ types),
     /// for [`Self::dot_row_quantized`]. Returns false for F32, F16 and
     /// BF16, which dot in f32 ([`Self::dot_row_many`]).
     ///
@@ -431,9 +447,11 @@ impl FloatMatrix {
             xs.len()
         );
         let ty = match self.encoding {
-            FloatEncoding::Q8_0 | FloatEncoding::Q4K | FloatEncoding::Q6K => {
-                self.encoding.ggml_type()
-            }
+            FloatEncoding::Q8_0
+            | FloatEncoding::Q4K
+            | FloatEncoding::Q6K
+            | FloatEncoding::Tq1_0
+            | FloatEncoding::Tq2_0 => self.encoding.ggml_type(),
             _ => return false,
         };
         into.quantize(ty, xs, self.cols, quant_dot::Backend::detect())

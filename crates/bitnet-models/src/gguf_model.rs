@@ -155,8 +155,8 @@ fn float_tensor(file: &GgufFile, name: &str, shape: &[usize]) -> Result<Vec<f32>
     file.dequantize_tensor(name)
 }
 
-/// A `[rows, cols]` float matrix (token embeddings, output layer) that
-/// stays in the file: F32, F16, BF16 or Q8_0.
+/// A `[rows, cols]` float matrix (token embeddings, output layer, dense
+/// linear layers) that stays in the file, in any [`FloatEncoding`].
 fn float_matrix(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<FloatMatrix> {
     let ty = check_dims(file, name, &[rows, cols])?;
     let encoding = FloatEncoding::from_ggml_type(ty).ok_or_else(|| Error::TensorDtype {
@@ -181,12 +181,14 @@ fn gguf_float(m: &FloatMatrix) -> (GgmlType, Vec<u8>) {
     (m.encoding().ggml_type(), m.encoded_bytes().to_vec())
 }
 
-/// Per-block scales → one per tensor or one per row.
-fn block_scale(name: &str, scales: &[f32], rows: usize) -> Result<WeightScale> {
+/// Per-block scales → one per tensor or one per row; `None` when the blocks
+/// of one row differ (per-group scales, as llama.cpp's quantizer writes
+/// for float weights), which the ternary kernels cannot run.
+fn block_scale(scales: &[f32], rows: usize) -> Option<WeightScale> {
     let nonzero: Vec<f32> = scales.iter().copied().filter(|&d| d != 0.0).collect();
     let first = nonzero.first().copied().unwrap_or(1.0);
     if nonzero.iter().all(|&d| d == first) {
-        return Ok(WeightScale::Tensor(first.abs().max(f32::MIN_POSITIVE)));
+        return Some(WeightScale::Tensor(first.abs().max(f32::MIN_POSITIVE)));
     }
     let per_row = scales.len() / rows.max(1);
     let mut channel = Vec::with_capacity(rows);
@@ -194,14 +196,11 @@ fn block_scale(name: &str, scales: &[f32], rows: usize) -> Result<WeightScale> {
         let nz: Vec<f32> = row.iter().copied().filter(|&d| d != 0.0).collect();
         let d = nz.first().copied().unwrap_or(1.0);
         if nz.iter().any(|&x| x != d) {
-            return Err(Error::Config(format!(
-                "tensor `{name}`: ternary blocks of one row have different scales; only per-tensor \
-                 or per-row scales are supported"
-            )));
+            return None;
         }
         channel.push(d.abs().max(f32::MIN_POSITIVE));
     }
-    Ok(WeightScale::Channel(channel))
+    Some(WeightScale::Channel(channel))
 }
 
 /// Codes and a dequantizing scale of a float tensor that is ternary times
@@ -232,13 +231,20 @@ fn ternary_linear(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Resu
             let blocks: Vec<BlockTq2_0> =
                 blocks_from_bytes(file.tensor_bytes(name)?, rows * cols).map_err(q(name))?;
             let (codes, d) = tq2_0::to_codes(&blocks);
-            (codes, block_scale(name, &d, rows)?)
+            match block_scale(&d, rows) {
+                Some(s) => (codes, s),
+                // Checked blocks, kept as they are and dotted block by block.
+                None => return Ok(Linear::Dense(float_matrix(file, name, rows, cols)?)),
+            }
         }
         GgmlType::TQ1_0 => {
             let blocks: Vec<BlockTq1_0> =
                 blocks_from_bytes(file.tensor_bytes(name)?, rows * cols).map_err(q(name))?;
             let (codes, d) = tq1_0::to_codes(&blocks);
-            (codes, block_scale(name, &d, rows)?)
+            match block_scale(&d, rows) {
+                Some(s) => (codes, s),
+                None => return Ok(Linear::Dense(float_matrix(file, name, rows, cols)?)),
+            }
         }
         _ => {
             let w = float_tensor(file, name, &[rows, cols])?;

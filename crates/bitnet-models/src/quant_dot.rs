@@ -1,4 +1,5 @@
-//! Integer dot products of ggml-quantized rows (Q8_0, Q4_K, Q6_K) with
+//! Integer dot products of ggml-quantized rows (Q8_0, Q4_K, Q6_K, and
+//! TQ1_0/TQ2_0 with a scale per block) with
 //! activations quantized to int8 blocks — how llama.cpp runs a matmul
 //! whose weights are in one of these types, and how it runs the output
 //! layer of a model whose `output`/`token_embd` is Q6_K.
@@ -16,6 +17,7 @@
 //! Q4_K: isc = Σ_j sc[j] · Σ_{i∈j} q_i·y_i,  imin = Σ_j m[j] · (bsum[2j] + bsum[2j+1])
 //!       sum += (d_w · d_y) · isc;  sum −= (dmin_w · d_y) · imin        (8 sub-blocks of 32)
 //! Q8_0: isum = Σ q_i·y_i;  sum += (d_w · d_y) · isum                    (blocks of 32)
+//! TQ:   isum = Σ t_i·y_i (t in -1..1);  sum += (d_w · d_y) · isum       (blocks of 256)
 //! ```
 //!
 //! The integer part is exact in every version (no partial sum can
@@ -30,6 +32,7 @@
 
 use crate::gguf::GgmlType;
 use crate::gguf::dequant::{BlockQ4K, QK_K, QK8_0};
+use bitnet_quant::formats::{TernaryBlock, tq1_0::BlockTq1_0, tq2_0::BlockTq2_0};
 use half::f16;
 
 /// The instruction set a [`BlockQ8Activations`] is dotted with, chosen
@@ -111,7 +114,7 @@ impl BlockQ8Activations {
     ) -> bool {
         let block = match ty {
             GgmlType::Q8_0 => QK8_0,
-            GgmlType::Q4_K | GgmlType::Q6_K => QK_K,
+            GgmlType::Q4_K | GgmlType::Q6_K | GgmlType::TQ1_0 | GgmlType::TQ2_0 => QK_K,
             _ => return false,
         };
         if cols == 0 || !cols.is_multiple_of(block) || !xs.len().is_multiple_of(cols) {
@@ -317,7 +320,38 @@ fn q4k_scale_mins(b: &[u8]) -> ([i16; 8], [i16; 8]) {
     (sc, m)
 }
 
+/// TQ1_0/TQ2_0 rows whose blocks carry their own scales (ggml's
+/// `vec_dot_tq*_q8_K`): `isum = Σ code_i · y_i` per block of 256, then
+/// `sum += (d_w · d_y) · isum`. One portable version: the codes are unpacked
+/// per block and the integer loop vectorizes as it is. NaN for a block with
+/// an invalid code (loading checks every block first).
+fn dot_ternary<B: TernaryBlock>(row: &[u8], a: ActRow<'_>) -> f32 {
+    let mut sum = 0.0f32;
+    for ((b, y), &dy) in row
+        .chunks_exact(B::BYTES)
+        .zip(a.qs.chunks_exact(QK_K))
+        .zip(a.d)
+    {
+        let Ok(block) = B::read(b, 0) else {
+            return f32::NAN;
+        };
+        let isum: i32 = block
+            .codes()
+            .iter()
+            .zip(y)
+            .map(|(&c, &v)| i32::from(c) * i32::from(v))
+            .sum();
+        sum += (block.scale().to_f32() * dy) * isum as f32;
+    }
+    sum
+}
+
 fn dot(backend: Backend, ty: GgmlType, row: &[u8], a: ActRow<'_>) -> f32 {
+    match ty {
+        GgmlType::TQ1_0 => return dot_ternary::<BlockTq1_0>(row, a),
+        GgmlType::TQ2_0 => return dot_ternary::<BlockTq2_0>(row, a),
+        _ => {}
+    }
     match backend {
         Backend::Scalar => dot_scalar(ty, row, a),
         #[cfg(target_arch = "x86_64")]
@@ -594,6 +628,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bitnet_quant::formats::QuantBlock;
     use proptest::prelude::*;
 
     /// A row of `blocks` random blocks of `ty` with finite f16 scales.
@@ -658,6 +693,52 @@ mod tests {
                 for (g, w) in got.iter().zip(&want) {
                     prop_assert_eq!(g.to_bits(), w.to_bits(), "{:?} AVX2: {} vs {}", ty, g, w);
                 }
+            }
+        }
+    }
+
+    proptest! {
+        /// TQ rows with a scale per block: the integer dot is the exact
+        /// block sum `Σ_b d_w·d_y·Σ t·q` of the Q8_K codes (an f64 sum from
+        /// the quantized activations, independent of the implementation).
+        #[test]
+        fn ternary_rows_with_block_scales_dot_exactly(
+            tq1 in any::<bool>(),
+            codes in prop::collection::vec(-1i8..=1, 3 * QK_K),
+            scales in prop::collection::vec(0.01f32..2.0, 3),
+            x in prop::collection::vec(-4.0f32..4.0, 2 * 3 * QK_K),
+        ) {
+            let (cols, rows) = (3 * QK_K, 2);
+            let mut row = Vec::new();
+            for (c, &d) in codes.chunks(QK_K).zip(&scales) {
+                let d = half::f16::from_f32(d);
+                if tq1 {
+                    BlockTq1_0::from_codes(c, d).write(&mut row);
+                } else {
+                    BlockTq2_0::from_codes(c, d).write(&mut row);
+                }
+            }
+            let ty = if tq1 { GgmlType::TQ1_0 } else { GgmlType::TQ2_0 };
+            let mut act = BlockQ8Activations::new();
+            prop_assert!(act.quantize(ty, &x, cols, Backend::detect()));
+            let mut got = vec![0.0; rows];
+            act.dot_row(&row, &mut got);
+            for (t, &g) in got.iter().enumerate() {
+                let a = act.row(t);
+                let want: f64 = (0..3)
+                    .map(|b| {
+                        let d = f64::from(half::f16::from_f32(scales[b]).to_f32());
+                        let isum: i64 = (0..QK_K)
+                            .map(|i| i64::from(codes[b * QK_K + i]) * i64::from(a.qs[b * QK_K + i]))
+                            .sum();
+                        d * f64::from(a.d[b]) * isum as f64
+                    })
+                    .sum();
+                prop_assert!((f64::from(g) - want).abs() <= 1e-5 * want.abs().max(1.0), "{} vs {}", g, want);
+                // And within int8 rounding of the f32 dot of the dequantized row.
+                let float = dequantized_dot(ty, &row, &x[t * cols..(t + 1) * cols]);
+                let norm: f64 = x[t * cols..(t + 1) * cols].iter().map(|v| f64::from(v.abs())).sum::<f64>() * 2.0 / 127.0;
+                prop_assert!((f64::from(g) - float).abs() <= norm, "{} vs float {}", g, float);
             }
         }
     }

@@ -50,6 +50,7 @@
 use super::reader::GgufFile;
 use super::types::{GgmlType, Layout};
 use crate::error::{Error, Result};
+use bitnet_quant::formats::{TernaryBlock, tq1_0::BlockTq1_0, tq2_0::BlockTq2_0};
 use half::{bf16, f16};
 use std::fmt;
 
@@ -119,6 +120,11 @@ pub enum DequantError {
         /// Bytes given.
         actual: usize,
     },
+    /// A ternary block holds a code outside {-1, 0, +1}.
+    BadBlock {
+        /// Block index within the row.
+        block: usize,
+    },
     /// A block's f16 scale is NaN or infinite.
     NonFiniteScale {
         /// Block index within the row.
@@ -133,7 +139,7 @@ impl fmt::Display for DequantError {
         match self {
             DequantError::UnsupportedType(t) => write!(
                 f,
-                "type {t} cannot be dequantized to f32 here (F32, F16, BF16, Q8_0, Q4_K, Q6_K can)"
+                "type {t} cannot be dequantized to f32 here (F32, F16, BF16, Q8_0, Q4_K, Q6_K, TQ1_0, TQ2_0 can)"
             ),
             DequantError::PartialBlock { len, block } => {
                 write!(
@@ -143,6 +149,9 @@ impl fmt::Display for DequantError {
             }
             DequantError::Length { expected, actual } => {
                 write!(f, "needs {expected} bytes, got {actual}")
+            }
+            DequantError::BadBlock { block } => {
+                write!(f, "block {block} holds a ternary code outside -1, 0, +1")
             }
             DequantError::NonFiniteScale { block, value } => {
                 write!(f, "block {block} has a non-finite scale {value}")
@@ -163,6 +172,8 @@ pub fn is_supported(ty: GgmlType) -> bool {
             | GgmlType::Q8_0
             | GgmlType::Q4_K
             | GgmlType::Q6_K
+            | GgmlType::TQ1_0
+            | GgmlType::TQ2_0
     )
 }
 
@@ -253,7 +264,33 @@ pub fn dequantize_row(
                 BlockQ6K::read(c).dequantize(i, o)?;
             }
         }
+        GgmlType::TQ1_0 => ternary_blocks::<BlockTq1_0>(bytes, out)?,
+        GgmlType::TQ2_0 => ternary_blocks::<BlockTq2_0>(bytes, out)?,
         other => return Err(DequantError::UnsupportedType(other)),
+    }
+    Ok(())
+}
+
+/// TQ1_0/TQ2_0 blocks as `code * d`, which is ggml's `(q - 1) * d`. Codes
+/// are checked (ggml would read TQ2_0's unused code 3 as +2).
+#[inline(always)]
+fn ternary_blocks<B: TernaryBlock>(
+    bytes: &[u8],
+    out: &mut [f32],
+) -> std::result::Result<(), DequantError> {
+    for (i, (o, c)) in out
+        .chunks_exact_mut(B::WEIGHTS)
+        .zip(bytes.chunks_exact(B::BYTES))
+        .enumerate()
+    {
+        let b = B::read(c, i * B::BYTES).map_err(|_| DequantError::BadBlock { block: i })?;
+        let d = b.scale().to_f32();
+        if !d.is_finite() {
+            return Err(DequantError::NonFiniteScale { block: i, value: d });
+        }
+        for (y, t) in o.iter_mut().zip(b.codes()) {
+            *y = f32::from(t) * d;
+        }
     }
     Ok(())
 }
@@ -519,8 +556,18 @@ mod tests {
             })
         );
         assert_eq!(
-            dequantize_row(GgmlType::TQ2_0, &[0; 66], &mut out),
-            Err(DequantError::UnsupportedType(GgmlType::TQ2_0))
+            dequantize_row(GgmlType::Q4_0, &[0; 18 * 8], &mut out),
+            Err(DequantError::UnsupportedType(GgmlType::Q4_0))
+        );
+        // TQ2_0: code 3 (bits 11) is not a ternary code.
+        let mut tq = [0x55u8; 66];
+        tq[64..].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
+        assert_eq!(dequantize_row(GgmlType::TQ2_0, &tq, &mut out), Ok(()));
+        assert!(out.iter().all(|&v| v == 0.0), "0b01 is code 0");
+        tq[5] = 0xFF;
+        assert_eq!(
+            dequantize_row(GgmlType::TQ2_0, &tq, &mut out),
+            Err(DequantError::BadBlock { block: 0 })
         );
         let mut b = [0u8; 210];
         b[208..].copy_from_slice(&f16::NAN.to_le_bytes());
