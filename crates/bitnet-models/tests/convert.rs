@@ -577,3 +577,61 @@ fn converted_gguf_files_carry_the_tokenizer() {
         }
     }
 }
+
+/// `--scales group`: one absmean scale per block of 256 weights, stored in
+/// the TQ blocks. Rows of one block load as per-row ternary layers; wider
+/// rows (several scales) load as dense TQ matrices holding exactly the
+/// reference quantizer's codes times its f16-rounded multipliers. Formats
+/// with one scale per tensor refuse it.
+#[test]
+fn per_group_scales_are_stored_block_by_block() {
+    use bitnet_models::float_matrix::FloatEncoding;
+    use bitnet_models::synth::write_float_hf;
+    let tmp = tempfile::tempdir().unwrap();
+    let float = tmp.path().join("float");
+    write_float_hf(
+        Preset::Tiny,
+        6,
+        &float,
+        bitnet_models::hf_export::FloatDtype::BF16,
+        false,
+    )
+    .unwrap();
+    let ckpt = SafetensorsCheckpoint::open_dir(&float).unwrap();
+    for (tt, enc) in [
+        (TernaryType::Tq2_0, FloatEncoding::Tq2_0),
+        (TernaryType::Tq1_0, FloatEncoding::Tq1_0),
+    ] {
+        let out = tmp.path().join(format!("{tt:?}.gguf"));
+        let mut o = opts(Target::Gguf(tt));
+        o.scales = ScaleMode::Group;
+        run(&float, &out, &o).unwrap();
+        let w = BitNetWeights::from_gguf(&out).unwrap();
+        assert!(
+            matches!(w.layers[0].q_proj, Linear::Ternary(_)),
+            "one block per row"
+        );
+        let Linear::Dense(m) = &w.layers[1].down_proj else {
+            panic!("{tt:?}: rows of several blocks stay dense")
+        };
+        assert_eq!(m.encoding(), enc);
+        let (rows, cols) = (m.rows(), m.cols());
+        assert!(cols > 256, "several blocks per row");
+        let f = ckpt
+            .f32("model.layers.1.mlp.down_proj.weight", &[rows, cols])
+            .unwrap();
+        let want = quantize("d", &f, rows, cols, Granularity::PerGroup(256)).unwrap();
+        let got = m.to_f32();
+        for (i, &g) in got.iter().enumerate() {
+            let (r, c) = (i / cols, i % cols);
+            let mult = half::f16::from_f32(1.0 / want.scale_at(r, c)).to_f32();
+            assert_eq!(g, f32::from(want.codes[i]) * mult, "{tt:?} weight {i}");
+        }
+    }
+    for target in [Target::Gguf(TernaryType::I2S), Target::HfPacked] {
+        let mut o = opts(target);
+        o.scales = ScaleMode::Group;
+        let e = run(&float, &tmp.path().join("x"), &o).unwrap_err();
+        assert!(e.to_string().contains("per-group"), "{e}");
+    }
+}

@@ -143,12 +143,8 @@ pub fn gptq_ternary(
             detail: format!("Hessian of {} inputs for a [{rows}, {cols}] matrix", h.n),
         });
     }
-    if matches!(params.granularity, Granularity::PerGroup(_)) {
-        return Err(Error::Unsupported(
-            "gptq: per-group scales are not supported (per tensor or per channel)".into(),
-        ));
-    }
-    // The grid: absmean scales of the original weights.
+    // The grid: absmean scales of the original weights (per tensor, row or
+    // group of columns), fixed before any error is pushed into later columns.
     let base = ternary::quantize(tensor, w, rows, cols, params.granularity)?;
     let mut hm = h.h.clone();
     let mut work: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
@@ -339,7 +335,11 @@ mod tests {
         calib.accumulate(&inputs(512, cols, 10)).unwrap();
         let mut held = Hessian::new(cols);
         held.accumulate(&inputs(256, cols, 20)).unwrap();
-        for g in [Granularity::PerTensor, Granularity::PerChannel] {
+        for g in [
+            Granularity::PerTensor,
+            Granularity::PerChannel,
+            Granularity::PerGroup(32),
+        ] {
             let plain = ternary::quantize("w", &w, rows, cols, g).unwrap();
             let params = GptqParams {
                 granularity: g,

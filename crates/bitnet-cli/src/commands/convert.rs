@@ -31,9 +31,10 @@ pub(crate) struct Args {
     /// (a tied model stays tied).
     #[arg(long)]
     output_type: Option<String>,
-    /// Ternary scales of float layers: `tensor` (the reference) or
-    /// `channel` (one per output row; TQ1_0/TQ2_0 only).
-    #[arg(long, default_value = "tensor", value_parser = ["tensor", "channel"])]
+    /// Ternary scales of float layers: `tensor` (the reference), `channel`
+    /// (one per output row) or `group` (one per block of 256 weights in a
+    /// row); the last two TQ1_0/TQ2_0 only.
+    #[arg(long, default_value = "tensor", value_parser = ["tensor", "channel", "group"])]
     scales: String,
     /// Store tensors the format cannot hold (rows not a multiple of the
     /// block) as F16 instead of failing.
@@ -111,6 +112,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         output: args.output_type.as_deref().map(precision).transpose()?,
         scales: match args.scales.as_str() {
             "channel" => ScaleMode::Channel,
+            "group" => ScaleMode::Group,
             _ => ScaleMode::Tensor,
         },
         allow_fallback: args.allow_fallback,

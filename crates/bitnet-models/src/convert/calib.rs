@@ -172,7 +172,7 @@ pub(crate) fn calibrate(src: &Source, sequences: &[Vec<u32>]) -> Result<Calibrat
                         codes
                             .iter()
                             .enumerate()
-                            .map(|(i, &q)| f32::from(q) * scale.at_row(i / cols))
+                            .map(|(i, &q)| f32::from(q) * scale.at(i, cols))
                             .collect()
                     }
                 })

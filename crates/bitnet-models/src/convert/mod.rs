@@ -171,6 +171,36 @@ pub enum ScaleMode {
     /// One absmean scale per output row (TQ1_0/TQ2_0 hold it in their
     /// per-block scales; I2_S and the HF layout cannot).
     Channel,
+    /// One absmean scale per block of [`GROUP`] weights of a row: exactly
+    /// what a TQ1_0/TQ2_0 block holds. Our engine (and llama.cpp) runs such
+    /// layers block by block with int8 activations per block, slower than
+    /// the ternary kernels (one scale per tensor or row).
+    Group,
+}
+
+/// Weights per scale with [`ScaleMode::Group`]: one TQ1_0/TQ2_0 block.
+pub const GROUP: usize = 256;
+
+impl ScaleMode {
+    fn granularity(self) -> Granularity {
+        match self {
+            ScaleMode::Tensor => Granularity::PerTensor,
+            ScaleMode::Channel => Granularity::PerChannel,
+            ScaleMode::Group => Granularity::PerGroup(GROUP),
+        }
+    }
+
+    /// Dequantizing multipliers from quantizing scales `s` (codes = round(w·s)).
+    fn mult(self, s: &[f32]) -> Mult {
+        match self {
+            ScaleMode::Tensor => Mult::Tensor(1.0 / s[0]),
+            ScaleMode::Channel => Mult::Channel(s.iter().map(|s| 1.0 / s).collect()),
+            ScaleMode::Group => Mult::Group {
+                len: GROUP,
+                m: s.iter().map(|s| 1.0 / s).collect(),
+            },
+        }
+    }
 }
 
 /// How float linear layers are turned into ternary codes.
@@ -417,10 +447,10 @@ fn plan(
                 })
             };
             let emb = dt(opts.embeddings, "embeddings")?;
-            if opts.scales == ScaleMode::Channel {
+            if opts.scales != ScaleMode::Tensor {
                 return Err(Error::Config(
-                    "per-channel scales: the HF packed layout holds one weight_scale per tensor \
-                     (use gguf:tq2_0 or gguf:tq1_0)"
+                    "per-channel and per-group scales: the HF packed layout holds one \
+                     weight_scale per tensor (use gguf:tq2_0 or gguf:tq1_0)"
                         .into(),
                 ));
             }
@@ -512,9 +542,10 @@ fn plan(
                     note,
                 );
             }
-            if tt == TernaryType::I2S && opts.scales == ScaleMode::Channel {
+            if tt == TernaryType::I2S && opts.scales != ScaleMode::Tensor {
                 return Err(Error::Config(
-                    "per-channel scales: I2_S holds one scale per tensor (use gguf:tq2_0 or gguf:tq1_0)"
+                    "per-channel and per-group scales: I2_S holds one scale per tensor (use \
+                     gguf:tq2_0 or gguf:tq1_0)"
                         .into(),
                 ));
             }
@@ -559,7 +590,7 @@ fn plan(
                     };
                     let (store, note) = if ok {
                         (Store::Ternary(tt), None)
-                    } else if opts.scales == ScaleMode::Channel {
+                    } else if opts.scales != ScaleMode::Tensor {
                         return Err(Error::TensorData {
                             name,
                             message: format!(
@@ -650,18 +681,10 @@ fn ternarize(
     cols: usize,
     mode: ScaleMode,
 ) -> Result<Ternarized> {
-    let g = match mode {
-        ScaleMode::Tensor => Granularity::PerTensor,
-        ScaleMode::Channel => Granularity::PerChannel,
-    };
-    let t = quantize(name, w, rows, cols, g).map_err(Error::quant(name))?;
-    let scale = match mode {
-        ScaleMode::Tensor => Mult::Tensor(1.0 / t.scales[0]),
-        ScaleMode::Channel => Mult::Channel(t.scales.iter().map(|s| 1.0 / s).collect()),
-    };
+    let t = quantize(name, w, rows, cols, mode.granularity()).map_err(Error::quant(name))?;
     Ok(Ternarized {
+        scale: mode.mult(&t.scales),
         codes: t.codes,
-        scale,
     })
 }
 
@@ -677,9 +700,9 @@ fn write_ternary(
     let q = Error::quant(name);
     let tensor_scale = |what: &str| match &t.scale {
         Mult::Tensor(m) => Ok(*m),
-        Mult::Channel(_) => Err(Error::TensorData {
+        Mult::Channel(_) | Mult::Group { .. } => Err(Error::TensorData {
             name: name.into(),
-            message: format!("has per-channel scales; {what} holds one per tensor"),
+            message: format!("has per-channel or per-group scales; {what} holds one per tensor"),
         }),
     };
     sink.start(name)?;
@@ -688,13 +711,16 @@ fn write_ternary(
             sink.part(&i2s::pack(&t.codes, tensor_scale("I2_S")?).map_err(q)?)?
         }
         Store::Ternary(tt) => {
-            for (r, row) in t.codes.chunks(cols).enumerate() {
-                let m = t.scale.at_row(r);
+            // Block by block: each TQ block holds its own scale.
+            for (b, block) in t.codes.chunks(GROUP).enumerate() {
+                let m = t.scale.at(b * GROUP, cols);
                 let bytes = match tt {
                     TernaryType::Tq1_0 => {
-                        blocks_to_bytes(&tq1_0::from_ternary(row, m).map_err(Error::quant(name))?)
+                        blocks_to_bytes(&tq1_0::from_ternary(block, m).map_err(Error::quant(name))?)
                     }
-                    _ => blocks_to_bytes(&tq2_0::from_ternary(row, m).map_err(Error::quant(name))?),
+                    _ => {
+                        blocks_to_bytes(&tq2_0::from_ternary(block, m).map_err(Error::quant(name))?)
+                    }
                 };
                 sink.part(&bytes)?;
             }
@@ -972,9 +998,8 @@ pub fn convert(
                                 return Err(Error::Config("GPTQ needs calibration text".into()));
                             }
                         };
-                        let stats = compare(&w, |idx| {
-                            f32::from(t.codes[idx]) * t.scale.at_row(idx / cols)
-                        });
+                        let stats =
+                            compare(&w, |idx| f32::from(t.codes[idx]) * t.scale.at(idx, cols));
                         if let Some(cal) = &calibration {
                             let held = &cal.held_out[i].inputs[calib::input_of(k)];
                             errs = output_errors(&hf_name, &w, &t, &plain, rows, cols, held, opts)?;
@@ -1211,20 +1236,13 @@ fn gptq(
 ) -> Result<Ternarized> {
     let params = GptqParams {
         damp: opts.damp,
-        granularity: match opts.scales {
-            ScaleMode::Tensor => Granularity::PerTensor,
-            ScaleMode::Channel => Granularity::PerChannel,
-        },
+        granularity: opts.scales.granularity(),
     };
     let t = gptq_ternary(name, w, rows, cols, h, params, Parallelism::Sequential)
         .map_err(Error::quant(name))?;
-    let scale = match opts.scales {
-        ScaleMode::Tensor => Mult::Tensor(1.0 / t.scales[0]),
-        ScaleMode::Channel => Mult::Channel(t.scales.iter().map(|s| 1.0 / s).collect()),
-    };
     Ok(Ternarized {
+        scale: opts.scales.mult(&t.scales),
         codes: t.codes,
-        scale,
     })
 }
 
@@ -1232,7 +1250,7 @@ fn dequant(t: &Ternarized, cols: usize) -> Vec<f32> {
     t.codes
         .iter()
         .enumerate()
-        .map(|(i, &c)| f32::from(c) * t.scale.at_row(i / cols))
+        .map(|(i, &c)| f32::from(c) * t.scale.at(i, cols))
         .collect()
 }
 

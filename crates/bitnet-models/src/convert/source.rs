@@ -34,13 +34,21 @@ pub(crate) enum Mult {
     Tensor(f32),
     /// One per output row.
     Channel(Vec<f32>),
+    /// One per `len` consecutive weights of a row (the last group of a row
+    /// may be shorter), row-major.
+    Group { len: usize, m: Vec<f32> },
 }
 
 impl Mult {
-    pub(crate) fn at_row(&self, r: usize) -> f32 {
+    /// The multiplier of weight `idx` (row-major) of a matrix `cols` wide.
+    pub(crate) fn at(&self, idx: usize, cols: usize) -> f32 {
         match self {
             Mult::Tensor(m) => *m,
-            Mult::Channel(v) => v[r],
+            Mult::Channel(v) => v[idx / cols],
+            Mult::Group { len, m } => {
+                let (r, c) = (idx / cols, idx % cols);
+                m[r * cols.div_ceil(*len) + c / len]
+            }
         }
     }
 }
