@@ -1,7 +1,7 @@
 #!/bin/sh
 # What each conversion method costs in quality, end to end, on one float model:
 # perplexity on held-out text and KL divergence against the float model itself, plus file
-# size, for plain absmean (per tensor and per channel), GPTQ, mixed precision by policy and
+# size, for plain absmean (per tensor, per channel, per 256-group), GPTQ (the same three), mixed precision by policy and
 # by size budget, and all-int8. The float model runs in our engine with every layer kept in
 # f32 (its perplexity checks against PyTorch's in reference.json when the model came from
 # tools/train_float_reference.py).
@@ -66,8 +66,10 @@ while IFS='|' read -r name args; do
 done <<EOF
 absmean|--to gguf:i2_s
 absmean-channel|--to gguf:tq2_0 --scales channel
+absmean-group|--to gguf:tq2_0 --scales group
 gptq|--to gguf:i2_s --method gptq --calib $calib --calib-tokens 16384
 gptq-channel|--to gguf:tq2_0 --scales channel --method gptq --calib $calib --calib-tokens 16384
+gptq-group|--to gguf:tq2_0 --scales group --method gptq --calib $calib --calib-tokens 16384
 ends-int8|--to gguf:i2_s --precision-policy $out/ends-int8.toml
 budget|--to gguf:i2_s --calib $calib --calib-tokens 16384 --budget-mib ${BUDGET_MIB:-4}
 all-int8|--to gguf:i2_s --precision-policy $out/all-int8.toml
@@ -76,8 +78,8 @@ EOF
 python3 - "$out" "$float" <<'EOF'
 import json, os, sys
 out, float_dir = sys.argv[1], sys.argv[2]
-names = ["float", "absmean", "absmean-channel", "gptq", "gptq-channel", "ends-int8", "budget",
-         "all-int8"]
+names = ["float", "absmean", "absmean-channel", "absmean-group", "gptq", "gptq-channel",
+         "gptq-group", "ends-int8", "budget", "all-int8"]
 print("| model | file MiB | perplexity | KL vs float | same top-1 |")
 print("|---|---:|---:|---:|---:|")
 for n in names:

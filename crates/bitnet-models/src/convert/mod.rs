@@ -278,7 +278,7 @@ impl Default for ConvertOptions {
             insert_subln: false,
             measure_floats: false,
             method: Method::Absmean,
-            damp: 0.01,
+            damp: GptqParams::default().damp,
             calibration: None,
             low_rank: 0,
             policy: None,
