@@ -23,6 +23,7 @@ pub struct TestServer {
     pub client: HttpClient,
     shutdown: Option<oneshot::Sender<()>>,
     pub handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _template_dir: tempfile::TempDir,
 }
 
 impl TestServer {
@@ -30,10 +31,10 @@ impl TestServer {
         // The tiny model's byte-level vocabulary spells Llama-3's special
         // tokens out byte by byte, too long for its 128 positions; a short
         // template keeps prompts small.
-        let template = std::env::temp_dir().join(format!(
-            "bitnet-server-test-template-{}.jinja",
-            std::process::id()
-        ));
+        // Per server and removed with it: tests run in parallel and must
+        // not leave files behind.
+        let template_dir = tempfile::tempdir().unwrap();
+        let template = template_dir.path().join("template.jinja");
         std::fs::write(
             &template,
             "{% for m in messages %}{{ m['role'][0] }}: {{ m['content'] }}\n{% endfor %}             {% if add_generation_prompt %}a:{% endif %}",
@@ -63,6 +64,7 @@ impl TestServer {
             client: client(),
             shutdown: Some(tx),
             handle: Some(handle),
+            _template_dir: template_dir,
         }
     }
 
