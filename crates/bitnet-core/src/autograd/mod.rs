@@ -40,7 +40,7 @@ mod tests;
 pub use kernels::AttnDims;
 
 use crate::error::{Error, Result};
-use crate::ops::OpKind;
+use crate::ops::{OpKind, round_half_even_small};
 use crate::parallel::Parallelism;
 use crate::shape::Shape;
 
@@ -151,7 +151,8 @@ pub fn act_quant_row(row: &[f32], out: &mut [f32]) {
     let absmax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let s = 127.0 / absmax.max(1e-5);
     for (o, &v) in out.iter_mut().zip(row) {
-        *o = (v * s).round_ties_even().clamp(-128.0, 127.0) / s;
+        // |v s| <= 127 by the choice of s.
+        *o = round_half_even_small(v * s).clamp(-128.0, 127.0) / s;
     }
 }
 
@@ -161,7 +162,9 @@ pub fn weight_quant(w: &[f32], out: &mut [f32]) {
     let mean = w.iter().map(|v| v.abs()).sum::<f32>() / w.len().max(1) as f32;
     let s = 1.0 / mean.max(1e-5);
     for (o, &v) in out.iter_mut().zip(w) {
-        *o = (v * s).round_ties_even().clamp(-1.0, 1.0) / s;
+        // Clamping to ±2 first bounds the rounding's input and changes
+        // nothing: everything past ±1.5 ends at ±1 either way.
+        *o = round_half_even_small((v * s).clamp(-2.0, 2.0)).clamp(-1.0, 1.0) / s;
     }
 }
 

@@ -28,6 +28,7 @@ mod matmul;
 mod norm;
 mod reduce;
 mod rope;
+mod round;
 pub mod rows;
 mod softmax;
 mod unary;
@@ -39,6 +40,7 @@ pub use matmul::matmul;
 pub use norm::rms_norm;
 pub use reduce::{argmax_last_dim, max_last_dim, sum_last_dim};
 pub use rope::rope_rotate_half;
+pub use round::round_half_even_small;
 pub use softmax::softmax_last_dim;
 pub use unary::{relu, relu2, scale, silu};
 

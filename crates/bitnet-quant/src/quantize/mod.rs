@@ -37,8 +37,7 @@ pub fn round_half_even(v: f32) -> f32 {
 /// branch, so loops over it vectorize.
 #[inline]
 pub(crate) fn round_small(v: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
-    (v + MAGIC) - MAGIC
+    bitnet_core::ops::round_half_even_small(v)
 }
 
 /// Checks that `data` is non-empty and finite, naming `tensor` otherwise.
