@@ -11,7 +11,7 @@ use bitnet_models::gguf_model::{GgufArch, TernaryType};
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{Expected, dir as tiny, logits, max_abs_diff};
+use common::{Expected, argmax_rows, dir as tiny, logits, max_abs_diff};
 
 fn run(input: &Path, output: &Path, o: &ConvertOptions) {
     convert(input, output, o, &mut |_| {}).unwrap();
@@ -65,18 +65,7 @@ fn gguf_py(file: &str) -> PathBuf {
 }
 
 fn llama_cpp_logits(key: &str) -> (Vec<u32>, Vec<f32>) {
-    let bytes = std::fs::read(gguf_py("llama_logits.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let raw = |n: &str| st.tensor(n).unwrap().data().to_vec();
-    let ids = raw("ids")
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-        .collect();
-    let logits = raw(key)
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    (ids, logits)
+    common::ids_and_logits(&gguf_py("llama_logits.safetensors"), key)
 }
 
 /// The fixture's HF packed checkpoint converted to llama.cpp-arch TQ files
@@ -122,12 +111,11 @@ fn converted_tq_files_match_llama_cpp_logits() {
         );
         assert!(diff < tol * magnitude, "{tt:?} {emb:?}: {diff}");
         let vocab = model.config().vocab_size;
-        let top = |l: &[f32]| -> Vec<usize> {
-            l.chunks(vocab)
-                .map(|r| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap())
-                .collect()
-        };
-        assert_eq!(top(&got), top(&want), "{tt:?} {emb:?}: top-1");
+        assert_eq!(
+            argmax_rows(&got, vocab),
+            argmax_rows(&want, vocab),
+            "{tt:?} {emb:?}: top-1"
+        );
     }
 }
 
@@ -188,19 +176,11 @@ fn dense_layers_of_a_mixed_precision_file_give_transformers_float_logits() {
 #[test]
 fn a_mixed_precision_file_gives_llama_cpp_logits() {
     use bitnet_models::convert::policy::PrecisionPolicy;
-    let bytes = std::fs::read(gguf_py("mixed_llama_logits.safetensors")).unwrap();
+    let fixture = gguf_py("mixed_llama_logits.safetensors");
+    let bytes = std::fs::read(&fixture).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let policy = meta.metadata().as_ref().unwrap()["policy"].clone();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let raw = |n: &str| st.tensor(n).unwrap().data().to_vec();
-    let ids: Vec<u32> = raw("ids")
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-        .collect();
-    let want: Vec<f32> = raw("logits")
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let (ids, want) = common::ids_and_logits(&fixture, "logits");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("mixed.gguf");
     let o = ConvertOptions {
@@ -226,10 +206,5 @@ fn a_mixed_precision_file_gives_llama_cpp_logits() {
     eprintln!("mixed vs llama.cpp: max |diff| {diff} (logits up to {magnitude})");
     assert!(diff < 1e-4 * magnitude, "{diff}");
     let vocab = model.config().vocab_size;
-    let top = |l: &[f32]| -> Vec<usize> {
-        l.chunks(vocab)
-            .map(|r| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap())
-            .collect()
-    };
-    assert_eq!(top(&got), top(&want), "top-1");
+    assert_eq!(argmax_rows(&got, vocab), argmax_rows(&want, vocab), "top-1");
 }

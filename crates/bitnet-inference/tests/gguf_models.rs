@@ -12,7 +12,7 @@ use bitnet_quant::bitlinear::{BitLinear, ScaleConvention, WeightScale};
 use bitnet_quant::formats::runtime::PackedTernary;
 
 mod common;
-use common::{Expected, dir as tiny, logits, max_abs_diff};
+use common::{Expected, argmax_rows, dir as tiny, logits, max_abs_diff};
 
 #[test]
 fn hf_packed_and_exported_i2s_give_the_reference_logits() {
@@ -187,31 +187,7 @@ fn gguf_py(file: &str) -> std::path::PathBuf {
 
 /// llama.cpp's logits (`tools/llama_logits.c`) and the ids they are for.
 fn llama_cpp_logits(file: &str) -> (Vec<u32>, Vec<f32>) {
-    let bytes = std::fs::read(gguf_py("llama_logits.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let ids = st
-        .tensor("ids")
-        .unwrap()
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-        .collect();
-    let logits = st
-        .tensor(file)
-        .unwrap()
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
-    (ids, logits)
-}
-
-/// Index of the largest value of each `vocab`-long row.
-fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<usize> {
-    logits
-        .chunks(vocab)
-        .map(|r| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap())
-        .collect()
+    common::ids_and_logits(&gguf_py("llama_logits.safetensors"), file)
 }
 
 #[test]
@@ -294,17 +270,7 @@ const TOL_K_EMBD: f32 = 2e-6;
 /// f32 activations), allowed 3e-3 as for k-quant layers; same top-1.
 #[test]
 fn per_block_scaled_tq2_0_gives_llama_cpp_logits() {
-    let bytes = std::fs::read(gguf_py("group_llama_logits.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let raw = |n: &str| st.tensor(n).unwrap().data().to_vec();
-    let ids: Vec<u32> = raw("ids")
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
-        .collect();
-    let want: Vec<f32> = raw("logits")
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let (ids, want) = common::ids_and_logits(&gguf_py("group_llama_logits.safetensors"), "logits");
     let model = BitNetModel::load(&gguf_py("tq2_0_groups.gguf")).unwrap();
     for l in &model.weights().layers {
         // One block per row (width 256): a per-row scale, for the kernels.

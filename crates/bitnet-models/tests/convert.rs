@@ -361,24 +361,30 @@ fn k_quant_embeddings_are_byte_identical_to_llama_cpp_quantizer() {
     }
 }
 
-/// A float checkpoint from `synth --format hf-float` (rows fit TQ blocks)
-/// converted with per-channel scales: TQ2_0/TQ1_0 carry one absmean scale
-/// per row, which reloads as a per-channel `BitLinear`.
-#[test]
-fn per_channel_scales_survive_in_tq_formats() {
-    use bitnet_models::synth::write_float_hf;
-    use bitnet_quant::bitlinear::WeightScale;
-    let tmp = tempfile::tempdir().unwrap();
-    let float = tmp.path().join("float");
-    write_float_hf(
+/// The tiny preset as a bf16 float HF checkpoint in `dir/float` (every row
+/// a whole number of TQ blocks), and the checkpoint opened.
+fn tiny_float(dir: &Path, seed: u64) -> (PathBuf, SafetensorsCheckpoint) {
+    let float = dir.join("float");
+    bitnet_models::synth::write_float_hf(
         Preset::Tiny,
-        5,
+        seed,
         &float,
         bitnet_models::hf_export::FloatDtype::BF16,
         false,
     )
     .unwrap();
     let ckpt = SafetensorsCheckpoint::open_dir(&float).unwrap();
+    (float, ckpt)
+}
+
+/// A float checkpoint from `synth --format hf-float` (rows fit TQ blocks)
+/// converted with per-channel scales: TQ2_0/TQ1_0 carry one absmean scale
+/// per row, which reloads as a per-channel `BitLinear`.
+#[test]
+fn per_channel_scales_survive_in_tq_formats() {
+    use bitnet_quant::bitlinear::WeightScale;
+    let tmp = tempfile::tempdir().unwrap();
+    let (float, ckpt) = tiny_float(tmp.path(), 5);
     for tt in [TernaryType::Tq2_0, TernaryType::Tq1_0] {
         let out = tmp.path().join(format!("{tt:?}.gguf"));
         let mut o = opts(Target::Gguf(tt));
@@ -586,18 +592,8 @@ fn converted_gguf_files_carry_the_tokenizer() {
 #[test]
 fn per_group_scales_are_stored_block_by_block() {
     use bitnet_models::float_matrix::FloatEncoding;
-    use bitnet_models::synth::write_float_hf;
     let tmp = tempfile::tempdir().unwrap();
-    let float = tmp.path().join("float");
-    write_float_hf(
-        Preset::Tiny,
-        6,
-        &float,
-        bitnet_models::hf_export::FloatDtype::BF16,
-        false,
-    )
-    .unwrap();
-    let ckpt = SafetensorsCheckpoint::open_dir(&float).unwrap();
+    let (float, ckpt) = tiny_float(tmp.path(), 6);
     for (tt, enc) in [
         (TernaryType::Tq2_0, FloatEncoding::Tq2_0),
         (TernaryType::Tq1_0, FloatEncoding::Tq1_0),

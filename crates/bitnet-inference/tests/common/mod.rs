@@ -59,3 +59,35 @@ pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
 }
+
+/// `ids` (I64) and the F32 tensor `key` of a logits fixture file, as
+/// `tools/llama_logits.c`'s wrappers write them.
+#[allow(dead_code)] // not every test binary reads llama.cpp fixtures
+pub(crate) fn ids_and_logits(path: &std::path::Path, key: &str) -> (Vec<u32>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let ids = st
+        .tensor("ids")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+        .collect();
+    let logits = st
+        .tensor(key)
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (ids, logits)
+}
+
+/// Index of the largest value of each `vocab`-long row.
+#[allow(dead_code)] // not every test binary compares top-1 tokens
+pub(crate) fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<usize> {
+    logits
+        .chunks(vocab)
+        .map(|r| (0..r.len()).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap())
+        .collect()
+}
