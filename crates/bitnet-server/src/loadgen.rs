@@ -65,6 +65,9 @@ pub struct StreamOutcome {
     pub engine: Option<Duration>,
     /// Time spent queued.
     pub queue: Option<Duration>,
+    /// The server's own measure of its overhead: from the request's
+    /// arrival to its last event, minus engine and queue time.
+    pub server_overhead: Option<Duration>,
 }
 
 /// An HTTP/1 client over plain TCP.
@@ -194,6 +197,8 @@ fn handle_event(event: &str, out: &mut StreamOutcome, id: &mut Option<String>, s
                     out.engine = ms(v);
                 } else if let Some(v) = kv.strip_prefix("queue_ms=") {
                     out.queue = ms(v);
+                } else if let Some(v) = kv.strip_prefix("overhead_ms=") {
+                    out.server_overhead = ms(v);
                 }
             }
             continue;
@@ -274,8 +279,11 @@ pub struct LoadReport {
     pub ttft: Vec<Duration>,
     /// Latencies.
     pub latency: Vec<Duration>,
-    /// Latency minus engine and queue time.
+    /// Latency minus engine and queue time, as the client sees it (its
+    /// own scheduling and the loopback included).
     pub overhead: Vec<Duration>,
+    /// The server's own overhead, as it reports it per request.
+    pub server_overhead: Vec<Duration>,
 }
 
 /// The `q`-quantile (0..=1) of `xs` (nearest rank), or zero when empty.
@@ -348,6 +356,7 @@ pub async fn run_load(cfg: &LoadConfig) -> LoadReport {
                     if let (Some(e), Some(q)) = (o.engine, o.queue) {
                         report.overhead.push(o.latency.saturating_sub(e + q));
                     }
+                    report.server_overhead.extend(o.server_overhead);
                 }
                 200 | 0 => report.malformed.push(o.malformed.join("; ")),
                 s => {
