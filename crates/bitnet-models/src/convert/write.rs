@@ -26,17 +26,26 @@ pub(super) fn write_ternary(
             sink.part(&i2s::pack(&t.codes, tensor_scale("I2_S")?).map_err(q)?)?
         }
         Store::Ternary(tt) => {
-            // Block by block: each TQ block holds its own scale.
-            for (b, block) in t.codes.chunks(GROUP).enumerate() {
-                let m = t.scale.at(b * GROUP, cols);
-                let bytes = match tt {
-                    TernaryType::Tq1_0 => {
-                        blocks_to_bytes(&tq1_0::from_ternary(block, m).map_err(Error::quant(name))?)
-                    }
-                    _ => {
-                        blocks_to_bytes(&tq2_0::from_ternary(block, m).map_err(Error::quant(name))?)
-                    }
-                };
+            // A row at a time, in runs that share a multiplier: the whole
+            // row, or each group (a group is exactly one TQ block).
+            let run = match &t.scale {
+                Mult::Group { len, .. } => *len,
+                _ => cols,
+            };
+            let mut bytes = Vec::new();
+            for (r, row) in t.codes.chunks(cols).enumerate() {
+                bytes.clear();
+                for (g, codes) in row.chunks(run).enumerate() {
+                    let m = t.scale.at(r * cols + g * run, cols);
+                    bytes.extend(match tt {
+                        TernaryType::Tq1_0 => blocks_to_bytes(
+                            &tq1_0::from_ternary(codes, m).map_err(Error::quant(name))?,
+                        ),
+                        _ => blocks_to_bytes(
+                            &tq2_0::from_ternary(codes, m).map_err(Error::quant(name))?,
+                        ),
+                    });
+                }
                 sink.part(&bytes)?;
             }
         }
