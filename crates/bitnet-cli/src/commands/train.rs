@@ -47,11 +47,10 @@ pub(crate) struct Args {
 /// Keeps freed training buffers in the heap. Every step frees and
 /// reallocates the same activation and gradient buffers (megabytes each);
 /// glibc by default maps the larger ones fresh each time and trims the heap
-/// top after frees, so each step page-faults its memory in again: about 40%
-/// of a step's wall time went to the kernel (`sys` 5.8 s of 13.8 s for 8
-/// steps of the 10M benchmark config). Mapping only above 32 MiB (glibc's
-/// ceiling for the dynamic threshold) and never trimming took `sys` to
-/// 1.0 s with the same peak RSS.
+/// top after frees, so each step page-faults its memory in again. Mapping
+/// only above 32 MiB (glibc's ceiling for the dynamic threshold) and never
+/// trimming took the process's system time from 8.1 s to 1.3 s, with the
+/// same peak RSS (`tools/bench_training.py`, README "Training").
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
     // SAFETY: mallopt only sets allocator parameters; called before the
