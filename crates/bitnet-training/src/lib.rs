@@ -17,6 +17,8 @@
 //!   distillation, metrics JSONL and a loss-curve SVG ([`svg`]).
 //! - [`export`]: HF packed and GGUF (I2_S, TQ2_0) through `bitnet-models`.
 //! - [`rng`]: the seeded generator whose state checkpoints carry.
+//! - [`ternary_linear`]: fully quantized BitLinear forwards on the
+//!   inference engine's integer kernels.
 
 pub mod checkpoint;
 pub mod data;
@@ -27,6 +29,7 @@ pub mod optim;
 pub mod rng;
 pub mod schedule;
 pub mod svg;
+pub mod ternary_linear;
 pub mod trainer;
 
 pub use error::{Error, Result};

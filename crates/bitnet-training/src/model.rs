@@ -25,6 +25,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::rng::Rng;
+use crate::ternary_linear::TernaryLinear;
 
 /// What a parameter is, which decides weight decay and quantization.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -347,7 +348,8 @@ impl TrainableModel {
     /// Logits `[ids.len(), vocab]` of one sequence with every layer fully
     /// quantized (λ = 1): the trainer's eval forward, what an export runs.
     pub fn eval_logits(&self, ids: &[u32], par: Parallelism<'_>) -> Result<Vec<f32>> {
-        let mut tape = Tape::new(par);
+        let kernel = TernaryLinear::detect();
+        let mut tape = Tape::with_quantized_linear(par, &kernel);
         let lambdas = vec![1.0; self.config.num_layers];
         let f = self.forward(&mut tape, ids, 1, ids.len(), &lambdas, false)?;
         Ok(tape.value(f.logits).to_vec())

@@ -26,6 +26,7 @@ use crate::model::{TrainableModel, config_json};
 use crate::optim::{Optimizer, OptimizerConfig, clip_grad_norm};
 use crate::schedule::{LrSchedule, QuantSchedule};
 use crate::svg;
+use crate::ternary_linear::TernaryLinear;
 
 /// The model to train: either `config` (a `config.json`), `init_from` (an
 /// HF directory with latent weights), or the inline shape below.
@@ -266,6 +267,8 @@ pub struct Trainer {
     teacher: Option<TrainableModel>,
     state: TrainState,
     pool: rayon::ThreadPool,
+    /// Integer kernels for fully quantized BitLinear forwards.
+    ternary: TernaryLinear,
     best_val: f32,
     bad_evals: u64,
     history: Vec<StepMetrics>,
@@ -419,6 +422,7 @@ impl Trainer {
             teacher,
             state,
             pool,
+            ternary: TernaryLinear::detect(),
             best_val,
             bad_evals,
             history: Vec::new(),
@@ -514,14 +518,14 @@ impl Trainer {
         let par = Parallelism::Pool(&self.pool);
         for _ in 0..accum {
             let (inputs, targets) = self.data.next_batch(b, self.cfg.train.seed, &mut pos);
-            let mut tape = Tape::new(par);
+            let mut tape = Tape::with_quantized_linear(par, &self.ternary);
             let f = self
                 .model
                 .forward(&mut tape, &inputs, b, t, &lambdas, true)?;
             let ce = tape.cross_entropy(f.logits, &targets)?;
             let loss = match (&self.cfg.distill, &self.teacher) {
                 (Some(d), Some(teacher)) => {
-                    let mut ttape = Tape::new(par);
+                    let mut ttape = Tape::with_quantized_linear(par, &self.ternary);
                     let zeros = vec![0.0; teacher.config().num_layers];
                     let tf = teacher.forward(&mut ttape, &inputs, b, t, &zeros, false)?;
                     let kl = tape.kl_distill(f.logits, ttape.value(tf.logits), d.temperature)?;
@@ -589,7 +593,8 @@ impl Trainer {
         for chunk in self.data.val()[..n].chunks(b) {
             let inputs: Vec<u32> = chunk.iter().flat_map(|w| w[..t].iter().copied()).collect();
             let targets: Vec<u32> = chunk.iter().flat_map(|w| w[1..].iter().copied()).collect();
-            let mut tape = Tape::new(Parallelism::Pool(&self.pool));
+            let mut tape =
+                Tape::with_quantized_linear(Parallelism::Pool(&self.pool), &self.ternary);
             let f = self
                 .model
                 .forward(&mut tape, &inputs, chunk.len(), t, &lambdas, false)?;

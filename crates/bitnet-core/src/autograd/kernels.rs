@@ -6,6 +6,7 @@ use faer::linalg::matmul::matmul as faer_matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
+use crate::ops::exp_in_place;
 use crate::parallel::Parallelism;
 
 /// `dst[m,n] (+)= op(a) · op(b)`, all row-major. `a` is `[m,k]` (or `[k,m]`
@@ -59,6 +60,78 @@ pub(crate) fn par_map<T: Send>(
         Parallelism::Sequential => (0..n).map(f).collect(),
         Parallelism::Pool(pool) => pool.install(|| (0..n).into_par_iter().map(f).collect()),
     }
+}
+
+/// Fewer elements than this run on the calling thread: splitting costs
+/// more than it saves.
+const PAR_MIN_ELEMS: usize = 1 << 15;
+
+/// Runs `f(first_row, chunk)` over `data` cut into chunks of whole rows of
+/// `width`, on the pool's threads when there is one and `data` is large;
+/// returns each chunk's result in row order. Per-row work only: what `f`
+/// computes must not depend on where the chunks fall, so results are the
+/// same for every thread count.
+pub(crate) fn for_rows<T: Send>(
+    par: Parallelism<'_>,
+    data: &mut [f32],
+    width: usize,
+    f: impl Fn(usize, &mut [f32]) -> T + Sync + Send,
+) -> Vec<T> {
+    let width = width.max(1);
+    let rows = data.len() / width;
+    match par {
+        Parallelism::Pool(pool)
+            if pool.current_num_threads() > 1 && data.len() >= PAR_MIN_ELEMS =>
+        {
+            let per = rows.div_ceil(2 * pool.current_num_threads()).max(1);
+            pool.install(|| {
+                data.par_chunks_mut(per * width)
+                    .enumerate()
+                    .map(|(i, chunk)| f(i * per, chunk))
+                    .collect()
+            })
+        }
+        _ => vec![f(0, data)],
+    }
+}
+
+/// [`for_rows`] over two buffers of the same shape cut at the same rows.
+pub(crate) fn for_rows_zip<U: Send, T: Send>(
+    par: Parallelism<'_>,
+    data: &mut [f32],
+    other: &mut [U],
+    width: usize,
+    f: impl Fn(usize, &mut [f32], &mut [U]) -> T + Sync + Send,
+) -> Vec<T> {
+    debug_assert_eq!(data.len(), other.len());
+    let width = width.max(1);
+    let rows = data.len() / width;
+    match par {
+        Parallelism::Pool(pool)
+            if pool.current_num_threads() > 1 && data.len() >= PAR_MIN_ELEMS =>
+        {
+            let per = rows.div_ceil(2 * pool.current_num_threads()).max(1);
+            pool.install(|| {
+                data.par_chunks_mut(per * width)
+                    .zip(other.par_chunks_mut(per * width))
+                    .enumerate()
+                    .map(|(i, (a, b))| f(i * per, a, b))
+                    .collect()
+            })
+        }
+        _ => vec![f(0, data, other)],
+    }
+}
+
+/// Runs `f(offset, chunk)` over `data` cut into chunks (`offset` is the
+/// chunk's first index), in parallel when `data` is large: elementwise work.
+pub(crate) fn for_chunks(
+    par: Parallelism<'_>,
+    data: &mut [f32],
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) {
+    const CHUNK: usize = 4096;
+    for_rows(par, data, CHUNK, |row, chunk| f(row * CHUNK, chunk));
 }
 
 /// Shapes of one causal attention call: activations are rows of
@@ -147,12 +220,9 @@ pub(crate) fn attention_forward(
                 *x *= scale;
                 max = max.max(*x);
             }
-            let mut sum = 0.0f32;
-            for x in live.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
+            live.iter_mut().for_each(|x| *x -= max);
+            exp_in_place(live);
+            let inv = 1.0 / live.iter().sum::<f32>();
             for x in live.iter_mut() {
                 *x *= inv;
             }

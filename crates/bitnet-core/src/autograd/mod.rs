@@ -17,7 +17,11 @@
 //! the `x + λ (q(x) − x).detach()` semantics of NUMERICS.md.
 //!
 //! Matmuls go through faer on the tape's [`Parallelism`]; attention runs one
-//! task per head on the same pool.
+//! task per head on the same pool. A fully quantized linear (both operands
+//! straight from the quantizers at `λ = 1`) can instead run on integer
+//! kernels: the quantizers keep their integer codes, and a tape built with
+//! [`Tape::with_quantized_linear`] hands them to a [`QuantizedLinear`]
+//! (the ternary kernels live in `bitnet-quant`, above this crate).
 //!
 //! ```
 //! use bitnet_core::autograd::Tape;
@@ -40,7 +44,7 @@ mod tests;
 pub use kernels::AttnDims;
 
 use crate::error::{Error, Result};
-use crate::ops::{OpKind, round_half_even_small};
+use crate::ops::{OpKind, exp_in_place, round_half_even_small};
 use crate::parallel::Parallelism;
 use crate::shape::Shape;
 
@@ -98,7 +102,50 @@ enum Op {
         probs: Vec<f32>,
         temperature: f32,
     },
-    Ste(Var),
+    Ste {
+        x: Var,
+        /// The integer codes behind the value, when it is exactly
+        /// `code / scale` (`λ = 1`).
+        codes: Option<QuantCodes>,
+    },
+}
+
+/// Integer codes of a quantized value: `value[r, c] = codes[r, c] / scales[r]`
+/// (one scale per row), or `/ scales[0]` for a per-tensor scale.
+struct QuantCodes {
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+/// Rows of integer codes and their scales, as a [`QuantizedLinear`] reads
+/// them: `value[r, c] = codes[r * cols + c] / scales[r]` (or `/ scales[0]`
+/// when there is one scale).
+#[derive(Clone, Copy, Debug)]
+pub struct QuantizedRows<'a> {
+    /// Row-major `[rows, cols]` codes.
+    pub codes: &'a [i8],
+    /// One scale per row, or one for the whole matrix.
+    pub scales: &'a [f32],
+    /// Number of rows.
+    pub rows: usize,
+    /// Codes per row.
+    pub cols: usize,
+}
+
+/// Integer kernels for a fully quantized linear layer: int8 activation
+/// codes times ternary weight codes.
+pub trait QuantizedLinear: Sync {
+    /// Writes `out[i, j] = Σ_c x[i, c] · w[j, c]` over the dequantized values
+    /// (`[x.rows, w.rows]`, row-major), computed exactly in integers and
+    /// then scaled; `w` has one scale. Returns `false`, leaving `out` to be
+    /// overwritten, when it cannot (the tape then runs the float GEMM).
+    fn forward(
+        &self,
+        x: QuantizedRows<'_>,
+        w: QuantizedRows<'_>,
+        out: &mut [f32],
+        par: Parallelism<'_>,
+    ) -> bool;
 }
 
 struct Node {
@@ -112,6 +159,7 @@ struct Node {
 pub struct Tape<'p> {
     nodes: Vec<Node>,
     par: Parallelism<'p>,
+    quantized_linear: Option<&'p dyn QuantizedLinear>,
 }
 
 /// Gradients from [`Tape::backward`], one optional buffer per tape value.
@@ -156,16 +204,52 @@ pub fn act_quant_row(row: &[f32], out: &mut [f32]) {
     }
 }
 
+/// [`act_quant_row`] that also writes the int8 codes (`out = codes / s`)
+/// and returns the scale `s`.
+fn act_quant_row_codes(row: &[f32], codes: &mut [i8], out: &mut [f32]) -> f32 {
+    let absmax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let s = 127.0 / absmax.max(1e-5);
+    for ((o, c), &v) in out.iter_mut().zip(codes.iter_mut()).zip(row) {
+        let q = round_half_even_small(v * s).clamp(-128.0, 127.0);
+        *c = q as i8;
+        *o = q / s;
+    }
+    s
+}
+
+/// The absmean scale `s = 1 / max(mean |W|, 1e-5)`.
+fn weight_scale(w: &[f32]) -> f32 {
+    // Eight running sums, not one: a single f32 chain is latency-bound
+    // (a quarter of the loop's speed) and rounds worse on 10^6 weights.
+    let mut lanes = [0.0f32; 8];
+    let mut blocks = w.chunks_exact(8);
+    for b in &mut blocks {
+        for (l, v) in lanes.iter_mut().zip(b) {
+            *l += v.abs();
+        }
+    }
+    let tail: f32 = blocks.remainder().iter().map(|v| v.abs()).sum();
+    let mean = (lanes.iter().sum::<f32>() + tail) / w.len().max(1) as f32;
+    1.0 / mean.max(1e-5)
+}
+
 /// Per-tensor absmean ternary fake quantization (NUMERICS.md `WeightQuant`):
 /// `s = 1 / max(mean |W|, 1e-5)`, `clamp(round(W s), -1, 1) / s`.
 pub fn weight_quant(w: &[f32], out: &mut [f32]) {
-    let mean = w.iter().map(|v| v.abs()).sum::<f32>() / w.len().max(1) as f32;
-    let s = 1.0 / mean.max(1e-5);
+    let s = weight_scale(w);
     for (o, &v) in out.iter_mut().zip(w) {
-        // Clamping to ±2 first bounds the rounding's input and changes
-        // nothing: everything past ±1.5 ends at ±1 either way.
-        *o = round_half_even_small((v * s).clamp(-2.0, 2.0)).clamp(-1.0, 1.0) / s;
+        *o = f32::from(ternary_code(v, s)) / s;
     }
+}
+
+/// `clamp(round(v s), -1, 1)` with ties to even: 1 above one half, -1 below
+/// minus one half, else 0. Two compares vectorize where a rounding would
+/// not; a NaN scale (from a NaN or infinite weight) still makes every
+/// value `code / s` NaN.
+#[inline(always)]
+fn ternary_code(v: f32, s: f32) -> i8 {
+    let y = v * s;
+    i8::from(y > 0.5) - i8::from(y < -0.5)
 }
 
 impl<'p> Tape<'p> {
@@ -174,6 +258,30 @@ impl<'p> Tape<'p> {
         Tape {
             nodes: Vec::new(),
             par,
+            quantized_linear: None,
+        }
+    }
+
+    /// An empty tape whose fully quantized linears run on `kernel`
+    /// (everything else as [`Tape::new`]).
+    pub fn with_quantized_linear(par: Parallelism<'p>, kernel: &'p dyn QuantizedLinear) -> Self {
+        Tape {
+            nodes: Vec::new(),
+            par,
+            quantized_linear: Some(kernel),
+        }
+    }
+
+    /// The codes behind `v` when it came from a quantizer at `λ = 1`.
+    fn codes(&self, v: Var, rows: usize, cols: usize) -> Option<QuantizedRows<'_>> {
+        match &self.nodes[v.0].op {
+            Op::Ste { codes: Some(c), .. } => Some(QuantizedRows {
+                codes: &c.codes,
+                scales: &c.scales,
+                rows,
+                cols,
+            }),
+            _ => None,
         }
     }
 
@@ -220,6 +328,30 @@ impl<'p> Tape<'p> {
         let d = &self.nodes[v.0].dims;
         let w = d.last().copied().unwrap_or(1);
         (self.nodes[v.0].value.len() / w.max(1), w)
+    }
+
+    /// `f` over `a`'s elements, in parallel chunks when large.
+    fn map(&self, a: Var, f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
+        let va = self.value(a);
+        let mut out = vec![0.0f32; va.len()];
+        kernels::for_chunks(self.par, &mut out, |o, chunk| {
+            for (d, &x) in chunk.iter_mut().zip(&va[o..]) {
+                *d = f(x);
+            }
+        });
+        out
+    }
+
+    /// `f` over pairs of `a`'s and `b`'s elements (equal lengths).
+    fn zip_map(&self, a: Var, b: Var, f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+        let (va, vb) = (self.value(a), self.value(b));
+        let mut out = vec![0.0f32; va.len()];
+        kernels::for_chunks(self.par, &mut out, |o, chunk| {
+            for ((d, &x), &y) in chunk.iter_mut().zip(&va[o..]).zip(&vb[o..]) {
+                *d = f(x, y);
+            }
+        });
+        out
     }
 
     /// A leaf value (a parameter when `requires_grad`, else a constant).
@@ -285,9 +417,21 @@ impl<'p> Tape<'p> {
             ));
         }
         let mut out = vec![0.0f32; m * n];
-        let (vx, vw) = (&self.nodes[x.0].value, &self.nodes[w.0].value);
-        self.par
-            .run(|p| kernels::gemm(&mut out, vx, false, vw, true, (m, k, n), false, p));
+        let integer = match (
+            self.quantized_linear,
+            self.codes(x, m, k),
+            self.codes(w, n, k),
+        ) {
+            (Some(kernel), Some(cx), Some(cw)) if cx.scales.len() == m && cw.scales.len() == 1 => {
+                kernel.forward(cx, cw, &mut out, self.par)
+            }
+            _ => false,
+        };
+        if !integer {
+            let (vx, vw) = (&self.nodes[x.0].value, &self.nodes[w.0].value);
+            self.par
+                .run(|p| kernels::gemm(&mut out, vx, false, vw, true, (m, k, n), false, p));
+        }
         let mut dims = self.dims(x).to_vec();
         if let Some(last) = dims.last_mut() {
             *last = n;
@@ -311,12 +455,7 @@ impl<'p> Tape<'p> {
     /// Elementwise `a + b` (equal shapes).
     pub fn add(&mut self, a: Var, b: Var) -> Result<Var> {
         self.same_shape(OpKind::Add, a, b)?;
-        let out = self
-            .value(a)
-            .iter()
-            .zip(self.value(b))
-            .map(|(x, y)| x + y)
-            .collect();
+        let out = self.zip_map(a, b, |x, y| x + y);
         let ng = self.ng(a) || self.ng(b);
         Ok(self.push(out, self.dims(a).to_vec(), Op::Add(a, b), ng))
     }
@@ -324,19 +463,14 @@ impl<'p> Tape<'p> {
     /// Elementwise `a * b` (equal shapes).
     pub fn mul(&mut self, a: Var, b: Var) -> Result<Var> {
         self.same_shape(OpKind::Mul, a, b)?;
-        let out = self
-            .value(a)
-            .iter()
-            .zip(self.value(b))
-            .map(|(x, y)| x * y)
-            .collect();
+        let out = self.zip_map(a, b, |x, y| x * y);
         let ng = self.ng(a) || self.ng(b);
         Ok(self.push(out, self.dims(a).to_vec(), Op::Mul(a, b), ng))
     }
 
     /// `a * s` for a constant `s`.
     pub fn scale(&mut self, a: Var, s: f32) -> Result<Var> {
-        let out = self.value(a).iter().map(|x| x * s).collect();
+        let out = self.map(a, |x| x * s);
         let ng = self.ng(a);
         Ok(self.push(out, self.dims(a).to_vec(), Op::Scale(a, s), ng))
     }
@@ -362,15 +496,20 @@ impl<'p> Tape<'p> {
         }
         let (vx, vw) = (self.value(x), self.value(w));
         let mut out = vec![0.0f32; vx.len()];
-        let mut inv = Vec::with_capacity(rows);
-        for (row, dst) in vx.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
-            let ms = row.iter().map(|v| v * v).sum::<f32>() / h as f32;
-            let r = 1.0 / (ms + eps).sqrt();
-            inv.push(r);
-            for ((d, &v), &g) in dst.iter_mut().zip(row).zip(vw) {
-                *d = v * r * g;
+        let inv = kernels::for_rows(self.par, &mut out, h, |r0, chunk| {
+            let mut inv = Vec::with_capacity(chunk.len() / h);
+            for (row, dst) in vx[r0 * h..].chunks_exact(h).zip(chunk.chunks_exact_mut(h)) {
+                let ms = row.iter().map(|v| v * v).sum::<f32>() / h as f32;
+                let r = 1.0 / (ms + eps).sqrt();
+                inv.push(r);
+                for ((d, &v), &g) in dst.iter_mut().zip(row).zip(vw) {
+                    *d = v * r * g;
+                }
             }
-        }
+            inv
+        })
+        .concat();
+        debug_assert_eq!(inv.len(), rows);
         let ng = self.ng(x) || self.ng(w);
         Ok(self.push(out, self.dims(x).to_vec(), Op::RmsNorm { x, w, inv }, ng))
     }
@@ -409,19 +548,22 @@ impl<'p> Tape<'p> {
             }
         }
         let mut out = self.value(x).to_vec();
-        for (r, row) in out.chunks_exact_mut(width).enumerate() {
-            let (c, s) = (
-                &cos[(r % seq) * half..][..half],
-                &sin[(r % seq) * half..][..half],
-            );
-            for head in row.chunks_exact_mut(head_dim) {
-                for i in 0..half {
-                    let (x1, x2) = (head[i], head[i + half]);
-                    head[i] = x1 * c[i] - x2 * s[i];
-                    head[i + half] = x2 * c[i] + x1 * s[i];
+        kernels::for_rows(self.par, &mut out, width, |r0, chunk| {
+            for (r, row) in (r0..).zip(chunk.chunks_exact_mut(width)) {
+                let (c, s) = (
+                    &cos[(r % seq) * half..][..half],
+                    &sin[(r % seq) * half..][..half],
+                );
+                for head in row.chunks_exact_mut(head_dim) {
+                    let (lo, hi) = head.split_at_mut(half);
+                    for (((x1, x2), &c), &s) in lo.iter_mut().zip(hi.iter_mut()).zip(c).zip(s) {
+                        let (a, b) = (*x1, *x2);
+                        *x1 = a * c - b * s;
+                        *x2 = b * c + a * s;
+                    }
                 }
             }
-        }
+        });
         let ng = self.ng(x);
         Ok(self.push(
             out,
@@ -489,22 +631,14 @@ impl<'p> Tape<'p> {
 
     /// `x · sigmoid(x)`.
     pub fn silu(&mut self, x: Var) -> Result<Var> {
-        let out = self
-            .value(x)
-            .iter()
-            .map(|&v| crate::ops::rows::silu(v))
-            .collect();
+        let out = self.map(x, crate::ops::rows::silu);
         let ng = self.ng(x);
         Ok(self.push(out, self.dims(x).to_vec(), Op::Silu(x), ng))
     }
 
     /// `relu(x)²`.
     pub fn relu2(&mut self, x: Var) -> Result<Var> {
-        let out = self
-            .value(x)
-            .iter()
-            .map(|&v| crate::ops::rows::relu2(v))
-            .collect();
+        let out = self.map(x, crate::ops::rows::relu2);
         let ng = self.ng(x);
         Ok(self.push(out, self.dims(x).to_vec(), Op::Relu2(x), ng))
     }
@@ -554,37 +688,45 @@ impl<'p> Tape<'p> {
                 format!("{} targets for {n} logit rows", targets.len()),
             ));
         }
+        if let Some((position, &id)) = targets
+            .iter()
+            .enumerate()
+            .find(|&(_, &t)| t != IGNORE_INDEX && t as usize >= vocab)
+        {
+            return Err(Error::TokenIdOutOfRange {
+                op: OpKind::CrossEntropy,
+                id,
+                position,
+                vocab,
+            });
+        }
         let lv = self.value(logits);
         let mut probs = vec![0.0f32; lv.len()];
-        let (mut total, mut count) = (0.0f64, 0usize);
-        for (r, (&t, (row, p))) in targets
-            .iter()
-            .zip(lv.chunks_exact(vocab).zip(probs.chunks_exact_mut(vocab)))
-            .enumerate()
-        {
-            if t == IGNORE_INDEX {
-                continue;
+        // Per-row losses, summed afterwards in row order: the same total
+        // for every thread count.
+        let losses = kernels::for_rows(self.par, &mut probs, vocab, |r0, chunk| {
+            let mut losses = Vec::with_capacity(chunk.len() / vocab);
+            for (r, p) in (r0..).zip(chunk.chunks_exact_mut(vocab)) {
+                let t = targets[r];
+                if t == IGNORE_INDEX {
+                    continue;
+                }
+                let row = &lv[r * vocab..][..vocab];
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                for (q, &x) in p.iter_mut().zip(row) {
+                    *q = x - max;
+                }
+                exp_in_place(p);
+                let sum: f32 = p.iter().sum();
+                let lse = max + sum.ln();
+                losses.push((lse - row[t as usize]) as f64);
+                let inv = 1.0 / sum;
+                p.iter_mut().for_each(|q| *q *= inv);
             }
-            if t as usize >= vocab {
-                return Err(Error::TokenIdOutOfRange {
-                    op: OpKind::CrossEntropy,
-                    id: t,
-                    position: r,
-                    vocab,
-                });
-            }
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
-            for (q, &x) in p.iter_mut().zip(row) {
-                *q = (x - max).exp();
-                sum += *q;
-            }
-            let lse = max + sum.ln();
-            total += (lse - row[t as usize]) as f64;
-            let inv = 1.0 / sum;
-            p.iter_mut().for_each(|q| *q *= inv);
-            count += 1;
-        }
+            losses
+        })
+        .concat();
+        let (total, count) = (losses.iter().sum::<f64>(), losses.len());
         let loss = if count == 0 {
             0.0
         } else {
@@ -621,11 +763,17 @@ impl<'p> Tape<'p> {
                 .zip(logp.chunks_exact_mut(vocab))
             {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
                 for (x, l) in row.iter_mut().zip(lp.iter_mut()) {
-                    *l = *x - lse;
-                    *x = l.exp();
+                    *l = *x - max;
+                    *x = *l;
                 }
+                exp_in_place(row);
+                let log_sum = row.iter().sum::<f32>().ln();
+                for (x, l) in row.iter_mut().zip(lp.iter_mut()) {
+                    *l -= log_sum;
+                    *x = *l;
+                }
+                exp_in_place(row);
             }
             (out, logp)
         };
@@ -659,9 +807,30 @@ impl<'p> Tape<'p> {
         let (_, w) = self.rows_width(x);
         let vx = self.value(x);
         let mut out = vec![0.0f32; vx.len()];
-        for (row, o) in vx.chunks_exact(w).zip(out.chunks_exact_mut(w)) {
-            act_quant_row(row, o);
+        if lambda == 1.0 {
+            // Keep the codes: a quantized linear can run on them.
+            let mut codes = vec![0i8; vx.len()];
+            let scales = kernels::for_rows_zip(self.par, &mut out, &mut codes, w, |r0, o, c| {
+                vx[r0 * w..]
+                    .chunks_exact(w)
+                    .zip(o.chunks_exact_mut(w))
+                    .zip(c.chunks_exact_mut(w))
+                    .map(|((row, o), c)| act_quant_row_codes(row, c, o))
+                    .collect::<Vec<f32>>()
+            })
+            .concat();
+            let ng = self.ng(x);
+            let op = Op::Ste {
+                x,
+                codes: Some(QuantCodes { codes, scales }),
+            };
+            return Ok(self.push(out, self.dims(x).to_vec(), op, ng));
         }
+        kernels::for_rows(self.par, &mut out, w, |r0, chunk| {
+            for (row, o) in vx[r0 * w..].chunks_exact(w).zip(chunk.chunks_exact_mut(w)) {
+                act_quant_row(row, o);
+            }
+        });
         self.ste(x, out, lambda)
     }
 
@@ -670,6 +839,23 @@ impl<'p> Tape<'p> {
     pub fn weight_quant_ste(&mut self, w: Var, lambda: f32) -> Result<Var> {
         let vw = self.value(w);
         let mut out = vec![0.0f32; vw.len()];
+        if lambda == 1.0 {
+            let s = weight_scale(vw);
+            let mut codes = vec![0i8; vw.len()];
+            for ((o, c), &v) in out.iter_mut().zip(codes.iter_mut()).zip(vw) {
+                *c = ternary_code(v, s);
+                *o = f32::from(*c) / s;
+            }
+            let ng = self.ng(w);
+            let op = Op::Ste {
+                x: w,
+                codes: Some(QuantCodes {
+                    codes,
+                    scales: vec![s],
+                }),
+            };
+            return Ok(self.push(out, self.dims(w).to_vec(), op, ng));
+        }
         weight_quant(vw, &mut out);
         self.ste(w, out, lambda)
     }
@@ -687,7 +873,7 @@ impl<'p> Tape<'p> {
             }
         }
         let ng = self.ng(x);
-        Ok(self.push(q, self.dims(x).to_vec(), Op::Ste(x), ng))
+        Ok(self.push(q, self.dims(x).to_vec(), Op::Ste { x, codes: None }, ng))
     }
 
     /// Reverse pass from the one-element `loss` (seeded with 1).
@@ -724,6 +910,7 @@ impl<'p> Tape<'p> {
 
     fn backward_node(&self, i: usize, g: &[f32], grads: &mut [Option<Vec<f32>>]) {
         let node = &self.nodes[i];
+        let par = self.par;
         match &node.op {
             Op::Leaf => {}
             &Op::Matmul(a, b) => {
@@ -755,7 +942,7 @@ impl<'p> Tape<'p> {
             &Op::Add(a, b) => {
                 for v in [a, b] {
                     if let Some(gv) = self.acc(grads, v) {
-                        gv.iter_mut().zip(g).for_each(|(d, s)| *d += s);
+                        add_into(par, gv, g);
                     }
                 }
             }
@@ -763,15 +950,21 @@ impl<'p> Tape<'p> {
                 for (v, other) in [(a, b), (b, a)] {
                     let ov = self.value(other);
                     if let Some(gv) = self.acc(grads, v) {
-                        for ((d, s), o) in gv.iter_mut().zip(g).zip(ov) {
-                            *d += s * o;
-                        }
+                        kernels::for_chunks(par, gv, |o, chunk| {
+                            for ((d, s), x) in chunk.iter_mut().zip(&g[o..]).zip(&ov[o..]) {
+                                *d += s * x;
+                            }
+                        });
                     }
                 }
             }
             &Op::Scale(a, s) => {
                 if let Some(ga) = self.acc(grads, a) {
-                    ga.iter_mut().zip(g).for_each(|(d, x)| *d += x * s);
+                    kernels::for_chunks(par, ga, |o, chunk| {
+                        for (d, x) in chunk.iter_mut().zip(&g[o..]) {
+                            *d += x * s;
+                        }
+                    });
                 }
             }
             &Op::Sum(a) => {
@@ -780,35 +973,53 @@ impl<'p> Tape<'p> {
                 }
             }
             Op::RmsNorm { x, w, inv } => {
-                let (_, h) = self.rows_width(*x);
+                let (rows, h) = self.rows_width(*x);
                 let (vx, vw) = (self.value(*x), self.value(*w));
                 if let Some(gw) = self.acc(grads, *w) {
-                    for ((row, gr), &r) in vx.chunks_exact(h).zip(g.chunks_exact(h)).zip(inv) {
-                        for ((d, &xv), &gv) in gw.iter_mut().zip(row).zip(gr) {
-                            *d += gv * xv * r;
+                    // Partial sums over fixed blocks of rows, added in
+                    // order: the same bits for every thread count.
+                    const BLOCK_ROWS: usize = 64;
+                    let partials = kernels::par_map(par, rows.div_ceil(BLOCK_ROWS), |b| {
+                        let mut acc = vec![0.0f32; h];
+                        let r0 = b * BLOCK_ROWS;
+                        let n = BLOCK_ROWS.min(rows - r0);
+                        for ((row, gr), &r) in vx[r0 * h..(r0 + n) * h]
+                            .chunks_exact(h)
+                            .zip(g[r0 * h..].chunks_exact(h))
+                            .zip(&inv[r0..])
+                        {
+                            for ((d, &xv), &gv) in acc.iter_mut().zip(row).zip(gr) {
+                                *d += gv * xv * r;
+                            }
                         }
+                        acc
+                    });
+                    for p in partials {
+                        gw.iter_mut().zip(&p).for_each(|(d, s)| *d += s);
                     }
                 }
                 if let Some(gx) = self.acc(grads, *x) {
-                    for (((row, gr), dst), &r) in vx
-                        .chunks_exact(h)
-                        .zip(g.chunks_exact(h))
-                        .zip(gx.chunks_exact_mut(h))
-                        .zip(inv)
-                    {
-                        // d/dx of x·r·w with r = (mean x² + eps)^-1/2:
-                        // r·(g⊙w) − x · r³/h · Σ(g⊙w⊙x)
-                        let dot: f32 = gr
-                            .iter()
-                            .zip(vw)
-                            .zip(row)
-                            .map(|((a, b), c)| a * b * c)
-                            .sum();
-                        let c = r * r * r * dot / h as f32;
-                        for (((d, &gv), &wv), &xv) in dst.iter_mut().zip(gr).zip(vw).zip(row) {
-                            *d += r * gv * wv - xv * c;
+                    kernels::for_rows(par, gx, h, |r0, chunk| {
+                        for (((row, gr), dst), &r) in vx[r0 * h..]
+                            .chunks_exact(h)
+                            .zip(g[r0 * h..].chunks_exact(h))
+                            .zip(chunk.chunks_exact_mut(h))
+                            .zip(&inv[r0..])
+                        {
+                            // d/dx of x·r·w with r = (mean x² + eps)^-1/2:
+                            // r·(g⊙w) − x · r³/h · Σ(g⊙w⊙x)
+                            let dot: f32 = gr
+                                .iter()
+                                .zip(vw)
+                                .zip(row)
+                                .map(|((a, b), c)| a * b * c)
+                                .sum();
+                            let c = r * r * r * dot / h as f32;
+                            for (((d, &gv), &wv), &xv) in dst.iter_mut().zip(gr).zip(vw).zip(row) {
+                                *d += r * gv * wv - xv * c;
+                            }
                         }
-                    }
+                    });
                 }
             }
             Op::Rope {
@@ -821,26 +1032,35 @@ impl<'p> Tape<'p> {
                 let (_, width) = self.rows_width(*x);
                 let half = head_dim / 2;
                 if let Some(gx) = self.acc(grads, *x) {
-                    for (r, (dst, gr)) in gx
-                        .chunks_exact_mut(width)
-                        .zip(g.chunks_exact(width))
-                        .enumerate()
-                    {
-                        let (c, s) = (
-                            &cos[(r % seq) * half..][..half],
-                            &sin[(r % seq) * half..][..half],
-                        );
-                        for (dh, gh) in dst
-                            .chunks_exact_mut(*head_dim)
-                            .zip(gr.chunks_exact(*head_dim))
-                        {
-                            for j in 0..half {
-                                let (g1, g2) = (gh[j], gh[j + half]);
-                                dh[j] += g1 * c[j] + g2 * s[j];
-                                dh[j + half] += g2 * c[j] - g1 * s[j];
+                    kernels::for_rows(par, gx, width, |r0, chunk| {
+                        for (r, (dst, gr)) in (r0..).zip(
+                            chunk
+                                .chunks_exact_mut(width)
+                                .zip(g[r0 * width..].chunks_exact(width)),
+                        ) {
+                            let (c, s) = (
+                                &cos[(r % seq) * half..][..half],
+                                &sin[(r % seq) * half..][..half],
+                            );
+                            for (dh, gh) in dst
+                                .chunks_exact_mut(*head_dim)
+                                .zip(gr.chunks_exact(*head_dim))
+                            {
+                                let (dlo, dhi) = dh.split_at_mut(half);
+                                let (glo, ghi) = gh.split_at(half);
+                                for ((((d1, d2), &g1), &g2), (&c, &s)) in dlo
+                                    .iter_mut()
+                                    .zip(dhi.iter_mut())
+                                    .zip(glo)
+                                    .zip(ghi)
+                                    .zip(c.iter().zip(s))
+                                {
+                                    *d1 += g1 * c + g2 * s;
+                                    *d2 += g2 * c - g1 * s;
+                                }
                             }
                         }
-                    }
+                    });
                 }
             }
             &Op::Softmax(x) => {
@@ -876,27 +1096,30 @@ impl<'p> Tape<'p> {
                 );
                 for (var, d) in [(*q, dq), (*k, dk), (*v, dv)] {
                     if let Some(gv) = self.acc(grads, var) {
-                        gv.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+                        add_into(par, gv, &d);
                     }
                 }
             }
             &Op::Silu(x) => {
                 let vx = self.value(x);
                 if let Some(gx) = self.acc(grads, x) {
-                    for ((d, &gv), &xv) in gx.iter_mut().zip(g).zip(vx) {
-                        let s = 1.0 / (1.0 + (-xv).exp());
-                        *d += gv * s * (1.0 + xv * (1.0 - s));
-                    }
+                    kernels::for_chunks(par, gx, |o, chunk| {
+                        for ((d, &gv), &xv) in chunk.iter_mut().zip(&g[o..]).zip(&vx[o..]) {
+                            let s = 1.0 / (1.0 + (-xv).exp());
+                            *d += gv * s * (1.0 + xv * (1.0 - s));
+                        }
+                    });
                 }
             }
             &Op::Relu2(x) => {
                 let vx = self.value(x);
                 if let Some(gx) = self.acc(grads, x) {
-                    for ((d, &gv), &xv) in gx.iter_mut().zip(g).zip(vx) {
-                        if xv > 0.0 {
-                            *d += gv * 2.0 * xv;
+                    kernels::for_chunks(par, gx, |o, chunk| {
+                        for ((d, &gv), &xv) in chunk.iter_mut().zip(&g[o..]).zip(&vx[o..]) {
+                            // A select, not a branch: the loop vectorizes.
+                            *d += if xv > 0.0 { gv * 2.0 * xv } else { 0.0 };
                         }
-                    }
+                    });
                 }
             }
             Op::Embedding { table, ids } => {
@@ -920,19 +1143,21 @@ impl<'p> Tape<'p> {
                 }
                 let s = g[0] / *count as f32;
                 if let Some(gl) = self.acc(grads, *logits) {
-                    for ((&t, dst), p) in targets
-                        .iter()
-                        .zip(gl.chunks_exact_mut(vocab))
-                        .zip(probs.chunks_exact(vocab))
-                    {
-                        if t == IGNORE_INDEX {
-                            continue;
+                    kernels::for_rows(par, gl, vocab, |r0, chunk| {
+                        for ((&t, dst), p) in targets[r0..]
+                            .iter()
+                            .zip(chunk.chunks_exact_mut(vocab))
+                            .zip(probs[r0 * vocab..].chunks_exact(vocab))
+                        {
+                            if t == IGNORE_INDEX {
+                                continue;
+                            }
+                            for (d, &pv) in dst.iter_mut().zip(p) {
+                                *d += s * pv;
+                            }
+                            dst[t as usize] -= s;
                         }
-                        for (d, &pv) in dst.iter_mut().zip(p) {
-                            *d += s * pv;
-                        }
-                        dst[t as usize] -= s;
-                    }
+                    });
                 }
             }
             Op::KlDistill {
@@ -949,11 +1174,18 @@ impl<'p> Tape<'p> {
                     }
                 }
             }
-            &Op::Ste(x) => {
+            &Op::Ste { x, .. } => {
                 if let Some(gx) = self.acc(grads, x) {
-                    gx.iter_mut().zip(g).for_each(|(d, s)| *d += s);
+                    add_into(par, gx, g);
                 }
             }
         }
     }
+}
+
+/// `dst += src`, elementwise, in parallel chunks when large.
+fn add_into(par: Parallelism<'_>, dst: &mut [f32], src: &[f32]) {
+    kernels::for_chunks(par, dst, |o, chunk| {
+        chunk.iter_mut().zip(&src[o..]).for_each(|(d, s)| *d += s);
+    });
 }

@@ -223,3 +223,83 @@ fn pool_and_sequential_attention_agree() {
     };
     assert_eq!(run(Parallelism::Sequential), run(Parallelism::Pool(&pool)));
 }
+
+/// A [`QuantizedLinear`] that computes the product from the codes in f64
+/// and counts its calls; `refuse` makes it decline.
+struct CountingKernel {
+    calls: std::sync::atomic::AtomicUsize,
+    refuse: bool,
+}
+
+impl QuantizedLinear for CountingKernel {
+    fn forward(
+        &self,
+        x: QuantizedRows<'_>,
+        w: QuantizedRows<'_>,
+        out: &mut [f32],
+        _par: Parallelism<'_>,
+    ) -> bool {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.refuse {
+            return false;
+        }
+        for i in 0..x.rows {
+            for j in 0..w.rows {
+                let dot: i64 = (0..x.cols)
+                    .map(|c| {
+                        i64::from(x.codes[i * x.cols + c]) * i64::from(w.codes[j * w.cols + c])
+                    })
+                    .sum();
+                out[i * w.rows + j] =
+                    (dot as f64 / (x.scales[i] as f64 * w.scales[0] as f64)) as f32;
+            }
+        }
+        true
+    }
+}
+
+#[test]
+fn quantized_linear_runs_only_on_fully_quantized_operands() {
+    let mut rng = Rng(7);
+    let (xs, ws) = (rng.vec(6 * 9, 2.0), rng.vec(4 * 9, 0.5));
+    // (activation λ, weight λ, refuse) -> whether the kernel is asked.
+    for (lx, lw, refuse, asked) in [
+        (1.0, 1.0, false, true),
+        (1.0, 1.0, true, true),
+        (0.5, 1.0, false, false),
+        (1.0, 0.0, false, false),
+    ] {
+        let kernel = CountingKernel {
+            calls: Default::default(),
+            refuse,
+        };
+        let mut with = Tape::with_quantized_linear(Parallelism::Sequential, &kernel);
+        let mut plain = Tape::new(Parallelism::Sequential);
+        let run = |tape: &mut Tape<'_>| {
+            let x = tape.leaf(xs.clone(), &[6, 9], true).unwrap();
+            let w = tape.leaf(ws.clone(), &[4, 9], true).unwrap();
+            let xq = tape.act_quant_ste(x, lx).unwrap();
+            let wq = tape.weight_quant_ste(w, lw).unwrap();
+            let y = tape.linear(xq, wq).unwrap();
+            tape.value(y).to_vec()
+        };
+        let (a, b) = (run(&mut with), run(&mut plain));
+        let calls = kernel.calls.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(calls, usize::from(asked), "λ {lx}/{lw}, refuse {refuse}");
+        for (u, v) in a.iter().zip(&b) {
+            assert!((u - v).abs() <= 1e-5 * v.abs().max(1.0), "{u} vs {v}");
+        }
+    }
+    // Codes are never used for a plain (unquantized) operand.
+    let kernel = CountingKernel {
+        calls: Default::default(),
+        refuse: false,
+    };
+    let mut tape = Tape::with_quantized_linear(Parallelism::Sequential, &kernel);
+    let x = tape.leaf(xs, &[6, 9], false).unwrap();
+    let w = tape.leaf(ws, &[4, 9], false).unwrap();
+    let wq = tape.weight_quant_ste(w, 1.0).unwrap();
+    tape.linear(x, wq).unwrap();
+    assert_eq!(kernel.calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+}

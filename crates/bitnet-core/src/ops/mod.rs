@@ -23,6 +23,7 @@
 
 mod binary;
 mod embedding;
+mod exp;
 mod kind;
 mod matmul;
 mod norm;
@@ -35,6 +36,7 @@ mod unary;
 
 pub use binary::{add, mul, sub};
 pub use embedding::embedding;
+pub use exp::{exp_fast, exp_in_place};
 pub use kind::OpKind;
 pub use matmul::matmul;
 pub use norm::rms_norm;
