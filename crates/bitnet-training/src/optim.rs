@@ -6,6 +6,8 @@
 //! [`ParamKind::decays`](crate::model::ParamKind::decays) is true
 //! (ternary projections); norms and embeddings are never decayed.
 
+use bitnet_core::Parallelism;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -118,13 +120,16 @@ impl Optimizer {
     }
 
     /// One update of every parameter with its gradient, at learning rate
-    /// `lr` and weight decay `wd` (applied to decaying kinds only).
+    /// `lr` and weight decay `wd` (applied to decaying kinds only), large
+    /// tensors in parallel chunks on `par` (elementwise: the same result
+    /// for every thread count).
     pub fn step(
         &mut self,
         params: &mut [Param],
         grads: &[Vec<f32>],
         lr: f32,
         wd: f32,
+        par: Parallelism<'_>,
     ) -> Result<()> {
         if grads.len() != params.len() || self.m.len() != params.len() {
             return Err(Error::Config(format!(
@@ -147,20 +152,35 @@ impl Optimizer {
                     let step_size = lr / bc1;
                     let bc2_sqrt = bc2.sqrt();
                     let decoupled = c.kind == OptimizerKind::AdamW;
-                    for (((w, &g0), m), v) in
-                        p.data.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
-                    {
-                        let g = if decoupled {
-                            *w *= 1.0 - lr * wd;
-                            g0
-                        } else {
-                            g0 + wd * *w
-                        };
-                        // PyTorch's order: lerp for m, then v = β2 v + (1-β2) g².
-                        *m += (g - *m) * (1.0 - c.beta1);
-                        *v = *v * c.beta2 + (1.0 - c.beta2) * g * g;
-                        let denom = v.sqrt() / bc2_sqrt + c.eps;
-                        *w -= step_size * *m / denom;
+                    let update = |w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
+                        for (((w, &g0), m), v) in
+                            w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
+                        {
+                            let g = if decoupled {
+                                *w *= 1.0 - lr * wd;
+                                g0
+                            } else {
+                                g0 + wd * *w
+                            };
+                            // PyTorch's order: lerp for m, then v = β2 v + (1-β2) g².
+                            *m += (g - *m) * (1.0 - c.beta1);
+                            *v = *v * c.beta2 + (1.0 - c.beta2) * g * g;
+                            let denom = v.sqrt() / bc2_sqrt + c.eps;
+                            *w -= step_size * *m / denom;
+                        }
+                    };
+                    match par {
+                        Parallelism::Pool(pool) if p.data.len() >= PAR_MIN_LEN => {
+                            pool.install(|| {
+                                p.data
+                                    .par_chunks_mut(CHUNK)
+                                    .zip(g.par_chunks(CHUNK))
+                                    .zip(m.par_chunks_mut(CHUNK))
+                                    .zip(v.par_chunks_mut(CHUNK))
+                                    .for_each(|(((w, g), m), v)| update(w, g, m, v))
+                            })
+                        }
+                        _ => update(&mut p.data, g, m, v),
                     }
                 }
                 OptimizerKind::Sgd => {
@@ -183,21 +203,49 @@ impl Optimizer {
 /// Scales `grads` so their global L2 norm is at most `max_norm` (PyTorch's
 /// `clip_grad_norm_`: factor `max_norm / (norm + 1e-6)`, clamped to 1).
 /// Returns the norm before clipping.
-pub fn clip_grad_norm(grads: &mut [Vec<f32>], max_norm: f32) -> f32 {
+pub fn clip_grad_norm(grads: &mut [Vec<f32>], max_norm: f32, par: Parallelism<'_>) -> f32 {
+    // Eight f64 running sums per tensor, in a fixed order: one chain would
+    // be latency-bound, and the result must not depend on the pool.
     let sq: f64 = grads
         .iter()
-        .flat_map(|g| g.iter())
-        .map(|&x| (x as f64) * (x as f64))
+        .map(|g| {
+            let mut lanes = [0.0f64; 8];
+            let mut blocks = g.chunks_exact(8);
+            for b in &mut blocks {
+                for (l, &x) in lanes.iter_mut().zip(b) {
+                    *l += f64::from(x) * f64::from(x);
+                }
+            }
+            let tail: f64 = blocks
+                .remainder()
+                .iter()
+                .map(|&x| f64::from(x) * f64::from(x))
+                .sum();
+            lanes.iter().sum::<f64>() + tail
+        })
         .sum();
     let norm = sq.sqrt() as f32;
     if max_norm > 0.0 {
         let factor = (max_norm / (norm + 1e-6)).min(1.0);
         if factor < 1.0 {
-            grads.iter_mut().flatten().for_each(|x| *x *= factor);
+            for g in grads.iter_mut() {
+                match par {
+                    Parallelism::Pool(pool) if g.len() >= PAR_MIN_LEN => pool.install(|| {
+                        g.par_chunks_mut(CHUNK)
+                            .for_each(|c| c.iter_mut().for_each(|x| *x *= factor))
+                    }),
+                    _ => g.iter_mut().for_each(|x| *x *= factor),
+                }
+            }
         }
     }
     norm
 }
+
+/// Tensors shorter than this are updated on the calling thread.
+const PAR_MIN_LEN: usize = 1 << 15;
+/// Elements per parallel task.
+const CHUNK: usize = 1 << 14;
 
 /// Parameters that weight decay reaches, for reporting.
 pub fn decayed_names(params: &[Param]) -> Vec<&str> {
@@ -229,8 +277,14 @@ mod tests {
             p(ParamKind::Norm, &[1.0]),
         ];
         let mut o = Optimizer::new(OptimizerConfig::default(), &ps).unwrap();
-        o.step(&mut ps, &[vec![0.5, -0.1], vec![3.0]], 0.1, 0.5)
-            .unwrap();
+        o.step(
+            &mut ps,
+            &[vec![0.5, -0.1], vec![3.0]],
+            0.1,
+            0.5,
+            Parallelism::Sequential,
+        )
+        .unwrap();
         // Step 1 of Adam moves each weight by lr·sign(g) (up to ε); AdamW decays first.
         assert!((ps[0].data[0] - (1.0 * 0.95 - 0.1)).abs() < 1e-6);
         assert!((ps[0].data[1] - (-2.0 * 0.95 + 0.1)).abs() < 1e-6);
@@ -247,9 +301,11 @@ mod tests {
         };
         let mut ps = vec![p(ParamKind::Norm, &[0.0])];
         let mut o = Optimizer::new(cfg, &ps).unwrap();
-        o.step(&mut ps, &[vec![1.0]], 0.1, 0.0).unwrap(); // buf 1, g 1.9
+        o.step(&mut ps, &[vec![1.0]], 0.1, 0.0, Parallelism::Sequential)
+            .unwrap(); // buf 1, g 1.9
         assert!((ps[0].data[0] + 0.19).abs() < 1e-6);
-        o.step(&mut ps, &[vec![1.0]], 0.1, 0.0).unwrap(); // buf 1.9, g 2.71
+        o.step(&mut ps, &[vec![1.0]], 0.1, 0.0, Parallelism::Sequential)
+            .unwrap(); // buf 1.9, g 2.71
         assert!((ps[0].data[0] + 0.19 + 0.271).abs() < 1e-6);
         let bad = OptimizerConfig {
             nesterov: true,
@@ -263,12 +319,12 @@ mod tests {
     #[test]
     fn clipping_scales_to_max_norm() {
         let mut g = vec![vec![3.0, 0.0], vec![4.0]];
-        let n = clip_grad_norm(&mut g, 1.0);
+        let n = clip_grad_norm(&mut g, 1.0, Parallelism::Sequential);
         assert_eq!(n, 5.0);
         let after: f32 = g.iter().flatten().map(|x| x * x).sum::<f32>().sqrt();
         assert!((after - 1.0).abs() < 1e-5);
         let mut small = vec![vec![0.1]];
-        clip_grad_norm(&mut small, 1.0);
+        clip_grad_norm(&mut small, 1.0, Parallelism::Sequential);
         assert_eq!(small[0][0], 0.1);
     }
 }

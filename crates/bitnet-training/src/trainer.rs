@@ -508,12 +508,9 @@ impl Trainer {
         let step = self.state.step;
         let lambdas = self.lambdas(step);
         let mut pos = self.state.data;
-        let mut grads: Vec<Vec<f32>> = self
-            .model
-            .params()
-            .iter()
-            .map(|p| vec![0.0; p.data.len()])
-            .collect();
+        // The first micro-batch's gradients are taken as they are; later
+        // ones are added (no zeroed buffers to fill and add into).
+        let mut grads: Vec<Option<Vec<f32>>> = vec![None; self.model.params().len()];
         let mut loss_sum = 0.0f64;
         let par = Parallelism::Pool(&self.pool);
         for _ in 0..accum {
@@ -548,12 +545,19 @@ impl Trainer {
             let seeded = tape.scale(loss, 1.0 / accum as f32)?;
             let mut g = tape.backward(seeded)?;
             for (acc, &v) in grads.iter_mut().zip(&f.params) {
-                if let Some(gv) = g.take(v) {
-                    acc.iter_mut().zip(&gv).for_each(|(a, b)| *a += b);
+                match (acc, g.take(v)) {
+                    (Some(a), Some(gv)) => a.iter_mut().zip(&gv).for_each(|(a, b)| *a += b),
+                    (slot @ None, Some(gv)) => *slot = Some(gv),
+                    (_, None) => {}
                 }
             }
         }
-        let grad_norm = clip_grad_norm(&mut grads, self.cfg.train.clip_norm);
+        let mut grads: Vec<Vec<f32>> = grads
+            .into_iter()
+            .zip(self.model.params())
+            .map(|(g, p)| g.unwrap_or_else(|| vec![0.0; p.data.len()]))
+            .collect();
+        let grad_norm = clip_grad_norm(&mut grads, self.cfg.train.clip_norm, par);
         if !grad_norm.is_finite() {
             return Err(Error::NonFiniteLoss {
                 step,
@@ -564,7 +568,13 @@ impl Trainer {
         let total = self.cfg.train.steps;
         let lr = self.cfg.optim.lr * self.cfg.schedule.lr_factor(step, total);
         let wd = self.cfg.optim.weight_decay * self.cfg.schedule.wd_factor(step, total);
-        self.opt.step(self.model.params_mut(), &grads, lr, wd)?;
+        self.opt.step(
+            self.model.params_mut(),
+            &grads,
+            lr,
+            wd,
+            Parallelism::Pool(&self.pool),
+        )?;
         self.state.step += 1;
         self.state.data = pos;
         let secs = start.elapsed().as_secs_f64().max(1e-9);

@@ -69,7 +69,14 @@ fn loss_gradients_and_adamw_step_match_transformers() {
     // Two groups as the fixture: weight decay 0.1 on projections only.
     let cfg = OptimizerConfig::default();
     let mut opt = Optimizer::new(cfg, model.params()).unwrap();
-    opt.step(model.params_mut(), &grads, 1e-3, 0.1).unwrap();
+    opt.step(
+        model.params_mut(),
+        &grads,
+        1e-3,
+        0.1,
+        Parallelism::Sequential,
+    )
+    .unwrap();
     let (after, _) = loss_and_grads(&model, &ids, batch, seq);
     let want_after = exp.f32("loss_after", &[1]).unwrap()[0];
     eprintln!("loss after one AdamW step {after} vs {want_after}");

@@ -50,6 +50,31 @@ pub(crate) fn gemm(
     faer_matmul(out, accum, lhs, rhs, 1.0f32, par);
 }
 
+/// The `[cols, rows]` transpose of row-major `[rows, cols]` `src`, in
+/// tiles that stay in cache, output rows split over the pool.
+pub(crate) fn transpose(par: Parallelism<'_>, src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut out = vec![0.0f32; src.len()];
+    if rows == 0 || cols == 0 {
+        return out;
+    }
+    // One output row per source column; within a chunk, TILE columns at a
+    // time so the TILE output rows being written stay in L1.
+    for_rows(par, &mut out, rows, |c_first, chunk| {
+        let ncols = chunk.len() / rows;
+        for ct in (0..ncols).step_by(TILE) {
+            let cw = TILE.min(ncols - ct);
+            for r in 0..rows {
+                let from = &src[r * cols + c_first + ct..][..cw];
+                for (j, &v) in from.iter().enumerate() {
+                    chunk[(ct + j) * rows + r] = v;
+                }
+            }
+        }
+    });
+    out
+}
+
 /// Maps `f` over `0..n`, on the pool's threads when there is one.
 pub(crate) fn par_map<T: Send>(
     par: Parallelism<'_>,

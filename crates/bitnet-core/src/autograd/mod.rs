@@ -935,8 +935,12 @@ impl<'p> Tape<'p> {
                         .run(|p| kernels::gemm(gx, g, false, vw, false, (m, n, k), true, p));
                 }
                 if let Some(gw) = self.acc(grads, w) {
+                    // faer runs `gᵀ · x` with `g` read transposed well
+                    // under its speed on row-major operands: transposing
+                    // `g` first (a pass over [m, n]) costs less.
+                    let gt = kernels::transpose(par, g, m, n);
                     self.par
-                        .run(|p| kernels::gemm(gw, g, true, vx, false, (n, m, k), true, p));
+                        .run(|p| kernels::gemm(gw, &gt, false, vx, false, (n, m, k), true, p));
                 }
             }
             &Op::Add(a, b) => {

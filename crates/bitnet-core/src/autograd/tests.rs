@@ -114,7 +114,10 @@ proptest! {
     }
 
     #[test]
-    fn rms_norm(seed in any::<u64>(), rows in 1usize..4, h in 1usize..9) {
+    // Width 1 is left out: there RMSNorm is sign(x)·w, whose derivative
+    // central differences (step 1e-2) miss for |x| < 1e-2, one case in a
+    // few hundred: the test failed on such seeds.
+    fn rms_norm(seed in any::<u64>(), rows in 1usize..4, h in 2usize..9) {
         let mut g = Rng(seed);
         check(&|t, v| t.rms_norm(v[0], v[1], 1e-5), vec![input(&mut g, &[rows, h], 2.0), input(&mut g, &[h], 1.0)], TOL);
     }
@@ -302,4 +305,24 @@ fn quantized_linear_runs_only_on_fully_quantized_operands() {
     let wq = tape.weight_quant_ste(w, 1.0).unwrap();
     tape.linear(x, wq).unwrap();
     assert_eq!(kernel.calls.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[test]
+fn transpose_on_a_pool_and_alone() {
+    let pool = crate::parallel::build_pool(2).unwrap();
+    for (rows, cols) in [(1, 1), (3, 70), (513, 97), (200, 300)] {
+        let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        for par in [Parallelism::Sequential, Parallelism::Pool(&pool)] {
+            let t = kernels::transpose(par, &src, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        t[c * rows + r],
+                        src[r * cols + c],
+                        "{rows}x{cols} at {r},{c}"
+                    );
+                }
+            }
+        }
+    }
 }
