@@ -1,10 +1,13 @@
 //! One QAT step against transformers' `autobitlinear` online mode
 //! (`tools/make_training_fixtures.py`): the loss, every parameter's
-//! gradient, and the loss after one AdamW step.
+//! gradient, and the loss after one AdamW step. Twice: with the BitLinear
+//! forwards as float GEMMs, and on the integer ternary kernels the trainer
+//! uses.
 
 use bitnet_core::Parallelism;
-use bitnet_core::autograd::{IGNORE_INDEX, Tape};
+use bitnet_core::autograd::{IGNORE_INDEX, QuantizedLinear, Tape};
 use bitnet_models::safetensors::SafetensorsCheckpoint;
+use bitnet_training::ternary_linear::TernaryLinear;
 use bitnet_training::{Optimizer, OptimizerConfig, TrainableModel};
 use std::path::PathBuf;
 
@@ -19,6 +22,7 @@ fn loss_and_grads(
     ids: &[u32],
     batch: usize,
     seq: usize,
+    kernel: Option<&dyn QuantizedLinear>,
 ) -> (f32, Vec<Vec<f32>>) {
     let mut targets = vec![IGNORE_INDEX; ids.len()];
     for b in 0..batch {
@@ -26,7 +30,10 @@ fn loss_and_grads(
             targets[b * seq + t] = ids[b * seq + t + 1];
         }
     }
-    let mut tape = Tape::new(Parallelism::Sequential);
+    let mut tape = match kernel {
+        Some(k) => Tape::with_quantized_linear(Parallelism::Sequential, k),
+        None => Tape::new(Parallelism::Sequential),
+    };
     let lambdas = vec![1.0; model.config().num_layers];
     let f = model
         .forward(&mut tape, ids, batch, seq, &lambdas, true)
@@ -39,6 +46,15 @@ fn loss_and_grads(
 
 #[test]
 fn loss_gradients_and_adamw_step_match_transformers() {
+    check(None);
+}
+
+#[test]
+fn the_same_on_the_integer_ternary_kernels() {
+    check(Some(&TernaryLinear::detect()));
+}
+
+fn check(kernel: Option<&dyn QuantizedLinear>) {
     let dir = fixture();
     let mut model = TrainableModel::from_hf_dir(&dir).unwrap();
     let exp = SafetensorsCheckpoint::from_files(&[dir.join("expected.safetensors")]).unwrap();
@@ -50,7 +66,7 @@ fn loss_gradients_and_adamw_step_match_transformers() {
         .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
         .collect();
     let want_loss = exp.f32("loss", &[1]).unwrap()[0];
-    let (loss, grads) = loss_and_grads(&model, &ids, batch, seq);
+    let (loss, grads) = loss_and_grads(&model, &ids, batch, seq, kernel);
     let rel = ((loss - want_loss) / want_loss).abs();
     eprintln!("loss {loss} vs {want_loss} (rel {rel:.2e})");
     assert!(rel < 1e-4, "loss {loss} vs {want_loss}");
@@ -77,7 +93,7 @@ fn loss_gradients_and_adamw_step_match_transformers() {
         Parallelism::Sequential,
     )
     .unwrap();
-    let (after, _) = loss_and_grads(&model, &ids, batch, seq);
+    let (after, _) = loss_and_grads(&model, &ids, batch, seq, kernel);
     let want_after = exp.f32("loss_after", &[1]).unwrap()[0];
     eprintln!("loss after one AdamW step {after} vs {want_after}");
     assert!(((after - want_after) / want_after).abs() < 1e-3);
