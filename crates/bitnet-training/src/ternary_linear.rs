@@ -62,21 +62,30 @@ impl QuantizedLinear for TernaryLinear {
             return false;
         }
         let sw = w.scales[0];
-        // Token-major tasks; within one, walk the sums a weight row at a
-        // time (contiguous tokens) and scatter into the task's few output
-        // rows, which stay in L1. Reading the sums down a column instead
-        // touched a new cache line per element.
+        // Token-major tasks. Within one, a block of weight rows at a time:
+        // contiguous runs of sums go into a small tile, and the tile's rows
+        // are copied out whole. Scattering straight into the output rows
+        // (4 KiB apart) kept them in one L1 set: 3.7% of a training step.
         const TOKENS_PER_TASK: usize = 16;
+        const ROWS_PER_TILE: usize = 64;
         let scale_rows = |t0: usize, rows: &mut [f32]| {
             let count = rows.len() / n.max(1);
             let inv: Vec<f32> = x.scales[t0..t0 + count]
                 .iter()
                 .map(|s| 1.0 / (s * sw))
                 .collect();
-            for (j, col) in sums.chunks_exact(m).enumerate() {
-                for (i, (&acc, &f)) in col[t0..t0 + count].iter().zip(&inv).enumerate() {
-                    // |acc| <= 127 · cols < 2^24: exact in f32.
-                    rows[i * n + j] = acc as f32 * f;
+            let mut tile = [0.0f32; TOKENS_PER_TASK * ROWS_PER_TILE];
+            for j0 in (0..n).step_by(ROWS_PER_TILE) {
+                let width = ROWS_PER_TILE.min(n - j0);
+                for (dj, col) in sums[j0 * m..(j0 + width) * m].chunks_exact(m).enumerate() {
+                    for (i, (&acc, &f)) in col[t0..t0 + count].iter().zip(&inv).enumerate() {
+                        // |acc| <= 127 · cols < 2^24: exact in f32.
+                        tile[i * ROWS_PER_TILE + dj] = acc as f32 * f;
+                    }
+                }
+                for (i, row) in rows.chunks_exact_mut(n).enumerate() {
+                    row[j0..j0 + width]
+                        .copy_from_slice(&tile[i * ROWS_PER_TILE..i * ROWS_PER_TILE + width]);
                 }
             }
         };
@@ -86,7 +95,10 @@ impl QuantizedLinear for TernaryLinear {
                     .enumerate()
                     .for_each(|(i, rows)| scale_rows(i * TOKENS_PER_TASK, rows))
             }),
-            _ => scale_rows(0, out),
+            _ => out
+                .chunks_mut(TOKENS_PER_TASK * n)
+                .enumerate()
+                .for_each(|(i, rows)| scale_rows(i * TOKENS_PER_TASK, rows)),
         }
         true
     }
@@ -99,20 +111,22 @@ mod tests {
     use bitnet_quant::kernels::Backend;
 
     /// A quantized linear on the kernels equals the float GEMM of the same
-    /// fake-quantized values (to f32 rounding), forward and backward.
+    /// fake-quantized values (to f32 rounding), forward and backward, on
+    /// one thread and on a pool (several token tasks, two weight tiles).
     #[test]
     fn matches_the_float_gemm_of_the_dequantized_values() {
-        let (m, k, n) = (37, 300, 19);
+        let (m, k, n) = (37, 300, 70);
+        let pool = bitnet_core::build_pool(2).unwrap();
         let xs: Vec<f32> = (0..m * k)
             .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
             .collect();
         let ws: Vec<f32> = (0..n * k)
             .map(|i| ((i * 104_729) % 997) as f32 / 997.0 - 0.5)
             .collect();
-        let run = |kernel: Option<&dyn QuantizedLinear>| {
+        let run = |kernel: Option<&dyn QuantizedLinear>, par| {
             let mut tape = match kernel {
-                Some(k) => Tape::with_quantized_linear(Parallelism::Sequential, k),
-                None => Tape::new(Parallelism::Sequential),
+                Some(k) => Tape::with_quantized_linear(par, k),
+                None => Tape::new(par),
             };
             let x = tape.leaf(xs.clone(), &[m, k], true).unwrap();
             let w = tape.leaf(ws.clone(), &[n, k], true).unwrap();
@@ -127,10 +141,13 @@ mod tests {
                 g.get(w).unwrap().to_vec(),
             )
         };
-        let float = run(None);
-        for backend in Backend::available() {
+        for (backend, par) in Backend::available()
+            .into_iter()
+            .flat_map(|b| [(b, Parallelism::Sequential), (b, Parallelism::Pool(&pool))])
+        {
+            let float = run(None, par);
             let kernel = TernaryLinear::new(TernaryKernel::new(backend).unwrap());
-            let int = run(Some(&kernel));
+            let int = run(Some(&kernel), par);
             let max = float.0.iter().fold(0.0f32, |a, v| a.max(v.abs()));
             for (a, b) in int.0.iter().zip(&float.0) {
                 assert!((a - b).abs() <= 1e-5 * max, "{backend:?}: {a} vs {b}");

@@ -908,6 +908,27 @@ impl<'p> Tape<'p> {
         Some(grads[v.0].get_or_insert_with(|| vec![0.0; n]))
     }
 
+    /// Adds `d` to the gradient of `v`; `d` becomes the buffer when `v`
+    /// has none yet (a move instead of a zero-fill and an add).
+    fn acc_vec(&self, grads: &mut [Option<Vec<f32>>], v: Var, d: Vec<f32>) {
+        if self.nodes[v.0].needs_grad {
+            match &mut grads[v.0] {
+                Some(buf) => add_into(self.par, buf, &d),
+                slot @ None => *slot = Some(d),
+            }
+        }
+    }
+
+    /// Adds `d` to the gradient of `v` (a copy when `v` has none yet).
+    fn acc_slice(&self, grads: &mut [Option<Vec<f32>>], v: Var, d: &[f32]) {
+        if self.nodes[v.0].needs_grad {
+            match &mut grads[v.0] {
+                Some(buf) => add_into(self.par, buf, d),
+                slot @ None => *slot = Some(d.to_vec()),
+            }
+        }
+    }
+
     fn backward_node(&self, i: usize, g: &[f32], grads: &mut [Option<Vec<f32>>]) {
         let node = &self.nodes[i];
         let par = self.par;
@@ -945,9 +966,7 @@ impl<'p> Tape<'p> {
             }
             &Op::Add(a, b) => {
                 for v in [a, b] {
-                    if let Some(gv) = self.acc(grads, v) {
-                        add_into(par, gv, g);
-                    }
+                    self.acc_slice(grads, v, g);
                 }
             }
             &Op::Mul(a, b) => {
@@ -1099,9 +1118,7 @@ impl<'p> Tape<'p> {
                     self.par,
                 );
                 for (var, d) in [(*q, dq), (*k, dk), (*v, dv)] {
-                    if let Some(gv) = self.acc(grads, var) {
-                        add_into(par, gv, &d);
-                    }
+                    self.acc_vec(grads, var, d);
                 }
             }
             &Op::Silu(x) => {
@@ -1179,9 +1196,7 @@ impl<'p> Tape<'p> {
                 }
             }
             &Op::Ste { x, .. } => {
-                if let Some(gx) = self.acc(grads, x) {
-                    add_into(par, gx, g);
-                }
+                self.acc_slice(grads, x, g);
             }
         }
     }
