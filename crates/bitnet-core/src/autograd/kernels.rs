@@ -91,6 +91,23 @@ pub(crate) fn par_map<T: Send>(
 /// more than it saves.
 const PAR_MIN_ELEMS: usize = 1 << 15;
 
+/// The pool and the rows per task when `len` elements in rows of `width`
+/// are worth splitting (about two tasks per thread); `None`: run them on
+/// the calling thread.
+fn row_split<'p>(
+    par: Parallelism<'p>,
+    len: usize,
+    width: usize,
+) -> Option<(&'p rayon::ThreadPool, usize)> {
+    match par {
+        Parallelism::Pool(pool) if pool.current_num_threads() > 1 && len >= PAR_MIN_ELEMS => {
+            let rows = len / width;
+            Some((pool, rows.div_ceil(2 * pool.current_num_threads()).max(1)))
+        }
+        _ => None,
+    }
+}
+
 /// Runs `f(first_row, chunk)` over `data` cut into chunks of whole rows of
 /// `width`, on the pool's threads when there is one and `data` is large;
 /// returns each chunk's result in row order. Per-row work only: what `f`
@@ -103,20 +120,14 @@ pub(crate) fn for_rows<T: Send>(
     f: impl Fn(usize, &mut [f32]) -> T + Sync + Send,
 ) -> Vec<T> {
     let width = width.max(1);
-    let rows = data.len() / width;
-    match par {
-        Parallelism::Pool(pool)
-            if pool.current_num_threads() > 1 && data.len() >= PAR_MIN_ELEMS =>
-        {
-            let per = rows.div_ceil(2 * pool.current_num_threads()).max(1);
-            pool.install(|| {
-                data.par_chunks_mut(per * width)
-                    .enumerate()
-                    .map(|(i, chunk)| f(i * per, chunk))
-                    .collect()
-            })
-        }
-        _ => vec![f(0, data)],
+    match row_split(par, data.len(), width) {
+        Some((pool, per)) => pool.install(|| {
+            data.par_chunks_mut(per * width)
+                .enumerate()
+                .map(|(i, chunk)| f(i * per, chunk))
+                .collect()
+        }),
+        None => vec![f(0, data)],
     }
 }
 
@@ -130,21 +141,15 @@ pub(crate) fn for_rows_zip<U: Send, T: Send>(
 ) -> Vec<T> {
     debug_assert_eq!(data.len(), other.len());
     let width = width.max(1);
-    let rows = data.len() / width;
-    match par {
-        Parallelism::Pool(pool)
-            if pool.current_num_threads() > 1 && data.len() >= PAR_MIN_ELEMS =>
-        {
-            let per = rows.div_ceil(2 * pool.current_num_threads()).max(1);
-            pool.install(|| {
-                data.par_chunks_mut(per * width)
-                    .zip(other.par_chunks_mut(per * width))
-                    .enumerate()
-                    .map(|(i, (a, b))| f(i * per, a, b))
-                    .collect()
-            })
-        }
-        _ => vec![f(0, data, other)],
+    match row_split(par, data.len(), width) {
+        Some((pool, per)) => pool.install(|| {
+            data.par_chunks_mut(per * width)
+                .zip(other.par_chunks_mut(per * width))
+                .enumerate()
+                .map(|(i, (a, b))| f(i * per, a, b))
+                .collect()
+        }),
+        None => vec![f(0, data, other)],
     }
 }
 

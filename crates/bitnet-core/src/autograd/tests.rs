@@ -326,3 +326,35 @@ fn transpose_on_a_pool_and_alone() {
         }
     }
 }
+
+#[test]
+fn large_row_ops_agree_on_a_pool_and_alone() {
+    // Past the parallel threshold: row chunks on two threads must give the
+    // bits of one thread (quantizer codes, norms, cross-entropy).
+    let pool = crate::parallel::build_pool(2).unwrap();
+    let mut rng = Rng(11);
+    let (rows, width) = (130, 384);
+    let (xs, ws) = (rng.vec(rows * width, 3.0), rng.vec(width, 1.0));
+    let targets: Vec<u32> = (0..rows as u32).map(|r| r * 7 % width as u32).collect();
+    let run = |par| {
+        let mut tape = Tape::new(par);
+        let x = tape.leaf(xs.clone(), &[rows, width], true).unwrap();
+        let w = tape.leaf(ws.clone(), &[width], true).unwrap();
+        let n = tape.rms_norm(x, w, 1e-5).unwrap();
+        let q = tape.act_quant_ste(n, 1.0).unwrap();
+        let r = tape.relu2(q).unwrap();
+        let l = tape.cross_entropy(r, &targets).unwrap();
+        let g = tape.backward(l).unwrap();
+        (
+            tape.value(q).to_vec(),
+            tape.scalar(l),
+            g.get(x).unwrap().to_vec(),
+            g.get(w).unwrap().to_vec(),
+        )
+    };
+    let (a, b) = (run(Parallelism::Sequential), run(Parallelism::Pool(&pool)));
+    assert_eq!(a.0, b.0);
+    assert_eq!(a.1.to_bits(), b.1.to_bits());
+    assert_eq!(a.2, b.2);
+    assert_eq!(a.3, b.3);
+}
