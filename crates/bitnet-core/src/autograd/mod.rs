@@ -196,25 +196,34 @@ fn invalid(op: OpKind, msg: String) -> Error {
 /// Per-token int8 absmax fake quantization of one row (NUMERICS.md
 /// `ActQuant`): `s = 127 / max(absmax, 1e-5)`, `clamp(round(x s), -128, 127) / s`.
 pub fn act_quant_row(row: &[f32], out: &mut [f32]) {
-    let absmax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let s = 127.0 / absmax.max(1e-5);
+    let s = act_scale(row);
     for (o, &v) in out.iter_mut().zip(row) {
-        // |v s| <= 127 by the choice of s.
-        *o = round_half_even_small(v * s).clamp(-128.0, 127.0) / s;
+        *o = act_code(v, s) / s;
     }
 }
 
 /// [`act_quant_row`] that also writes the int8 codes (`out = codes / s`)
 /// and returns the scale `s`.
 fn act_quant_row_codes(row: &[f32], codes: &mut [i8], out: &mut [f32]) -> f32 {
-    let absmax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let s = 127.0 / absmax.max(1e-5);
+    let s = act_scale(row);
     for ((o, c), &v) in out.iter_mut().zip(codes.iter_mut()).zip(row) {
-        let q = round_half_even_small(v * s).clamp(-128.0, 127.0);
+        let q = act_code(v, s);
         *c = q as i8;
         *o = q / s;
     }
     s
+}
+
+/// The per-token scale `127 / max(absmax, 1e-5)`.
+fn act_scale(row: &[f32]) -> f32 {
+    let absmax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    127.0 / absmax.max(1e-5)
+}
+
+/// `clamp(round(v s), -128, 127)`; |v s| <= 127 by the choice of s.
+#[inline(always)]
+fn act_code(v: f32, s: f32) -> f32 {
+    round_half_even_small(v * s).clamp(-128.0, 127.0)
 }
 
 /// The absmean scale `s = 1 / max(mean |W|, 1e-5)`.
