@@ -69,4 +69,7 @@ pub enum Error {
     /// A model whose shapes this engine cannot run.
     #[error("unsupported model: {0}")]
     Unsupported(String),
+    /// A GPU backend failed (its own message says what and why).
+    #[error("{0}")]
+    Device(String),
 }

@@ -14,6 +14,7 @@
 //! the context size. Text is streamed in pieces that never split a UTF-8
 //! character (through a [`PieceDecoder`]).
 
+use crate::device::SequenceForward;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::model::{BatchEntry, BitNetModel, Logits, Workspace};
@@ -320,13 +321,30 @@ impl<'d> Sequence<'d> {
         decoder: Option<Box<dyn PieceDecoder + 'd>>,
         top_logprobs: Option<usize>,
     ) -> Self {
+        Self::with_eos(
+            &model.config().eos_token_ids,
+            prompt,
+            params,
+            decoder,
+            top_logprobs,
+        )
+    }
+
+    /// [`Self::new`] for a model known only by its end-of-sequence ids.
+    pub(crate) fn with_eos(
+        eos: &[u32],
+        prompt: &[u32],
+        params: &GenerateParams,
+        decoder: Option<Box<dyn PieceDecoder + 'd>>,
+        top_logprobs: Option<usize>,
+    ) -> Self {
         let mut sampler = Sampler::new(params.sampler);
         sampler.observe_prompt(prompt);
         Sequence {
             eos: if params.ignore_eos {
                 Vec::new()
             } else {
-                model.config().eos_token_ids.clone()
+                eos.to_vec()
             },
             sampler,
             stops: StopMatcher::new(&params.stop_strings),
@@ -560,6 +578,53 @@ fn run_batch(
             if let Some(id) = next {
                 feeds[i].push(id);
             }
+        }
+    }
+}
+
+/// Generates after `prompt` on any device's sequence (a GPU's, or
+/// [`crate::CpuSequence`]), from what `seq` already holds: its cached
+/// tokens are kept only where they are a prefix of `prompt` (`cached`
+/// says which tokens those are; pass `&[]` for a fresh sequence). Streams
+/// like [`generate`]: `on_token(id, text)` per token, `false` stops.
+pub fn generate_on(
+    seq: &mut dyn SequenceForward,
+    cached: &[u32],
+    prompt: &[u32],
+    params: &GenerateParams,
+    decoder: Option<&mut dyn PieceDecoder>,
+    mut on_token: impl FnMut(u32, &str) -> bool,
+) -> Result<Generation> {
+    if prompt.is_empty() {
+        return Err(Error::EmptyInput);
+    }
+    let common = cached
+        .iter()
+        .zip(prompt)
+        .take_while(|(a, b)| a == b)
+        .count()
+        .min(prompt.len() - 1)
+        .min(seq.len());
+    seq.truncate(common);
+    let eos = seq.config().eos_token_ids.clone();
+    let decoder = decoder.map(|d| Box::new(d) as Box<dyn PieceDecoder + '_>);
+    let mut state = Sequence::with_eos(&eos, prompt, params, decoder, None);
+    state.generation.prompt_tokens_computed = prompt.len() - common;
+    if params.max_tokens == 0 {
+        state.generation.finish = FinishReason::Length;
+        return Ok(state.generation);
+    }
+    let mut feed = prompt[common..].to_vec();
+    loop {
+        let mut logits = seq.forward(&feed, Logits::Last)?;
+        let room = seq.len() < seq.capacity();
+        let next = state.step(&mut logits, room, &mut |e| on_token(e.id, e.text))?;
+        match next {
+            Some(id) => {
+                feed.clear();
+                feed.push(id);
+            }
+            None => return Ok(state.generation),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! # Ok::<(), bitnet_inference::Error>(())
 //! ```
 
+pub mod device;
 pub mod error;
 pub mod generate;
 pub mod kv_cache;
@@ -21,10 +22,11 @@ pub mod sampler;
 pub mod scheduler;
 pub mod text;
 
+pub use device::{CpuSequence, DeviceSpec, SequenceForward};
 pub use error::{Error, Result};
 pub use generate::{
     FinishReason, GenerateParams, Generation, PieceDecoder, Session, TokenLogprobs, generate,
-    generate_batch,
+    generate_batch, generate_on,
 };
 pub use kv_cache::{KvCache, KvPool, KvPoolStats};
 pub use model::{BatchEntry, BitNetModel, Logits, Workspace};

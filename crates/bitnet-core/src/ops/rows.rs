@@ -83,6 +83,13 @@ impl RopeTable {
         self.cos.is_empty()
     }
 
+    /// The cos and sin tables, each `[positions, head_dim / 2]` row-major:
+    /// what another device uploads so that its rotations use the same
+    /// angles bit for bit.
+    pub fn tables(&self) -> (&[f32], &[f32]) {
+        (&self.cos, &self.sin)
+    }
+
     /// Rotates one head vector `x` (`head_dim` long) by the angles of table
     /// row `row`, writing into `out`.
     pub fn rotate(&self, x: &[f32], row: usize, out: &mut [f32]) {

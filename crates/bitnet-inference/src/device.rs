@@ -1,0 +1,172 @@
+//! Where a model runs.
+//!
+//! A user names a device with `--device cpu|cuda[:N]|wgpu[:N]|auto`
+//! ([`DeviceSpec`]). Every backend runs one sequence behind
+//! [`SequenceForward`]: token ids in, logits out, the KV cache kept on the
+//! device between calls. [`CpuSequence`] is the CPU's, over
+//! [`BitNetModel`]; the GPU crates (`bitnet-wgpu`) implement the same
+//! trait, so generation ([`crate::generate::generate_on`]) and benchmarks
+//! run unchanged on any of them.
+//!
+//! ```
+//! use bitnet_inference::DeviceSpec;
+//! assert_eq!("wgpu:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Wgpu(Some(1)));
+//! assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+//! assert!("tpu".parse::<DeviceSpec>().is_err());
+//! ```
+
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::model::{BatchEntry, BitNetModel, Logits, Workspace};
+use bitnet_core::Parallelism;
+use bitnet_models::config::BitNetConfig;
+use std::fmt;
+use std::str::FromStr;
+
+/// The device a user asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    /// The CPU kernels (always available).
+    #[default]
+    Cpu,
+    /// A GPU when one works, else the CPU (with a one-line notice).
+    Auto,
+    /// An adapter through wgpu (Vulkan, Metal, DX12): `None` picks the
+    /// first hardware adapter, or a software one when there is no other.
+    Wgpu(Option<usize>),
+    /// An NVIDIA GPU by CUDA ordinal.
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (name, index) = match s.split_once(':') {
+            Some((n, i)) => {
+                let i = i
+                    .parse::<usize>()
+                    .map_err(|_| format!("device index in `{s}` must be a non-negative integer"))?;
+                (n, Some(i))
+            }
+            None => (s, None),
+        };
+        match (name, index) {
+            ("cpu", None) => Ok(DeviceSpec::Cpu),
+            ("auto", None) => Ok(DeviceSpec::Auto),
+            ("wgpu" | "gpu", i) => Ok(DeviceSpec::Wgpu(i)),
+            ("cuda", i) => Ok(DeviceSpec::Cuda(i.unwrap_or(0))),
+            ("cpu" | "auto", Some(_)) => Err(format!("`{name}` takes no index")),
+            _ => Err(format!(
+                "unknown device `{s}`: use cpu, auto, wgpu, wgpu:N, cuda or cuda:N"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Wgpu(None) => f.write_str("wgpu"),
+            DeviceSpec::Wgpu(Some(i)) => write!(f, "wgpu:{i}"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// One sequence's forward passes on some device.
+///
+/// Each call runs `ids` at the positions after those already held,
+/// appends their keys and values, and returns logits `[rows, vocab]` for
+/// the rows `which` selects. An error leaves the held positions as they
+/// were.
+pub trait SequenceForward {
+    /// What runs it, for messages (`cpu (2 threads)`, the adapter's name).
+    fn device_name(&self) -> String;
+    /// The model's configuration.
+    fn config(&self) -> &BitNetConfig;
+    /// Positions held (keys and values cached).
+    fn len(&self) -> usize;
+    /// Whether no position is held.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Positions the sequence can hold.
+    fn capacity(&self) -> usize;
+    /// Forgets positions from `len` on.
+    fn truncate(&mut self, len: usize);
+    /// Runs `ids`; see the trait's documentation.
+    fn forward(&mut self, ids: &[u32], which: Logits) -> Result<Vec<f32>>;
+}
+
+/// The CPU's [`SequenceForward`]: a [`BitNetModel`], one KV cache and the
+/// forward buffers, on `par`'s threads.
+#[derive(Debug)]
+pub struct CpuSequence<'m> {
+    model: &'m BitNetModel,
+    cache: KvCache,
+    ws: Workspace,
+    par: Parallelism<'m>,
+}
+
+impl<'m> CpuSequence<'m> {
+    /// A sequence of up to `capacity` positions (at most the model's context).
+    pub fn new(model: &'m BitNetModel, capacity: usize, par: Parallelism<'m>) -> Self {
+        CpuSequence {
+            model,
+            cache: model.new_cache(capacity),
+            ws: Workspace::new(),
+            par,
+        }
+    }
+}
+
+impl SequenceForward for CpuSequence<'_> {
+    fn device_name(&self) -> String {
+        format!("cpu ({} threads)", self.par.threads())
+    }
+    fn config(&self) -> &BitNetConfig {
+        self.model.config()
+    }
+    fn len(&self) -> usize {
+        self.cache.len()
+    }
+    fn capacity(&self) -> usize {
+        self.cache.capacity()
+    }
+    fn truncate(&mut self, len: usize) {
+        self.cache.truncate(len);
+    }
+    fn forward(&mut self, ids: &[u32], which: Logits) -> Result<Vec<f32>> {
+        let mut batch = [BatchEntry {
+            ids,
+            cache: &mut self.cache,
+        }];
+        Ok(self
+            .model
+            .forward_batch(&mut batch, which, &mut self.ws, self.par)?
+            .to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_print_back() {
+        for s in [
+            "cpu", "auto", "wgpu", "wgpu:0", "wgpu:3", "cuda:0", "cuda:2",
+        ] {
+            let d: DeviceSpec = s.parse().unwrap();
+            assert_eq!(d.to_string(), s);
+        }
+        assert_eq!("cuda".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(0)));
+        assert_eq!("gpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Wgpu(None)));
+        for bad in ["", "cpu:1", "auto:0", "cuda:x", "wgpu:-1", "metal", "cuda:"] {
+            assert!(bad.parse::<DeviceSpec>().is_err(), "{bad}");
+        }
+    }
+}
