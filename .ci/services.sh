@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Starts the services the platform tests need: PostgreSQL and Redis on
-# loopback, installing them (and Chromium, for the dashboard test) from
-# Debian's packages when missing. Source it: it exports the URLs the tests
-# read (BITNET_TEST_POSTGRES_URL, BITNET_TEST_REDIS_URL,
-# BITNET_TEST_CHROMIUM) and BITNET_REQUIRE_SERVICES=1, so a test whose
-# service is missing fails instead of skipping.
+# loopback, installing them (and Chromium, for the dashboard test, and
+# Mesa's software Vulkan driver lavapipe, for the wgpu backend's tests)
+# from Debian's packages when missing. Source it: it exports the URLs the
+# tests read (BITNET_TEST_POSTGRES_URL, BITNET_TEST_REDIS_URL,
+# BITNET_TEST_CHROMIUM), BITNET_REQUIRE_SERVICES=1 and BITNET_TEST_WGPU=1,
+# so a test whose service or GPU adapter is missing fails instead of
+# skipping.
 set -euo pipefail
 
 services_dir="${BITNET_SERVICES_DIR:-${TMPDIR:-/tmp}/bitnet-ci-services}"
@@ -17,6 +19,8 @@ missing=()
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
+ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers)
+ls /usr/lib/*/libvulkan.so.1 >/dev/null 2>&1 || missing+=(libvulkan1)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing ${missing[*]} from Debian's packages"
     $sudo_cmd apt-get update -q >/dev/null
@@ -50,4 +54,7 @@ export BITNET_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres
 export BITNET_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 export BITNET_TEST_CHROMIUM="$(command -v chromium)"
 export BITNET_REQUIRE_SERVICES=1
+export BITNET_TEST_WGPU=1
+# Mesa warns on every device open without it (there is no session here).
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$services_dir}"
 echo "services: PostgreSQL on $pg_port, Redis on $redis_port, Chromium at $BITNET_TEST_CHROMIUM"

@@ -28,20 +28,46 @@ fn ids_prompt_gives_the_reference_greedy_tokens() {
         std::fs::copy(dir.join(f), copy.path().join(f)).unwrap();
     }
     let n = want.len().to_string();
-    let (ok, out, err) = bitnet(&[
+    // Every device gives the reference's tokens: a GPU that is missing or
+    // not built in falls back to the CPU with a notice.
+    for device in ["cpu", "wgpu", "auto", "cuda:0"] {
+        let (ok, out, err) = bitnet(&[
+            "run",
+            "-m",
+            copy.path().to_str().unwrap(),
+            "--ids",
+            &prompt,
+            "-n",
+            &n,
+            "-t",
+            "1",
+            "--device",
+            device,
+        ]);
+        assert!(ok, "{device}: {err}");
+        assert_eq!(
+            out.split_whitespace().collect::<Vec<_>>(),
+            want,
+            "{device}: {err}"
+        );
+        assert!(err.contains("decode"), "{err}");
+        if device == "cuda:0" {
+            assert!(err.contains("notice: --device cuda:0"), "{err}");
+        }
+        if device == "wgpu" && std::env::var_os("BITNET_TEST_WGPU").is_some() {
+            assert!(err.contains("device: wgpu:0"), "{err}");
+        }
+    }
+    let (ok, _, err) = bitnet(&[
         "run",
         "-m",
         copy.path().to_str().unwrap(),
         "--ids",
         &prompt,
-        "-n",
-        &n,
-        "-t",
-        "1",
+        "--device",
+        "tpu",
     ]);
-    assert!(ok, "{err}");
-    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), want, "{err}");
-    assert!(err.contains("decode"), "{err}");
+    assert!(!ok && err.contains("unknown device `tpu`"), "{err}");
 }
 
 #[test]

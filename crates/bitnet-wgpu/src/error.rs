@@ -38,7 +38,7 @@ pub enum Error {
     /// The model does not fit the memory budget or a device limit.
     #[error(
         "the model needs {needed_mib:.1} MiB of GPU memory for a context of {context} tokens; \
-         {limit}. Use a shorter --ctx-size, a larger budget, or --device cpu"
+         {limit}. Use a shorter context, a larger --gpu-memory-mib, or --device cpu"
     )]
     OutOfMemory {
         /// Bytes the model's buffers need, in MiB.

@@ -31,6 +31,7 @@
 //! t/s ÷ bandwidth. `model_size` and `model_n_params` count the weights as
 //! we hold them in memory (ternary layers packed at 2 bits).
 
+use crate::commands::device::DeviceArgs;
 use anyhow::{Context, bail};
 use bitnet_core::{Parallelism, build_pool, system};
 use bitnet_inference::{BatchEntry, BitNetModel, Logits, Workspace};
@@ -79,6 +80,8 @@ pub(crate) struct Args {
     /// Progress lines on stderr.
     #[arg(long)]
     progress: bool,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Buffer for the read-bandwidth measurement in MiB (default: twice the
     /// last-level cache, 512 to 1024); 0 skips it and the bandwidth fraction.
     #[arg(long, value_name = "MIB")]
@@ -98,6 +101,8 @@ struct Row {
     /// Bytes a decode step reads (`tg` rows).
     bytes_per_token: Option<f64>,
     bandwidth: Option<f64>,
+    /// The GPU it ran on (`None`: the CPU).
+    device: Option<String>,
 }
 
 impl Row {
@@ -174,6 +179,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         bail!("a test needs {longest} positions; the model's context is {context}");
     }
     let widest = args.parallel.iter().copied().max().unwrap_or(1);
+    let mut gpu = args.device.open(model.weights(), longest);
+    if gpu.is_some() && widest > 1 {
+        bail!("--parallel above 1 runs on the CPU only; the GPU path holds one sequence");
+    }
+    let device = gpu.as_ref().map(|g| g.device_name());
     let mut caches: Vec<_> = (0..widest).map(|_| model.new_cache(longest)).collect();
     let mut ws = Workspace::new();
     let mut rng = SplitMix(0x5eed);
@@ -200,6 +210,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 peak_rss_bytes: None,
                 bytes_per_token: None,
                 bandwidth: None,
+                device: None,
             };
             let mut once = |warmup: bool| -> anyhow::Result<u64> {
                 let caches = &mut caches[..n_parallel];
@@ -212,6 +223,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 let prompt = random_ids(p);
                 let steps = random_ids(g * n_parallel);
                 let t0 = Instant::now();
+                if let Some(seq) = gpu.as_mut() {
+                    seq.truncate(0);
+                    if p > 0 {
+                        std::hint::black_box(seq.forward(&prompt, Logits::Last)?);
+                    }
+                    for id in &steps {
+                        std::hint::black_box(seq.forward(std::slice::from_ref(id), Logits::Last)?);
+                    }
+                    return Ok(t0.elapsed().as_nanos() as u64);
+                }
                 if p > 0 {
                     let mut batch = [BatchEntry {
                         ids: &prompt,
@@ -253,6 +274,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             row.peak_rss_bytes = system::peak_rss_bytes();
             // Bytes per token and the bandwidth fraction describe one
             // sequence; a batch reads the weights once for all of them.
+            row.device = device.clone();
             if n_gen > 0 && n_parallel == 1 {
                 row.bytes_per_token = Some(decode_bytes_per_token(model.weights(), n_gen));
             }
@@ -268,7 +290,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             (2 * cache).clamp(512 << 20, 1 << 30)
         }
     };
-    if buffer > 0 && !gens.is_empty() {
+    if buffer > 0 && !gens.is_empty() && device.is_none() {
         for &n in &threads {
             let pool = build_pool(n)?;
             if args.progress {
@@ -380,8 +402,8 @@ fn json_row(info: &ModelInfo, r: &Row) -> serde_json::Value {
         "build_commit": concat!("bitnet-rs-", env!("CARGO_PKG_VERSION")),
         "build_number": 0,
         "cpu_info": system::cpu_name(),
-        "gpu_info": "",
-        "backends": "CPU",
+        "gpu_info": r.device.clone().unwrap_or_default(),
+        "backends": if r.device.is_some() { "wgpu" } else { "CPU" },
         "model_filename": info.filename,
         "model_type": info.kind,
         "model_size": info.size,
@@ -453,13 +475,16 @@ fn print_markdown(info: &ModelInfo, rows: &[Row]) {
             info.kind,
             size,
             params,
-            "CPU",
+            if r.device.is_some() { "wgpu" } else { "CPU" },
             r.n_threads,
             r.name(),
             format!("{:.2} ± {:.2}", mean(&ts), stddev(&ts)),
             bw,
             rss
         );
+    }
+    if let Some(d) = rows.iter().find_map(|r| r.device.as_ref()) {
+        println!("\nbackend wgpu: {d}");
     }
     println!(
         "\nbuild: bitnet-rs {} ({})",

@@ -144,10 +144,81 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
+    failed |= gpus();
     if failed {
-        bail!("a kernel self-test failed: do not trust this build on this CPU");
+        bail!("a kernel self-test failed: do not trust this build on this machine");
     }
     Ok(())
+}
+
+/// Lists the GPU adapters and runs the GPU self-test on each; returns
+/// whether one failed.
+#[cfg(feature = "wgpu")]
+fn gpus() -> bool {
+    use bitnet_wgpu::{AdapterChoice, GpuContext, selftest};
+    let adapters = bitnet_wgpu::adapters();
+    println!("\nGPUs (wgpu: Vulkan, Metal, DX12)");
+    if adapters.is_empty() {
+        println!("  none found (no Vulkan/Metal/DX12 driver); --device auto runs on the CPU");
+        return false;
+    }
+    let mut failed = false;
+    for a in &adapters {
+        println!(
+            "  wgpu:{}  {} ({}, {}{}), driver {}, storage binding limit {} MiB",
+            a.index,
+            a.name,
+            a.backend,
+            a.kind,
+            if a.hardware {
+                ""
+            } else {
+                ", software: auto skips it"
+            },
+            a.driver,
+            a.max_binding_bytes >> 20
+        );
+        let report = GpuContext::open(AdapterChoice::Index(a.index)).and_then(selftest::run);
+        match report {
+            Ok(r) => {
+                for k in &r.kernels {
+                    let codes = match k.codes_exact {
+                        Some(true) => ", codes exact",
+                        Some(false) => ", codes DIFFER",
+                        None => "",
+                    };
+                    println!(
+                        "      {:<34} {} (max diff {:.1e} of the largest{codes})",
+                        k.kernel,
+                        if k.passed() { "PASS" } else { "FAIL" },
+                        k.max_rel_diff
+                    );
+                }
+                println!(
+                    "      {:<34} {} (logits: median position {:.1e}, worst {:.1e}; greedy {} tokens {})",
+                    "whole model (tiny, random)",
+                    if r.passed() { "PASS" } else { "FAIL" },
+                    r.model_median_rel_diff,
+                    r.model_max_rel_diff,
+                    r.greedy_tokens,
+                    if r.greedy_equal { "equal" } else { "DIFFER" }
+                );
+                failed |= !r.passed();
+            }
+            Err(e) => {
+                // A GPU that cannot run the kernels is reported, not fatal:
+                // the CPU path still works.
+                println!("      self-test could not run: {e}");
+            }
+        }
+    }
+    failed
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn gpus() -> bool {
+    println!("\nGPUs: this build has no GPU backend (the `wgpu` feature is off)");
+    false
 }
 
 fn plural(n: usize) -> &'static str {

@@ -4,6 +4,7 @@ pub(crate) mod admin;
 pub(crate) mod bench;
 pub(crate) mod chat;
 pub(crate) mod convert;
+pub(crate) mod device;
 pub(crate) mod doctor;
 pub(crate) mod inspect;
 pub(crate) mod model_args;

@@ -3,10 +3,11 @@
 //! generation; `--output json` prints one object instead (a stable
 //! scripting interface).
 
+use crate::commands::device::DeviceArgs;
 use crate::commands::model_args::{LoadedModel, ModelArgs, SamplingArgs};
 use anyhow::{Context, bail};
 use bitnet_core::system;
-use bitnet_inference::generate::{Session, generate};
+use bitnet_inference::generate::{Session, generate, generate_on};
 use bitnet_inference::text::TokenizerDecoder;
 use std::io::Write;
 
@@ -26,6 +27,8 @@ pub(crate) struct Args {
     no_special: bool,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// `text` streams the generation; `json` prints one object with the
     /// prompt and generated ids, text, speeds and peak memory.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
@@ -61,41 +64,54 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             prompt.len()
         );
     }
-    let mut session = Session::new(model, needed.min(context));
     let json = args.output == "json";
     let mut decoder = tokenizer.as_ref().map(|t| TokenizerDecoder::new(t, true));
     let mut stdout = std::io::stdout().lock();
     let mut write_error = None;
-    let generation = generate(
-        model,
-        &mut session,
-        &prompt,
-        &params,
-        decoder
-            .as_mut()
-            .map(|d| d as &mut dyn bitnet_inference::PieceDecoder),
-        loaded.parallelism(),
-        |id, text| {
-            if json {
-                return true;
+    let on_token = |id: u32, text: &str| {
+        if json {
+            return true;
+        }
+        let piece = if tokenizer.is_some() {
+            text.to_string()
+        } else {
+            format!("{id} ")
+        };
+        match stdout
+            .write_all(piece.as_bytes())
+            .and_then(|_| stdout.flush())
+        {
+            Ok(()) => true,
+            Err(e) => {
+                write_error = Some(e);
+                false
             }
-            let piece = if tokenizer.is_some() {
-                text.to_string()
-            } else {
-                format!("{id} ")
-            };
-            match stdout
-                .write_all(piece.as_bytes())
-                .and_then(|_| stdout.flush())
-            {
-                Ok(()) => true,
-                Err(e) => {
-                    write_error = Some(e);
-                    false
-                }
-            }
-        },
-    )?;
+        }
+    };
+    let decoder = decoder
+        .as_mut()
+        .map(|d| d as &mut dyn bitnet_inference::PieceDecoder);
+    let gpu = args.device.open(model.weights(), needed.min(context));
+    let device = gpu
+        .as_ref()
+        .map(|g| g.device_name())
+        .unwrap_or_else(|| "cpu".into());
+    let generation = match gpu {
+        Some(mut seq) => generate_on(&mut *seq, &[], &prompt, &params, decoder, on_token)?,
+        None => {
+            let mut session = Session::new(model, needed.min(context));
+            generate(
+                model,
+                &mut session,
+                &prompt,
+                &params,
+                decoder,
+                loaded.parallelism(),
+                on_token,
+            )?
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
     if let Some(e) = write_error {
         return Err(e).context("writing to stdout");
     }
@@ -113,6 +129,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             "prompt_tokens": prompt.len(),
             "generated_tokens": generation.tokens.len(),
             "threads": threads,
+            "device": device,
             "load_seconds": loaded.load_time.as_secs_f64(),
             "prefill_seconds": prefill,
             "decode_seconds": decode,
@@ -125,7 +142,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     }
     writeln!(stdout)?;
     eprintln!(
-        "prompt {} tokens in {:.3} s ({:.1} t/s); generated {} tokens, decode {:.1} t/s, {threads} thread{}; stopped: {:?}",
+        "prompt {} tokens in {:.3} s ({:.1} t/s); generated {} tokens, decode {:.1} t/s, {threads} thread{}, {device}; stopped: {:?}",
         prompt.len(),
         prefill,
         prefill_tps,

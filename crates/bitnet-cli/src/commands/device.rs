@@ -1,0 +1,105 @@
+//! `--device` for the commands that run a model (`run`, `bench`): which
+//! device, and the GPU model when one opens. Every failure to use a GPU
+//! (none built in, no driver, no adapter, a kernel that does not compile,
+//! a model that does not fit) prints one line saying why and leaves the
+//! CPU path, which always works.
+
+use bitnet_inference::{DeviceSpec, SequenceForward};
+use bitnet_models::weights::BitNetWeights;
+
+/// Device arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct DeviceArgs {
+    /// Where to run: `cpu`, `wgpu` (first GPU adapter; `wgpu:N` picks one,
+    /// `bitnet doctor` lists them), `cuda[:N]`, or `auto` (a hardware GPU
+    /// when one works, else the CPU).
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub(crate) device: DeviceSpec,
+    /// Refuse to load a model whose GPU buffers exceed this many MiB.
+    #[arg(long, value_name = "MIB")]
+    pub(crate) gpu_memory_mib: Option<u64>,
+}
+
+fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    s.parse()
+}
+
+/// A model on a GPU, behind the same interface as the CPU's.
+pub(crate) type GpuSequence = Box<dyn SequenceForward>;
+
+impl DeviceArgs {
+    /// Opens the GPU the arguments ask for, with a KV cache of `context`
+    /// positions; `None` (after a one-line notice on stderr when a GPU was
+    /// asked for) means: run on the CPU.
+    pub(crate) fn open(&self, weights: &BitNetWeights, context: usize) -> Option<GpuSequence> {
+        let fallback = |why: String| {
+            eprintln!("notice: {why}; running on the CPU");
+            None
+        };
+        match self.device {
+            DeviceSpec::Cpu => None,
+            DeviceSpec::Cuda(i) => fallback(format!(
+                "--device cuda:{i}: this build has no CUDA backend (use --device wgpu, which \
+                 runs NVIDIA GPUs through Vulkan)"
+            )),
+            spec => self
+                .open_wgpu(spec, weights, context)
+                .unwrap_or_else(fallback),
+        }
+    }
+
+    #[cfg(feature = "wgpu")]
+    fn open_wgpu(
+        &self,
+        spec: DeviceSpec,
+        weights: &BitNetWeights,
+        context: usize,
+    ) -> Result<Option<GpuSequence>, String> {
+        use bitnet_wgpu::{AdapterChoice, GpuContext, GpuOptions, WgpuModel};
+        let choice = match spec {
+            DeviceSpec::Wgpu(Some(i)) => AdapterChoice::Index(i),
+            // An explicit `wgpu` may take a software adapter; `auto` only
+            // takes hardware (software Vulkan is slower than our CPU path).
+            DeviceSpec::Wgpu(None) => AdapterChoice::First {
+                allow_software: true,
+            },
+            _ => AdapterChoice::First {
+                allow_software: false,
+            },
+        };
+        let ctx = GpuContext::open(choice).map_err(|e| e.to_string())?;
+        let options = GpuOptions {
+            context,
+            memory_budget: self.gpu_memory_mib.map(|m| m << 20),
+            ..GpuOptions::default()
+        };
+        let model = WgpuModel::new(ctx, weights, options).map_err(|e| e.to_string())?;
+        let mem = model.memory();
+        eprintln!(
+            "device: {} - {:.1} MiB of GPU memory (weights {:.1}, KV cache {:.1}, scratch {:.1})",
+            model.device_name(),
+            mib(mem.total()),
+            mib(mem.weights),
+            mib(mem.kv_cache),
+            mib(mem.scratch)
+        );
+        Ok(Some(Box::new(model)))
+    }
+
+    #[cfg(not(feature = "wgpu"))]
+    fn open_wgpu(
+        &self,
+        spec: DeviceSpec,
+        _weights: &BitNetWeights,
+        _context: usize,
+    ) -> Result<Option<GpuSequence>, String> {
+        Err(format!(
+            "--device {spec}: this build has no wgpu backend (rebuild with the `wgpu` feature)"
+        ))
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn mib(b: u64) -> f64 {
+    b as f64 / (1u64 << 20) as f64
+}
