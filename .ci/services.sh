@@ -19,8 +19,8 @@ missing=()
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
-ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers)
-ls /usr/lib/*/libvulkan.so.1 >/dev/null 2>&1 || missing+=(libvulkan1)
+dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers)
+dpkg -s libvulkan1 >/dev/null 2>&1 || missing+=(libvulkan1)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing ${missing[*]} from Debian's packages"
     $sudo_cmd apt-get update -q >/dev/null
