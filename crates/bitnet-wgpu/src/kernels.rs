@@ -143,7 +143,8 @@ impl Kernels {
     }
 
     pub(crate) fn pipeline(&self, k: Kernel) -> &wgpu::ComputePipeline {
-        &self.pipelines[Kernel::ALL.iter().position(|&x| x == k).unwrap_or(0)]
+        // `new` compiles them in `Kernel::ALL` order, which is declaration order.
+        &self.pipelines[k as usize]
     }
 
     /// A bind group with `buffers` at bindings 0, 1, 2, ...
@@ -186,6 +187,90 @@ impl Kernels {
             pass.dispatch_workgroups(x, y, z);
         }
     }
+}
+
+/// Columns padded to whole 16-weight words (the kernels' row unit).
+pub(crate) fn pad16(cols: usize) -> usize {
+    cols.div_ceil(16) * 16
+}
+
+/// `norm_quant.wgsl`'s `Params`.
+pub(crate) fn norm_quant_params(ctx: &GpuContext, cols: usize, eps: f32) -> wgpu::Buffer {
+    let stride = (pad16(cols) / 4) as u32;
+    uniform(
+        ctx,
+        "norm_quant",
+        &[Word::U(cols as u32), Word::U(stride), Word::F(eps)],
+    )
+}
+
+/// `matmul.wgsl`'s `Params` for a `[rows, cols]` layer.
+pub(crate) fn matmul_params(
+    ctx: &GpuContext,
+    rows: usize,
+    cols: usize,
+    flags: u32,
+) -> wgpu::Buffer {
+    let p = pad16(cols) as u32;
+    uniform(
+        ctx,
+        "matmul",
+        &[
+            Word::U(rows as u32),
+            Word::U(p / 16),
+            Word::U(p / 4),
+            Word::U(flags),
+        ],
+    )
+}
+
+/// `rope.wgsl`'s `Params`.
+pub(crate) fn rope_params(
+    ctx: &GpuContext,
+    heads: usize,
+    d: usize,
+    stride: usize,
+    flags: u32,
+) -> wgpu::Buffer {
+    let w = |v: usize| Word::U(v as u32);
+    uniform(ctx, "rope", &[w(heads), w(d), w(stride), Word::U(flags)])
+}
+
+/// `attention.wgsl`'s `Params`.
+pub(crate) fn attention_params(
+    ctx: &GpuContext,
+    heads: usize,
+    kv_heads: usize,
+    d: usize,
+    q_stride: usize,
+    kv_stride: usize,
+) -> wgpu::Buffer {
+    let w = |v: usize| Word::U(v as u32);
+    let scale = Word::F(1.0 / (d as f32).sqrt());
+    uniform(
+        ctx,
+        "attention",
+        &[
+            w(heads),
+            w(kv_heads),
+            w(d),
+            w(q_stride),
+            w(kv_stride),
+            scale,
+        ],
+    )
+}
+
+/// `lm_head.wgsl`'s `Params` for the slice of `rows` vocabulary rows from `first`.
+pub(crate) fn lm_head_params(
+    ctx: &GpuContext,
+    h: usize,
+    rows: usize,
+    vocab: usize,
+    first: usize,
+) -> wgpu::Buffer {
+    let w = |v: usize| Word::U(v as u32);
+    uniform(ctx, "lm_head", &[w(h), w(rows), w(vocab), w(first)])
 }
 
 /// A value of a uniform parameter block.

@@ -21,7 +21,8 @@
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 use crate::kernels::{
-    Dispatch, Grid, Kernel, Kernels, WG_GLU, WG_ROWS, Word, f32_bytes, staging, storage,
+    Dispatch, Grid, Kernel, Kernels, WG_GLU, WG_ROWS, Word, attention_params, f32_bytes,
+    lm_head_params, matmul_params, norm_quant_params, pad16, rope_params, staging, storage,
     storage_with, u32_bytes, uniform,
 };
 use bitnet_core::ops::rows::RopeTable;
@@ -113,10 +114,6 @@ pub(crate) struct PackedLinear {
     pub(crate) scales: Vec<f32>,
     pub(crate) rows: usize,
     pub(crate) flags: u32,
-}
-
-fn pad16(cols: usize) -> usize {
-    cols.div_ceil(16) * 16
 }
 
 /// Repacks a ternary layer for `matmul.wgsl`: word `k` of row `r` holds
@@ -598,11 +595,7 @@ impl Build<'_> {
         let eps = Word::F(c.rms_norm_eps);
         let norm_quant = |keep: &mut Vec<wgpu::Buffer>, input: &wgpu::Buffer, w: &[f32]| {
             let cols = w.len();
-            let p = uniform(
-                ctx,
-                "norm_quant",
-                &[Word::U(cols as u32), Word::U((pad16(cols) / 4) as u32), eps],
-            );
+            let p = norm_quant_params(ctx, cols, c.rms_norm_eps);
             let wb = storage_with(ctx, "norm", &f32_bytes(w));
             let bind = k.bind(
                 ctx,
@@ -619,16 +612,7 @@ impl Build<'_> {
         let matmul =
             |keep: &mut Vec<wgpu::Buffer>, b: &BitLinear, out: &wgpu::Buffer, extra: u32| {
                 let pl = pack_linear(b);
-                let p = uniform(
-                    ctx,
-                    "matmul",
-                    &[
-                        Word::U(pl.rows as u32),
-                        Word::U((pad16(b.in_features()) / 16) as u32),
-                        Word::U((pad16(b.in_features()) / 4) as u32),
-                        Word::U(pl.flags | extra),
-                    ],
-                );
+                let p = matmul_params(ctx, pl.rows, b.in_features(), pl.flags | extra);
                 let wb = storage_with(ctx, "ternary weights", &u32_bytes(&pl.words));
                 let sb = storage_with(ctx, "weight scales", &f32_bytes(&pl.scales));
                 let bind = k.bind(
@@ -650,16 +634,7 @@ impl Build<'_> {
                              heads: usize,
                              stride: usize,
                              flags: u32| {
-            let p = uniform(
-                ctx,
-                "rope",
-                &[
-                    Word::U(heads as u32),
-                    Word::U(d as u32),
-                    Word::U(stride as u32),
-                    Word::U(flags),
-                ],
-            );
+            let p = rope_params(ctx, heads, d, stride, flags);
             let bind = k.bind(ctx, Kernel::Rope, &[&p, &step, &cos, &sin, buf]);
             keep.push(p);
             Dispatch {
@@ -684,18 +659,7 @@ impl Build<'_> {
             layers.push(matmul(&mut keep, lin[2], &vc, INTO_CACHE));
             layers.push(rope_dispatch(&mut keep, &qb, c.num_heads, h, 0));
             layers.push(rope_dispatch(&mut keep, &kc, c.num_kv_heads, kv, 1));
-            let p = uniform(
-                ctx,
-                "attention",
-                &[
-                    Word::U(c.num_heads as u32),
-                    Word::U(c.num_kv_heads as u32),
-                    Word::U(d as u32),
-                    Word::U(h as u32),
-                    Word::U(kv as u32),
-                    Word::F(1.0 / (d as f32).sqrt()),
-                ],
-            );
+            let p = attention_params(ctx, c.num_heads, c.num_kv_heads, d, h, kv);
             let bind = k.bind(ctx, Kernel::Attention, &[&p, &step, &qb, &kc, &vc, &ob]);
             keep.push(p);
             layers.push(Dispatch {
@@ -754,16 +718,7 @@ impl Build<'_> {
                 "output layer",
                 &u32_bytes(&plan.slice_words(out, first)),
             );
-            let p = uniform(
-                ctx,
-                "lm_head",
-                &[
-                    Word::U(h as u32),
-                    Word::U(rows as u32),
-                    Word::U(c.vocab_size as u32),
-                    Word::U(first as u32),
-                ],
-            );
+            let p = lm_head_params(ctx, h, rows, c.vocab_size, first);
             let bind = k.bind(ctx, kernel, &[&p, &step, &normed, &wb, &logits]);
             keep.extend([p, wb]);
             let per = if plan.f16 { rows.div_ceil(2) } else { rows };

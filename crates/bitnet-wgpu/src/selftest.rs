@@ -19,7 +19,8 @@
 use crate::context::GpuContext;
 use crate::error::Result;
 use crate::kernels::{
-    Grid, Kernel, Kernels, WG_GLU, WG_ROWS, Word, f32_bytes, read_back, run_once, storage,
+    Grid, Kernel, Kernels, WG_GLU, WG_ROWS, Word, attention_params, f32_bytes, lm_head_params,
+    matmul_params, norm_quant_params, pad16, read_back, rope_params, run_once, storage,
     storage_with, u32_bytes, uniform,
 };
 use crate::model::{GpuOptions, WgpuModel, pack_linear};
@@ -136,10 +137,6 @@ fn step(ctx: &GpuContext, n: u32, start: u32, m: u32, first: u32) -> wgpu::Buffe
     )
 }
 
-fn pad16(c: usize) -> usize {
-    c.div_ceil(16) * 16
-}
-
 /// Every kernel once against the CPU engine's code.
 pub fn check_kernels(ctx: &GpuContext) -> Result<Vec<KernelCheck>> {
     let k = Kernels::new(ctx)?;
@@ -174,11 +171,7 @@ fn check_norm_quant(ctx: &GpuContext, k: &Kernels, rng: &mut Lcg) -> Result<Kern
     rms_norm_into(&x, &w, eps, &mut normed);
     let want = QuantizedActivations::quantize("check", &normed, n, cols)?;
 
-    let p = uniform(
-        ctx,
-        "p",
-        &[Word::U(cols as u32), Word::U(stride as u32), Word::F(eps)],
-    );
+    let p = norm_quant_params(ctx, cols, eps);
     let st = step(ctx, n as u32, 0, 0, 0);
     let xb = storage_with(ctx, "x", &f32_bytes(&x));
     let wb = storage_with(ctx, "w", &f32_bytes(&w));
@@ -260,16 +253,7 @@ fn check_matmul(
                 .sum::<i32>() as u32
         })
         .collect();
-    let p = uniform(
-        ctx,
-        "p",
-        &[
-            Word::U(rows as u32),
-            Word::U((pad16(cols) / 16) as u32),
-            Word::U(stride as u32),
-            Word::U(packed.flags),
-        ],
-    );
+    let p = matmul_params(ctx, rows, cols, packed.flags);
     let st = step(ctx, n as u32, 0, 0, 0);
     let wb = storage_with(ctx, "w", &u32_bytes(&packed.words));
     let sb = storage_with(ctx, "ws", &f32_bytes(&packed.scales));
@@ -361,16 +345,7 @@ fn check_rope_attention(ctx: &GpuContext, k: &Kernels, rng: &mut Lcg) -> Result<
     let vb = storage_with(ctx, "v", &f32_bytes(&vc));
     let ob = storage(ctx, "o", 4 * (n * h) as u64);
     for (buf, hs, stride, flags) in [(&qb, heads, h, 0u32), (&kb, kv_heads, kv, 1)] {
-        let p = uniform(
-            ctx,
-            "rope",
-            &[
-                Word::U(hs as u32),
-                Word::U(d as u32),
-                Word::U(stride as u32),
-                Word::U(flags),
-            ],
-        );
+        let p = rope_params(ctx, hs, d, stride, flags);
         run_once(
             ctx,
             k,
@@ -383,18 +358,7 @@ fn check_rope_attention(ctx: &GpuContext, k: &Kernels, rng: &mut Lcg) -> Result<
             0,
         )?;
     }
-    let p = uniform(
-        ctx,
-        "attention",
-        &[
-            Word::U(heads as u32),
-            Word::U(kv_heads as u32),
-            Word::U(d as u32),
-            Word::U(h as u32),
-            Word::U(kv as u32),
-            Word::F(scale as f32),
-        ],
-    );
+    let p = attention_params(ctx, heads, kv_heads, d, h, kv);
     run_once(
         ctx,
         k,
@@ -505,16 +469,7 @@ fn check_lm_head(ctx: &GpuContext, k: &Kernels, rng: &mut Lcg, f16: bool) -> Res
     for first in (0..vocab).step_by(70) {
         let rows = 70.min(vocab - first);
         let wb = storage_with(ctx, "w", &u32_bytes(&plan.slice_words(&matrix, first)));
-        let p = uniform(
-            ctx,
-            "p",
-            &[
-                Word::U(h as u32),
-                Word::U(rows as u32),
-                Word::U(vocab as u32),
-                Word::U(first as u32),
-            ],
-        );
+        let p = lm_head_params(ctx, h, rows, vocab, first);
         let per = if f16 { rows.div_ceil(2) } else { rows };
         run_once(
             ctx,
