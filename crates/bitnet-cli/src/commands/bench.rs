@@ -394,6 +394,15 @@ fn model_info(args: &Args, w: &BitNetWeights) -> ModelInfo {
     }
 }
 
+/// The backend a row ran on, as llama-bench names them.
+fn backend(r: &Row) -> &'static str {
+    match r.device.as_deref() {
+        None => "CPU",
+        Some(d) if d.starts_with("cuda") => "CUDA",
+        Some(_) => "wgpu",
+    }
+}
+
 /// One row under llama-bench's JSON field names, then ours.
 fn json_row(info: &ModelInfo, r: &Row) -> serde_json::Value {
     let ts = r.samples_ts();
@@ -403,7 +412,7 @@ fn json_row(info: &ModelInfo, r: &Row) -> serde_json::Value {
         "build_number": 0,
         "cpu_info": system::cpu_name(),
         "gpu_info": r.device.clone().unwrap_or_default(),
-        "backends": if r.device.is_some() { "wgpu" } else { "CPU" },
+        "backends": backend(r),
         "model_filename": info.filename,
         "model_type": info.kind,
         "model_size": info.size,
@@ -475,7 +484,7 @@ fn print_markdown(info: &ModelInfo, rows: &[Row]) {
             info.kind,
             size,
             params,
-            if r.device.is_some() { "wgpu" } else { "CPU" },
+            backend(r),
             r.n_threads,
             r.name(),
             format!("{:.2} ± {:.2}", mean(&ts), stddev(&ts)),
@@ -483,8 +492,12 @@ fn print_markdown(info: &ModelInfo, rows: &[Row]) {
             rss
         );
     }
-    if let Some(d) = rows.iter().find_map(|r| r.device.as_ref()) {
-        println!("\nbackend wgpu: {d}");
+    if let Some(r) = rows.iter().find(|r| r.device.is_some()) {
+        println!(
+            "\nbackend {}: {}",
+            backend(r),
+            r.device.as_deref().unwrap_or("")
+        );
     }
     println!(
         "\nbuild: bitnet-rs {} ({})",

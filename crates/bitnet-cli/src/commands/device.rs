@@ -10,9 +10,10 @@ use bitnet_models::weights::BitNetWeights;
 /// Device arguments.
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct DeviceArgs {
-    /// Where to run: `cpu`, `wgpu` (first GPU adapter; `wgpu:N` picks one,
-    /// `bitnet doctor` lists them), `cuda[:N]`, or `auto` (a hardware GPU
-    /// when one works, else the CPU).
+    /// Where to run: `cpu`, `cuda[:N]` (an NVIDIA GPU), `wgpu` (first GPU
+    /// adapter through Vulkan/Metal/DX12; `wgpu:N` picks one), or `auto`
+    /// (CUDA, else a hardware wgpu adapter, else the CPU). `bitnet doctor`
+    /// lists the devices.
     #[arg(long, default_value = "cpu", value_parser = parse_device)]
     pub(crate) device: DeviceSpec,
     /// Refuse to load a model whose GPU buffers exceed this many MiB.
@@ -38,14 +39,65 @@ impl DeviceArgs {
         };
         match self.device {
             DeviceSpec::Cpu => None,
-            DeviceSpec::Cuda(i) => fallback(format!(
-                "--device cuda:{i}: this build has no CUDA backend (use --device wgpu, which \
-                 runs NVIDIA GPUs through Vulkan)"
-            )),
+            DeviceSpec::Cuda(i) => self
+                .open_cuda(i, weights, context)
+                .unwrap_or_else(|e| fallback(format!("--device cuda:{i}: {e}"))),
+            DeviceSpec::Auto => {
+                // CUDA first where a driver is installed, then any hardware
+                // adapter through wgpu; the notice names both reasons.
+                let cuda = match self.open_cuda(0, weights, context) {
+                    Ok(seq) => return seq,
+                    Err(e) => e,
+                };
+                match self.open_wgpu(DeviceSpec::Auto, weights, context) {
+                    Ok(seq) => seq,
+                    Err(wgpu) => fallback(format!("--device auto: CUDA: {cuda}; wgpu: {wgpu}")),
+                }
+            }
             spec => self
                 .open_wgpu(spec, weights, context)
                 .unwrap_or_else(fallback),
         }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn open_cuda(
+        &self,
+        ordinal: usize,
+        weights: &BitNetWeights,
+        context: usize,
+    ) -> Result<Option<GpuSequence>, String> {
+        use bitnet_cuda::{CudaDevice, CudaModel, CudaOptions};
+        let dev = CudaDevice::open(ordinal).map_err(|e| e.to_string())?;
+        let options = CudaOptions {
+            context,
+            memory_budget: self.gpu_memory_mib.map(|m| m << 20),
+            ..CudaOptions::default()
+        };
+        let model = CudaModel::new(dev, weights, options).map_err(|e| e.to_string())?;
+        let mem = model.memory();
+        eprintln!(
+            "device: {} - {:.1} MiB of GPU memory (weights {:.1}, KV cache {:.1}, scratch {:.1})",
+            model.device_name(),
+            mib(mem.total()),
+            mib(mem.weights),
+            mib(mem.kv_cache),
+            mib(mem.scratch)
+        );
+        Ok(Some(Box::new(model)))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn open_cuda(
+        &self,
+        ordinal: usize,
+        _weights: &BitNetWeights,
+        _context: usize,
+    ) -> Result<Option<GpuSequence>, String> {
+        Err(format!(
+            "--device cuda:{ordinal}: this build has no CUDA backend (rebuild with the `cuda` \
+             feature)"
+        ))
     }
 
     #[cfg(feature = "wgpu")]
@@ -99,7 +151,7 @@ impl DeviceArgs {
     }
 }
 
-#[cfg(feature = "wgpu")]
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn mib(b: u64) -> f64 {
     b as f64 / (1u64 << 20) as f64
 }

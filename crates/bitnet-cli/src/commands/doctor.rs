@@ -23,6 +23,10 @@ pub(crate) struct Args {
     /// Thread counts to measure with (default: 1 and all logical CPUs).
     #[arg(long, value_delimiter = ',')]
     threads: Vec<usize>,
+    /// Also measure each CUDA device's ternary matmul bandwidth on the
+    /// 2B-4T layer shapes against a device-to-device copy.
+    #[arg(long)]
+    gpu_bench: bool,
 }
 
 /// The 2B-4T ternary layer shapes `(rows, cols, name)`.
@@ -144,6 +148,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
+    failed |= cuda(args.gpu_bench);
     failed |= gpus();
     if failed {
         bail!("a kernel self-test failed: do not trust this build on this machine");
@@ -213,6 +218,108 @@ fn gpus() -> bool {
         }
     }
     failed
+}
+
+/// Lists the CUDA devices, runs the CUDA self-test on each (and the
+/// bandwidth measurement with `--gpu-bench`); returns whether one failed.
+#[cfg(feature = "cuda")]
+fn cuda(bench: bool) -> bool {
+    use bitnet_cuda::{CudaDevice, bench::SHAPES_2B4T, bench::gemv_bandwidth, selftest};
+    println!("\nGPUs (CUDA)");
+    let devices = match bitnet_cuda::devices() {
+        Ok(d) => d,
+        Err(e) => {
+            println!("  none usable: {e}");
+            return false;
+        }
+    };
+    if devices.is_empty() {
+        println!("  the driver reports no device");
+        return false;
+    }
+    if !bitnet_cuda::nvrtc_present() {
+        println!("  {}", bitnet_cuda::Error::NoNvrtc);
+    }
+    let mut failed = false;
+    for d in &devices {
+        println!(
+            "  cuda:{}  {} (compute {}.{}), {} MiB ({} MiB free), driver CUDA {}.{}",
+            d.ordinal,
+            d.name,
+            d.compute_capability.0,
+            d.compute_capability.1,
+            d.total_memory >> 20,
+            d.free_memory >> 20,
+            d.driver_cuda.0,
+            d.driver_cuda.1
+        );
+        let dev = match CudaDevice::open(d.ordinal) {
+            Ok(dev) => dev,
+            Err(e) => {
+                println!("      could not open: {e}");
+                continue;
+            }
+        };
+        match selftest::run(&dev) {
+            Ok(r) => {
+                for k in &r.kernels {
+                    let codes = match k.codes_exact {
+                        Some(true) => ", codes exact",
+                        Some(false) => ", codes DIFFER",
+                        None => "",
+                    };
+                    println!(
+                        "      {:<48} {} (max diff {:.1e} of the largest{codes})",
+                        k.kernel,
+                        if k.passed() { "PASS" } else { "FAIL" },
+                        k.max_rel_diff
+                    );
+                }
+                println!(
+                    "      {:<48} {} (logits: median position {:.1e}, worst {:.1e}; greedy {} tokens {}; decode graph {})",
+                    "whole model (tiny, random)",
+                    if r.passed() { "PASS" } else { "FAIL" },
+                    r.model_median_rel_diff,
+                    r.model_max_rel_diff,
+                    r.greedy_tokens,
+                    if r.greedy_equal { "equal" } else { "DIFFER" },
+                    if r.graph { "on" } else { "off" }
+                );
+                failed |= !r.passed();
+            }
+            Err(e) => println!("      self-test could not run: {e}"),
+        }
+        if bench {
+            for tokens in [1, 8] {
+                match gemv_bandwidth(&dev, &SHAPES_2B4T, tokens) {
+                    Ok(rep) => {
+                        println!(
+                            "      ternary matmul, {tokens} token{} per launch (copy bandwidth {:.0} GB/s):",
+                            if tokens == 1 { "" } else { "s" },
+                            rep.copy_gb_per_s
+                        );
+                        for r in &rep.results {
+                            println!(
+                                "        {:<36} {:>9.1} us  {:>7.0} GB/s  {:>5.1}% of copy",
+                                r.shape,
+                                r.micros,
+                                r.gb_per_s,
+                                100.0 * r.fraction_of_copy
+                            );
+                        }
+                    }
+                    Err(e) => println!("      bandwidth could not be measured: {e}"),
+                }
+            }
+        }
+    }
+    failed
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_bench: bool) -> bool {
+    println!("\nGPUs (CUDA): this build has no CUDA backend (the `cuda` feature is off)");
+    false
 }
 
 #[cfg(not(feature = "wgpu"))]

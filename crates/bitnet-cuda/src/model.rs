@@ -1,0 +1,835 @@
+//! The BitNet forward pass on a CUDA device, one sequence at a time.
+//!
+//! Everything a pass needs is built once at load: weights uploaded in the
+//! kernels' layouts, activation buffers for up to `max_batch_tokens`
+//! tokens, the KV cache for the whole context, and the list of launches
+//! with their arguments. A pass writes the token embeddings (a row lookup
+//! on the host) and a 16-byte step block, launches ~15 kernels per layer
+//! on one stream, and reads back only the logits and a status word: no
+//! host round trip per layer. Decode steps (one token, one logit row)
+//! replay a CUDA graph captured on the first such step, which removes the
+//! per-launch cost of ~450 launches per token.
+//!
+//! Numerics are the wgpu backend's and the CPU engine's (see
+//! `kernels.cu`). The output layer runs in the file's own f32, f16 or
+//! bf16; quantized output layers (Q8_0, Q6_K, Q4_K) are widened to f16.
+
+use crate::context::CudaDevice;
+use crate::error::{Error, Result};
+use crate::kernels::{
+    Arg, Grid, HEAD_BLOCK, Kernel, Kernels, Launch, MATMUL_BLOCK, attention_block, pad64, ptr,
+};
+use bitnet_core::ops::rows::RopeTable;
+use bitnet_inference::{Logits, SequenceForward};
+use bitnet_models::config::{Activation, BitNetConfig};
+use bitnet_models::float_matrix::{FloatEncoding, FloatMatrix};
+use bitnet_models::weights::{BitNetWeights, Linear};
+use bitnet_quant::bitlinear::{BitLinear, ScaleConvention, WeightScale};
+use cudarc::driver::{CudaGraph, CudaSlice, sys};
+use rayon::prelude::*;
+
+/// Settings of a CUDA model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Positions the KV cache holds (at most the model's context).
+    pub context: usize,
+    /// Tokens one pass runs at most; longer prompts run in several passes.
+    pub max_batch_tokens: usize,
+    /// Refuse to load when the model's buffers would exceed this many
+    /// bytes (`None`: the device's free memory is the limit).
+    pub memory_budget: Option<u64>,
+    /// Replay decode steps from a captured CUDA graph.
+    pub graphs: bool,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions {
+            context: 4096,
+            max_batch_tokens: 512,
+            memory_budget: None,
+            graphs: true,
+        }
+    }
+}
+
+/// Device memory of a loaded model, by use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CudaMemory {
+    /// Ternary layers, norms and the output layer.
+    pub weights: u64,
+    /// Keys and values for the whole context.
+    pub kv_cache: u64,
+    /// Activations, logits and tables.
+    pub scratch: u64,
+}
+
+impl CudaMemory {
+    /// All of it.
+    pub fn total(&self) -> u64 {
+        self.weights + self.kv_cache + self.scratch
+    }
+}
+
+/// One ternary layer in the matmul's layout: per row, `pad64(cols) / 16`
+/// u32 words; word k holds columns 16k..16k+15, column 16k + 4i + b at
+/// bits 8b + 2i, as code + 1 (padding columns hold 1, weight 0, and meet
+/// zero activations).
+pub(crate) struct PackedLinear {
+    pub(crate) words: Vec<u32>,
+    pub(crate) scales: Vec<f32>,
+    pub(crate) rows: usize,
+    pub(crate) chunks: usize,
+    pub(crate) flags: i32,
+}
+
+/// Matmul flags (kernels.cu).
+pub(crate) const ADD: i32 = 1;
+pub(crate) const MULTIPLY: i32 = 2;
+pub(crate) const INTO_CACHE: i32 = 4;
+
+pub(crate) fn pack_linear(b: &BitLinear) -> PackedLinear {
+    let (rows, cols) = (b.out_features(), b.in_features());
+    let words_per_row = pad64(cols) / 16;
+    let w = b.weights();
+    let mut words = vec![0u32; words_per_row * rows];
+    words
+        .par_chunks_mut(words_per_row)
+        .enumerate()
+        .for_each(|(r, row)| {
+            for (k, word) in row.iter_mut().enumerate() {
+                let mut v = 0u32;
+                for j in 0..16 {
+                    let c = 16 * k + j;
+                    let code = if c < cols { w.code(r, c) } else { 0 };
+                    v |= ((code + 1) as u32) << (8 * (j % 4) + 2 * (j / 4));
+                }
+                *word = v;
+            }
+        });
+    let scales = match b.scale() {
+        WeightScale::Tensor(s) => vec![*s; rows],
+        WeightScale::Channel(v) => v.clone(),
+    };
+    let flags = match b.convention() {
+        ScaleConvention::Multiply => MULTIPLY,
+        ScaleConvention::Divide => 0,
+    };
+    PackedLinear {
+        words,
+        scales,
+        rows,
+        chunks: words_per_row / 4,
+        flags,
+    }
+}
+
+fn ternary<'a>(layer: usize, name: &str, l: &'a Linear) -> Result<&'a BitLinear> {
+    match l {
+        Linear::Ternary(b) => Ok(b),
+        Linear::Float { .. } => Err(Error::Unsupported(format!(
+            "layer {layer} {name} has float weights (a float checkpoint); the GPU path runs \
+             ternary layers only"
+        ))),
+        Linear::Dense(m) => Err(Error::Unsupported(format!(
+            "layer {layer} {name} is kept in {:?} (mixed precision); the GPU path runs ternary \
+             layers only",
+            m.encoding()
+        ))),
+    }
+}
+
+/// The output layer as uploaded: its kernel and bytes (row-major).
+pub(crate) fn head_bytes(m: &FloatMatrix) -> (Kernel, Vec<u8>) {
+    match m.encoding() {
+        FloatEncoding::F32 => (Kernel::LmHeadF32, m.encoded_bytes().to_vec()),
+        FloatEncoding::F16 => (Kernel::LmHeadF16, m.encoded_bytes().to_vec()),
+        FloatEncoding::BF16 => (Kernel::LmHeadBf16, m.encoded_bytes().to_vec()),
+        _ => {
+            let h = m.cols();
+            let mut bytes = vec![0u8; 2 * m.rows() * h];
+            bytes
+                .par_chunks_mut(2 * h)
+                .enumerate()
+                .for_each(|(r, out)| {
+                    let mut row = vec![0.0f32; h];
+                    m.row_into(r, &mut row);
+                    for (o, v) in out.chunks_exact_mut(2).zip(&row) {
+                        o.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+                    }
+                });
+            (Kernel::LmHeadF16, bytes)
+        }
+    }
+}
+
+fn head_elem_bytes(m: &FloatMatrix) -> u64 {
+    if m.encoding() == FloatEncoding::F32 {
+        4
+    } else {
+        2
+    }
+}
+
+/// A BitNet model loaded on a CUDA device, holding one sequence.
+///
+/// ```no_run
+/// use bitnet_inference::{BitNetModel, Logits, SequenceForward};
+/// use bitnet_cuda::{CudaDevice, CudaModel, CudaOptions};
+/// let model = BitNetModel::load("model.gguf".as_ref())?;
+/// let dev = CudaDevice::open(0)?;
+/// let mut gpu = CudaModel::new(dev, model.weights(), CudaOptions::default())?;
+/// let logits = gpu.forward(&[1, 2, 3], Logits::Last)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct CudaModel {
+    dev: CudaDevice,
+    kernels: Kernels,
+    config: BitNetConfig,
+    embed: FloatMatrix,
+    options: CudaOptions,
+    memory: CudaMemory,
+    logit_rows: usize,
+    len: usize,
+    layers: Vec<Launch>,
+    head: Vec<Launch>,
+    step: CudaSlice<u32>,
+    x: CudaSlice<f32>,
+    logits: CudaSlice<f32>,
+    status: CudaSlice<u32>,
+    /// Kept alive for the launches that point into them.
+    _buffers: Vec<CudaSlice<u8>>,
+    /// The decode step (one token, one logit row), once captured.
+    graph: Option<CudaGraph>,
+    /// Why capturing failed, if it did (decode then launches directly).
+    graph_error: Option<String>,
+    host_x: Vec<f32>,
+    host_out: Vec<f32>,
+}
+
+impl std::fmt::Debug for CudaModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaModel")
+            .field("device", &self.dev.info())
+            .field("options", &self.options)
+            .field("memory", &self.memory)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CudaModel {
+    /// Uploads `weights` to `dev` and records every launch.
+    ///
+    /// Fails with [`Error::Unsupported`] for models with float or
+    /// mixed-precision linear layers or head dims over 512, and with
+    /// [`Error::OutOfMemory`] when the buffers exceed the budget or the
+    /// device's free memory; nothing is allocated in either case.
+    pub fn new(dev: CudaDevice, weights: &BitNetWeights, options: CudaOptions) -> Result<Self> {
+        let c = weights.config.clone();
+        let (h, kv, f, d) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.head_dim);
+        if c.q_dim() != h {
+            return Err(Error::Unsupported(format!(
+                "heads x head_dim ({}) must equal hidden_size ({h})",
+                c.q_dim()
+            )));
+        }
+        if d > 512 || d % 2 != 0 {
+            return Err(Error::Unsupported(format!(
+                "head_dim {d}: the attention kernel takes even head dims up to 512"
+            )));
+        }
+        if c.num_kv_heads == 0 || !c.num_heads.is_multiple_of(c.num_kv_heads) {
+            return Err(Error::Unsupported(format!(
+                "{} heads do not split into {} key/value heads",
+                c.num_heads, c.num_kv_heads
+            )));
+        }
+        let context = options.context.min(c.max_position_embeddings).max(1);
+        let tokens = options.max_batch_tokens.clamp(1, context);
+        let logit_rows = tokens;
+        let out = weights.output_weight();
+
+        let mut lins = Vec::with_capacity(c.num_layers * 7);
+        for (l, layer) in weights.layers.iter().enumerate() {
+            for (name, lin) in [
+                ("q_proj", &layer.q_proj),
+                ("k_proj", &layer.k_proj),
+                ("v_proj", &layer.v_proj),
+                ("o_proj", &layer.o_proj),
+                ("gate_proj", &layer.gate_proj),
+                ("up_proj", &layer.up_proj),
+                ("down_proj", &layer.down_proj),
+            ] {
+                lins.push(ternary(l, name, lin)?);
+            }
+        }
+        // Plan the bytes before allocating anything.
+        let stride = pad64(h).max(pad64(f));
+        let linear_bytes: u64 = lins
+            .iter()
+            .map(|b| (pad64(b.in_features()) / 4 * b.out_features() + 4 * b.out_features()) as u64)
+            .sum();
+        let norm_bytes = 4 * (c.num_layers * (3 * h + f) + h) as u64;
+        let head_bytes_n = head_elem_bytes(out) * (out.rows() * out.cols()) as u64;
+        let kv_bytes = 2 * 4 * (c.num_layers * context * kv) as u64;
+        let scratch = 4 * (tokens * (3 * h + 2 * f + 2) + tokens * stride / 4 + 8) as u64
+            + 4 * (logit_rows * (h + c.vocab_size)) as u64
+            + 4 * (context * d) as u64;
+        let memory = CudaMemory {
+            weights: linear_bytes + norm_bytes + head_bytes_n,
+            kv_cache: kv_bytes,
+            scratch,
+        };
+        let needed_mib = memory.total() as f64 / (1 << 20) as f64;
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        if let Some(budget) = options.memory_budget
+            && memory.total() > budget
+        {
+            return Err(Error::OutOfMemory {
+                needed_mib,
+                context,
+                limit: format!("the budget is {:.1} MiB", mib(budget)),
+            });
+        }
+        let free = dev.info().free_memory as u64;
+        if memory.total() > free {
+            return Err(Error::OutOfMemory {
+                needed_mib,
+                context,
+                limit: format!("{} has {:.1} MiB free", dev.info().name, mib(free)),
+            });
+        }
+
+        let kernels = Kernels::load(&dev)?;
+        let built = Build {
+            dev: &dev,
+            c: &c,
+            weights,
+            lins: &lins,
+            context,
+            tokens,
+            logit_rows,
+            stride,
+        }
+        .run()?;
+        dev.synchronize("uploading the model")?;
+        Ok(CudaModel {
+            kernels,
+            config: c,
+            embed: weights.embed_tokens.clone(),
+            options: CudaOptions {
+                context,
+                max_batch_tokens: tokens,
+                ..options
+            },
+            memory,
+            logit_rows,
+            len: 0,
+            layers: built.layers,
+            head: built.head,
+            step: built.step,
+            x: built.x,
+            logits: built.logits,
+            status: built.status,
+            _buffers: built.buffers,
+            graph: None,
+            graph_error: None,
+            host_x: Vec::new(),
+            host_out: Vec::new(),
+            dev,
+        })
+    }
+
+    /// Device memory the model's buffers take.
+    pub fn memory(&self) -> CudaMemory {
+        self.memory
+    }
+
+    /// The settings in effect (context and batch clamped to the model).
+    pub fn options(&self) -> CudaOptions {
+        self.options
+    }
+
+    /// The device.
+    pub fn device(&self) -> &CudaDevice {
+        &self.dev
+    }
+
+    /// Whether decode steps replay a captured graph (after the first one),
+    /// or why they do not.
+    pub fn graph_status(&self) -> std::result::Result<bool, &str> {
+        match &self.graph_error {
+            Some(e) => Err(e),
+            None => Ok(self.graph.is_some()),
+        }
+    }
+
+    fn launch_all(&self, n: u32, m: u32) -> Result<()> {
+        for l in &self.layers {
+            self.kernels.launch(l, n, m)?;
+        }
+        if m > 0 {
+            for l in &self.head {
+                self.kernels.launch(l, n, m)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Captures the decode step's launches into a graph.
+    fn capture(&mut self) -> Result<CudaGraph> {
+        let s = self.dev.stream().clone();
+        let what = "capturing the decode step as a CUDA graph";
+        s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| Error::driver(what, e))?;
+        let launched = self.launch_all(1, 1);
+        let graph = s.end_capture(sys::CUgraphInstantiate_flags(0));
+        launched?;
+        graph
+            .map_err(|e| Error::driver(what, e))?
+            .ok_or_else(|| Error::driver(what, "the capture recorded nothing"))
+    }
+
+    /// One pass of at most `max_batch_tokens` tokens; returns logits when
+    /// `logits` is `Some`.
+    fn pass(&mut self, ids: &[u32], logits: Option<Logits>) -> Result<Option<Vec<f32>>> {
+        let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
+        let n = ids.len();
+        self.host_x.resize(n * h, 0.0);
+        for (&id, row) in ids.iter().zip(self.host_x.chunks_exact_mut(h)) {
+            self.embed.row_into(id as usize, row);
+        }
+        let (m, first) = match logits {
+            None => (0, 0),
+            Some(Logits::Last) => (1, n - 1),
+            Some(Logits::All) => (n, 0),
+        };
+        let s = self.dev.stream().clone();
+        let what = "running the forward pass";
+        let step = [n as u32, self.len as u32, m as u32, first as u32, 0];
+        s.memcpy_htod(&step[..4], &mut self.step)
+            .map_err(|e| Error::driver(what, e))?;
+        s.memcpy_htod(&self.host_x, &mut self.x.slice_mut(..n * h))
+            .map_err(|e| Error::driver(what, e))?;
+        s.memset_zeros(&mut self.status)
+            .map_err(|e| Error::driver(what, e))?;
+        let decode = n == 1 && m == 1 && self.options.graphs;
+        if decode && self.graph.is_none() && self.graph_error.is_none() {
+            match self.capture() {
+                Ok(g) => self.graph = Some(g),
+                Err(e) => self.graph_error = Some(e.to_string()),
+            }
+        }
+        match (&self.graph, decode) {
+            (Some(g), true) => g.launch().map_err(|e| Error::driver(what, e))?,
+            _ => self.launch_all(n as u32, m as u32)?,
+        }
+        self.host_out.resize(m * vocab + 4, 0.0);
+        let (logit_part, status_part) = self.host_out.split_at_mut(m * vocab);
+        if m > 0 {
+            s.memcpy_dtoh(&self.logits.slice(..m * vocab), logit_part)
+                .map_err(|e| Error::driver(what, e))?;
+        }
+        let mut status = [0u32; 4];
+        s.memcpy_dtoh(&self.status, &mut status)
+            .map_err(|e| Error::driver(what, e))?;
+        s.synchronize().map_err(|e| Error::driver(what, e))?;
+        status_part[0] = 0.0;
+        if status[0] != 0 {
+            return Err(Error::NonFinite(format!(
+                "a layer input held NaN or infinity in the pass at positions {}..{}",
+                self.len,
+                self.len + n
+            )));
+        }
+        self.len += n;
+        if m == 0 {
+            return Ok(None);
+        }
+        let out = self.host_out[..m * vocab].to_vec();
+        if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite(format!("logit {bad} is {}", out[bad])));
+        }
+        Ok(Some(out))
+    }
+
+    fn forward_inner(&mut self, ids: &[u32], which: Logits) -> Result<Vec<f32>> {
+        let c = &self.config;
+        if ids.is_empty() {
+            return Err(bitnet_inference::Error::EmptyInput.into());
+        }
+        if let Some((position, &id)) = ids
+            .iter()
+            .enumerate()
+            .find(|&(_, &id)| id as usize >= c.vocab_size)
+        {
+            return Err(bitnet_inference::Error::TokenOutOfRange {
+                id,
+                position,
+                vocab: c.vocab_size,
+            }
+            .into());
+        }
+        if self.len + ids.len() > self.options.context {
+            return Err(bitnet_inference::Error::ContextFull {
+                needed: self.len + ids.len(),
+                capacity: self.options.context,
+            }
+            .into());
+        }
+        let start = self.len;
+        let piece = match which {
+            Logits::Last => self.options.max_batch_tokens,
+            Logits::All => self.logit_rows,
+        };
+        let mut all = Vec::new();
+        let pieces = ids.len().div_ceil(piece);
+        for (i, chunk) in ids.chunks(piece).enumerate() {
+            let want = match which {
+                Logits::All => Some(Logits::All),
+                Logits::Last if i + 1 == pieces => Some(Logits::Last),
+                Logits::Last => None,
+            };
+            match self.pass(chunk, want) {
+                Ok(Some(l)) => all.extend_from_slice(&l),
+                Ok(None) => {}
+                Err(e) => {
+                    self.len = start;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(all)
+    }
+}
+
+impl SequenceForward for CudaModel {
+    fn device_name(&self) -> String {
+        let i = self.dev.info();
+        format!(
+            "cuda:{} {} (sm_{}{})",
+            i.ordinal, i.name, i.compute_capability.0, i.compute_capability.1
+        )
+    }
+    fn config(&self) -> &BitNetConfig {
+        &self.config
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn capacity(&self) -> usize {
+        self.options.context
+    }
+    fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+    fn forward(&mut self, ids: &[u32], which: Logits) -> bitnet_inference::Result<Vec<f32>> {
+        Ok(self.forward_inner(ids, which)?)
+    }
+}
+
+struct Build<'a> {
+    dev: &'a CudaDevice,
+    c: &'a BitNetConfig,
+    weights: &'a BitNetWeights,
+    lins: &'a [&'a BitLinear],
+    context: usize,
+    tokens: usize,
+    logit_rows: usize,
+    stride: usize,
+}
+
+struct Built {
+    layers: Vec<Launch>,
+    head: Vec<Launch>,
+    step: CudaSlice<u32>,
+    x: CudaSlice<f32>,
+    logits: CudaSlice<f32>,
+    status: CudaSlice<u32>,
+    buffers: Vec<CudaSlice<u8>>,
+}
+
+/// Allocation helpers over one stream, keeping every buffer alive.
+pub(crate) struct Alloc<'a> {
+    pub(crate) dev: &'a CudaDevice,
+    pub(crate) keep: Vec<CudaSlice<u8>>,
+}
+
+impl Alloc<'_> {
+    /// A zeroed buffer of `bytes`; returns its address.
+    pub(crate) fn zeros(&mut self, bytes: usize) -> Result<u64> {
+        let s = self.dev.stream();
+        let b = s
+            .alloc_zeros::<u8>(bytes.max(16))
+            .map_err(|e| Error::driver("allocating device memory", e))?;
+        let p = ptr(&b, s);
+        self.keep.push(b);
+        Ok(p)
+    }
+
+    /// The first `bytes` of the buffer at address `p`.
+    pub(crate) fn download(&self, p: u64, bytes: usize) -> Result<Vec<u8>> {
+        let s = self.dev.stream();
+        let b = self
+            .keep
+            .iter()
+            .find(|b| ptr(*b, s) == p)
+            .ok_or_else(|| Error::driver("reading back a buffer", "unknown buffer"))?;
+        let out = s
+            .clone_dtoh(&b.slice(..bytes))
+            .map_err(|e| Error::driver("reading back a buffer", e))?;
+        Ok(out)
+    }
+
+    /// A buffer holding `data`; returns its address.
+    pub(crate) fn upload<T: Copy>(&mut self, data: &[T]) -> Result<u64> {
+        // SAFETY: T is plain old data (f32, u32, i32 or u8) here.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(data.as_ptr().cast::<u8>(), std::mem::size_of_val(data))
+        };
+        let s = self.dev.stream();
+        let b = s
+            .clone_htod(bytes)
+            .map_err(|e| Error::driver("uploading weights", e))?;
+        let p = ptr(&b, s);
+        self.keep.push(b);
+        Ok(p)
+    }
+}
+
+impl Build<'_> {
+    fn run(self) -> Result<Built> {
+        let c = self.c;
+        let (h, kv, f, d) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.head_dim);
+        let t = self.tokens;
+        let s = self.dev.stream();
+        let what = "allocating device memory";
+        let step = s
+            .alloc_zeros::<u32>(4)
+            .map_err(|e| Error::driver(what, e))?;
+        let x = s
+            .alloc_zeros::<f32>(t * h)
+            .map_err(|e| Error::driver(what, e))?;
+        let logits = s
+            .alloc_zeros::<f32>(self.logit_rows * c.vocab_size)
+            .map_err(|e| Error::driver(what, e))?;
+        let status = s
+            .alloc_zeros::<u32>(4)
+            .map_err(|e| Error::driver(what, e))?;
+        let (stp, xp, lp, stat) = (ptr(&step, s), ptr(&x, s), ptr(&logits, s), ptr(&status, s));
+        let mut a = Alloc {
+            dev: self.dev,
+            keep: Vec::new(),
+        };
+        let codes = a.zeros(t * self.stride)?;
+        let scales = a.zeros(4 * t)?;
+        let sums = a.zeros(4 * t)?;
+        let qb = a.zeros(4 * t * h)?;
+        let ob = a.zeros(4 * t * h)?;
+        let gate = a.zeros(4 * t * f)?;
+        let up = a.zeros(4 * t * f)?;
+        let normed = a.zeros(4 * self.logit_rows * h)?;
+        let rope = RopeTable::new(d, c.rope_theta, 0..self.context);
+        let (cos, sin) = rope.tables();
+        let (cos, sin) = (a.upload(cos)?, a.upload(sin)?);
+        let eps = c.rms_norm_eps;
+
+        let norm_quant = |a: &mut Alloc, input: u64, w: &[f32]| -> Result<Launch> {
+            let cols = w.len();
+            let wb = a.upload(w)?;
+            Ok(Launch {
+                kernel: Kernel::NormQuant,
+                grid: Grid::Tokens,
+                block: if cols >= 2048 { 512 } else { 256 },
+                args: vec![
+                    Arg::Ptr(stp),
+                    Arg::Ptr(input),
+                    Arg::Ptr(wb),
+                    Arg::Ptr(codes),
+                    Arg::Ptr(scales),
+                    Arg::Ptr(sums),
+                    Arg::Ptr(stat),
+                    Arg::I32(cols as i32),
+                    Arg::I32(pad64(cols) as i32),
+                    Arg::F32(eps),
+                ],
+            })
+        };
+        let matmul = |a: &mut Alloc, b: &BitLinear, out: u64, extra: i32| -> Result<Launch> {
+            let pl = pack_linear(b);
+            let wb = a.upload(&pl.words)?;
+            let sb = a.upload(&pl.scales)?;
+            Ok(matmul_launch(
+                stp, wb, sb, codes, scales, sums, out, &pl, extra,
+            ))
+        };
+        let rope_launch = |buf: u64, heads: usize, row_stride: usize, flags: i32| Launch {
+            kernel: Kernel::Rope,
+            grid: Grid::PerToken {
+                x: ((heads * d / 2) as u32).div_ceil(128),
+            },
+            block: 128,
+            args: vec![
+                Arg::Ptr(stp),
+                Arg::Ptr(cos),
+                Arg::Ptr(sin),
+                Arg::Ptr(buf),
+                Arg::I32(heads as i32),
+                Arg::I32(d as i32),
+                Arg::I32(row_stride as i32),
+                Arg::I32(flags),
+            ],
+        };
+
+        let mut layers = Vec::new();
+        for (l, layer) in self.weights.layers.iter().enumerate() {
+            let lin = &self.lins[7 * l..7 * l + 7];
+            let kc = a.zeros(4 * self.context * kv)?;
+            let vc = a.zeros(4 * self.context * kv)?;
+            layers.push(norm_quant(&mut a, xp, &layer.input_layernorm)?);
+            layers.push(matmul(&mut a, lin[0], qb, 0)?);
+            layers.push(matmul(&mut a, lin[1], kc, INTO_CACHE)?);
+            layers.push(matmul(&mut a, lin[2], vc, INTO_CACHE)?);
+            layers.push(rope_launch(qb, c.num_heads, h, 0));
+            layers.push(rope_launch(kc, c.num_kv_heads, kv, 1));
+            layers.push(Launch {
+                kernel: Kernel::Attention,
+                grid: Grid::Attention {
+                    heads: c.num_heads as u32,
+                },
+                block: attention_block(d),
+                args: vec![
+                    Arg::Ptr(stp),
+                    Arg::Ptr(qb),
+                    Arg::Ptr(kc),
+                    Arg::Ptr(vc),
+                    Arg::Ptr(ob),
+                    Arg::I32(c.num_heads as i32),
+                    Arg::I32(c.num_kv_heads as i32),
+                    Arg::I32(d as i32),
+                    Arg::I32(h as i32),
+                    Arg::I32(kv as i32),
+                    Arg::F32(1.0 / (d as f32).sqrt()),
+                ],
+            });
+            layers.push(norm_quant(&mut a, ob, &layer.attn_sub_norm)?);
+            layers.push(matmul(&mut a, lin[3], xp, ADD)?);
+            layers.push(norm_quant(&mut a, xp, &layer.post_attention_layernorm)?);
+            layers.push(matmul(&mut a, lin[4], gate, 0)?);
+            layers.push(matmul(&mut a, lin[5], up, 0)?);
+            layers.push(Launch {
+                kernel: Kernel::Glu,
+                grid: Grid::PerToken {
+                    x: (f as u32).div_ceil(256),
+                },
+                block: 256,
+                args: vec![
+                    Arg::Ptr(stp),
+                    Arg::Ptr(gate),
+                    Arg::Ptr(up),
+                    Arg::I32(f as i32),
+                    Arg::I32(match c.activation {
+                        Activation::Relu2 => 0,
+                        Activation::Silu => 1,
+                    }),
+                ],
+            });
+            layers.push(norm_quant(&mut a, gate, &layer.ffn_sub_norm)?);
+            layers.push(matmul(&mut a, lin[6], xp, ADD)?);
+        }
+
+        let nb = a.upload(&self.weights.norm)?;
+        let out = self.weights.output_weight();
+        let (kernel, bytes) = head_bytes(out);
+        let wb = a.upload(&bytes)?;
+        drop(bytes);
+        let head = vec![
+            Launch {
+                kernel: Kernel::RmsNorm,
+                grid: Grid::LogitRows,
+                block: 256,
+                args: vec![
+                    Arg::Ptr(stp),
+                    Arg::Ptr(xp),
+                    Arg::Ptr(nb),
+                    Arg::Ptr(normed),
+                    Arg::I32(h as i32),
+                    Arg::F32(eps),
+                ],
+            },
+            head_launch(kernel, stp, normed, wb, lp, h, out.rows()),
+        ];
+        Ok(Built {
+            layers,
+            head,
+            step,
+            x,
+            logits,
+            status,
+            buffers: a.keep,
+        })
+    }
+}
+
+/// The launch of one ternary matmul (also used by the self-test).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_launch(
+    step: u64,
+    w: u64,
+    wscale: u64,
+    codes: u64,
+    scales: u64,
+    sums: u64,
+    out: u64,
+    pl: &PackedLinear,
+    extra: i32,
+) -> Launch {
+    Launch {
+        kernel: Kernel::Matmul,
+        grid: Grid::Matmul {
+            x: (pl.rows as u32).div_ceil(MATMUL_BLOCK / 8),
+        },
+        block: MATMUL_BLOCK,
+        args: vec![
+            Arg::Ptr(step),
+            Arg::Ptr(w),
+            Arg::Ptr(wscale),
+            Arg::Ptr(codes),
+            Arg::Ptr(scales),
+            Arg::Ptr(sums),
+            Arg::Ptr(out),
+            Arg::I32(pl.rows as i32),
+            Arg::I32(pl.chunks as i32),
+            Arg::I32((pl.chunks * 64) as i32),
+            Arg::I32(pl.flags | extra),
+        ],
+    }
+}
+
+/// The launch of the output layer (also used by the self-test).
+pub(crate) fn head_launch(
+    kernel: Kernel,
+    step: u64,
+    x: u64,
+    w: u64,
+    logits: u64,
+    h: usize,
+    vocab: usize,
+) -> Launch {
+    Launch {
+        kernel,
+        grid: Grid::Head {
+            x: (vocab as u32).div_ceil(HEAD_BLOCK / 32),
+        },
+        block: HEAD_BLOCK,
+        args: vec![
+            Arg::Ptr(step),
+            Arg::Ptr(x),
+            Arg::Ptr(w),
+            Arg::Ptr(logits),
+            Arg::I32(h as i32),
+            Arg::I32(vocab as i32),
+        ],
+    }
+}

@@ -1,0 +1,609 @@
+//! The CUDA kernels against the CPU reference: what `bitnet doctor` runs
+//! for a device, and what the device tests check.
+//!
+//! Kernel by kernel ([`check_kernels`]): each runs once on inputs with
+//! awkward sizes (rows not a multiple of the block, columns not a multiple
+//! of 64, token counts not a multiple of 8, a context longer than one
+//! attention tile) and is compared with the CPU engine's own code: int8
+//! codes, scales and code sums exactly, float outputs within
+//! [`KERNEL_TOLERANCE`] of the largest CPU output.
+//!
+//! Whole model ([`run`]): a random model of the tiny preset runs a prompt
+//! on the CPU and on the device, in several passes, then a greedy
+//! continuation through the captured decode graph. As on the wgpu backend,
+//! a value within rounding of an int8 rounding boundary may get
+//! neighbouring codes on the two devices, so the model check is the median
+//! position's difference plus equal greedy tokens.
+
+use crate::context::CudaDevice;
+use crate::error::{Error, Result};
+use crate::kernels::{Arg, Grid, Kernel, Kernels, Launch, attention_block, pad64};
+use crate::model::{
+    Alloc, CudaModel, CudaOptions, head_bytes, head_launch, matmul_launch, pack_linear,
+};
+use bitnet_core::Parallelism;
+use bitnet_core::ops::rows::{RopeTable, relu2, rms_norm_into, silu};
+use bitnet_inference::{BitNetModel, CpuSequence, Logits, SequenceForward};
+use bitnet_models::float_matrix::{FloatEncoding, FloatMatrix};
+use bitnet_models::synth::{Preset, synthesize};
+use bitnet_quant::bitlinear::{BitLinear, ScaleConvention, WeightScale};
+use bitnet_quant::formats::runtime::PackedTernary;
+use bitnet_quant::quantize::int8::QuantizedActivations;
+
+/// Float outputs of a kernel must be within this of the CPU's, relative
+/// to the largest CPU output.
+pub const KERNEL_TOLERANCE: f32 = 1e-3;
+
+/// One kernel's comparison with the CPU.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelCheck {
+    /// The kernel and the case.
+    pub kernel: String,
+    /// Largest |GPU - CPU| over the largest |CPU| of its float outputs.
+    pub max_rel_diff: f32,
+    /// For kernels that produce integer codes: whether all agree exactly.
+    pub codes_exact: Option<bool>,
+}
+
+impl KernelCheck {
+    /// Codes exact and floats within [`KERNEL_TOLERANCE`].
+    pub fn passed(&self) -> bool {
+        self.codes_exact != Some(false) && self.max_rel_diff <= KERNEL_TOLERANCE
+    }
+}
+
+/// What the self-test measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SelfTestReport {
+    /// The device's name.
+    pub device: String,
+    /// Each kernel against the CPU.
+    pub kernels: Vec<KernelCheck>,
+    /// Whole model: the median position's |GPU - CPU| logit difference,
+    /// relative to that position's largest |CPU logit|.
+    pub model_median_rel_diff: f32,
+    /// Whole model: the same at the worst position.
+    pub model_max_rel_diff: f32,
+    /// Whether the greedy continuations agree token for token.
+    pub greedy_equal: bool,
+    /// Tokens compared in the greedy continuation.
+    pub greedy_tokens: usize,
+    /// Whether the decode steps ran from a captured CUDA graph.
+    pub graph: bool,
+}
+
+impl SelfTestReport {
+    /// Every kernel passed, the median position is within
+    /// [`KERNEL_TOLERANCE`] and the greedy tokens are equal.
+    pub fn passed(&self) -> bool {
+        self.kernels.iter().all(KernelCheck::passed)
+            && self.model_median_rel_diff <= KERNEL_TOLERANCE
+            && self.greedy_equal
+    }
+}
+
+/// Largest |a - b| over the largest |b|.
+pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let worst = a
+        .iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    if a.len() != b.len() || worst.is_nan() {
+        return f32::INFINITY;
+    }
+    worst / scale
+}
+
+/// Greedy continuation of `prompt` for `steps` tokens on any device.
+pub fn greedy_on(
+    seq: &mut dyn SequenceForward,
+    prompt: &[u32],
+    steps: usize,
+) -> bitnet_inference::Result<Vec<u32>> {
+    let mut out = Vec::with_capacity(steps);
+    let mut logits = seq.forward(prompt, Logits::Last)?;
+    for _ in 0..steps {
+        let id = bitnet_inference::generate::argmax(&logits) as u32;
+        out.push(id);
+        logits = seq.forward(&[id], Logits::Last)?;
+    }
+    Ok(out)
+}
+
+/// Deterministic values in [-1, 1) (a tiny LCG: no dependency, no state
+/// shared between checks).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn below(&mut self, n: u32) -> u32 {
+        ((self.next() * 0.5 + 0.5) * n as f32) as u32 % n
+    }
+}
+
+/// Buffers of one check, and running launches on them.
+struct Bench<'a> {
+    a: Alloc<'a>,
+    k: &'a Kernels,
+}
+
+impl Bench<'_> {
+    fn step(&mut self, n: u32, start: u32, m: u32, first: u32) -> Result<u64> {
+        self.a.upload(&[n, start, m, first])
+    }
+    fn run(&self, l: &Launch, n: u32, m: u32) -> Result<()> {
+        self.k.launch(l, n, m)?;
+        self.a.dev.synchronize("running a kernel check")
+    }
+    fn read<T: Copy + Default>(&self, p: u64, len: usize) -> Result<Vec<T>> {
+        let bytes = self.a.download(p, len * std::mem::size_of::<T>())?;
+        Ok(bytes
+            .chunks_exact(std::mem::size_of::<T>())
+            .map(|c| {
+                let mut v = T::default();
+                // SAFETY: T is plain old data (f32, i32, u32, i8) here.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(c.as_ptr(), (&mut v as *mut T).cast(), c.len())
+                };
+                v
+            })
+            .collect())
+    }
+}
+
+/// Every kernel once against the CPU engine's code.
+pub fn check_kernels(dev: &CudaDevice) -> Result<Vec<KernelCheck>> {
+    let k = Kernels::load(dev)?;
+    let mut b = Bench {
+        a: Alloc {
+            dev,
+            keep: Vec::new(),
+        },
+        k: &k,
+    };
+    let mut rng = Lcg(42);
+    let mut out = vec![check_norm_quant(&mut b, &mut rng, 200)?];
+    out.push(check_norm_quant(&mut b, &mut rng, 2560)?);
+    for n in [6, 1] {
+        out.push(check_matmul(
+            &mut b,
+            &mut rng,
+            ScaleConvention::Multiply,
+            n,
+        )?);
+        out.push(check_matmul(&mut b, &mut rng, ScaleConvention::Divide, n)?);
+    }
+    out.push(check_rope_attention(&mut b, &mut rng, 67, 5, 48)?);
+    out.push(check_rope_attention(&mut b, &mut rng, 1100, 2, 128)?);
+    out.push(check_glu(&mut b, &mut rng)?);
+    out.push(check_rms_norm(&mut b, &mut rng)?);
+    for enc in [FloatEncoding::F32, FloatEncoding::F16, FloatEncoding::BF16] {
+        for m in [3, 1] {
+            out.push(check_lm_head(&mut b, &mut rng, enc, m, 96)?);
+        }
+        out.push(check_lm_head(&mut b, &mut rng, enc, 2, 70)?);
+    }
+    Ok(out)
+}
+
+fn check_norm_quant(b: &mut Bench, rng: &mut Lcg, cols: usize) -> Result<KernelCheck> {
+    let n = 5usize;
+    let stride = pad64(cols);
+    // Multiples of 1/64 with small numerators: sums of squares are exact
+    // in any order, so both devices normalize with the same factor and
+    // the codes must agree exactly.
+    let mut x: Vec<f32> = (0..n * cols)
+        .map(|_| (rng.next() * 127.0).round() / 64.0)
+        .collect();
+    x[cols..2 * cols].fill(0.0);
+    let w: Vec<f32> = (0..cols)
+        .map(|_| 1.0 + (rng.next() * 8.0).round() / 16.0)
+        .collect();
+    let eps = 1e-5;
+    let mut normed = vec![0.0; n * cols];
+    rms_norm_into(&x, &w, eps, &mut normed);
+    let want = QuantizedActivations::quantize("check", &normed, n, cols)?;
+
+    let st = b.step(n as u32, 0, 0, 0)?;
+    let xb = b.a.upload(&x)?;
+    let wb = b.a.upload(&w)?;
+    let codes = b.a.zeros(n * stride)?;
+    let scales = b.a.zeros(4 * n)?;
+    let sums = b.a.zeros(4 * n)?;
+    let status = b.a.zeros(16)?;
+    let l = Launch {
+        kernel: Kernel::NormQuant,
+        grid: Grid::Tokens,
+        block: 256,
+        args: vec![
+            Arg::Ptr(st),
+            Arg::Ptr(xb),
+            Arg::Ptr(wb),
+            Arg::Ptr(codes),
+            Arg::Ptr(scales),
+            Arg::Ptr(sums),
+            Arg::Ptr(status),
+            Arg::I32(cols as i32),
+            Arg::I32(stride as i32),
+            Arg::F32(eps),
+        ],
+    };
+    b.run(&l, n as u32, 0)?;
+    let got_codes: Vec<i8> = b.read(codes, n * stride)?;
+    let got_scales: Vec<f32> = b.read(scales, n)?;
+    let got_sums: Vec<i32> = b.read(sums, n)?;
+    let mut exact = b.read::<u32>(status, 1)?[0] == 0;
+    for t in 0..n {
+        let row = &got_codes[t * stride..(t + 1) * stride];
+        exact &= row[..cols] == *want.codes(t);
+        exact &= row[cols..].iter().all(|&c| c == 0);
+        exact &= got_scales[t] == want.scale(t);
+        exact &= got_sums[t] == want.sum(t);
+    }
+    Ok(KernelCheck {
+        kernel: format!("norm_quant ({cols} columns)"),
+        max_rel_diff: max_rel_diff(&got_scales, want.scales()),
+        codes_exact: Some(exact),
+    })
+}
+
+fn check_matmul(
+    b: &mut Bench,
+    rng: &mut Lcg,
+    convention: ScaleConvention,
+    n: usize,
+) -> Result<KernelCheck> {
+    let (rows, cols) = (70usize, 200usize);
+    let stride = pad64(cols);
+    let wcodes: Vec<i8> = (0..rows * cols).map(|_| rng.below(3) as i8 - 1).collect();
+    let scale = match convention {
+        ScaleConvention::Multiply => WeightScale::Tensor(0.7),
+        ScaleConvention::Divide => {
+            WeightScale::Channel((0..rows).map(|_| 1.5 + rng.next()).collect())
+        }
+    };
+    let layer = BitLinear::new(
+        PackedTernary::from_codes(&wcodes, rows, cols)?,
+        scale,
+        convention,
+    )?;
+    let xcodes: Vec<i8> = (0..n * cols)
+        .map(|_| (rng.below(255) as i32 - 127) as i8)
+        .collect();
+    let xscales: Vec<f32> = (0..n).map(|_| 20.0 + 10.0 * rng.next()).collect();
+    let acts = QuantizedActivations::from_codes(&xcodes, &xscales, n, cols)?;
+    let mut want = vec![0.0; n * rows];
+    layer.forward_quantized(&acts, &mut want, &mut Vec::new(), Parallelism::Sequential)?;
+
+    let pl = pack_linear(&layer);
+    let mut padded = vec![0i8; n * stride];
+    for t in 0..n {
+        padded[t * stride..t * stride + cols].copy_from_slice(&xcodes[t * cols..(t + 1) * cols]);
+    }
+    let sums: Vec<i32> = (0..n)
+        .map(|t| {
+            xcodes[t * cols..(t + 1) * cols]
+                .iter()
+                .map(|&c| i32::from(c))
+                .sum()
+        })
+        .collect();
+    let st = b.step(n as u32, 0, 0, 0)?;
+    let wb = b.a.upload(&pl.words)?;
+    let sb = b.a.upload(&pl.scales)?;
+    let cb = b.a.upload(&padded)?;
+    let xs = b.a.upload(&xscales)?;
+    let sm = b.a.upload(&sums)?;
+    let out = b.a.zeros(4 * n * rows)?;
+    b.run(
+        &matmul_launch(st, wb, sb, cb, xs, sm, out, &pl, 0),
+        n as u32,
+        0,
+    )?;
+    let got: Vec<f32> = b.read(out, n * rows)?;
+    Ok(KernelCheck {
+        kernel: format!(
+            "matmul ({}, {n} token{})",
+            match convention {
+                ScaleConvention::Multiply => "tensor scale, multiply",
+                ScaleConvention::Divide => "channel scales, divide",
+            },
+            if n == 1 { "" } else { "s" }
+        ),
+        max_rel_diff: max_rel_diff(&got, &want),
+        codes_exact: None,
+    })
+}
+
+/// RoPE on queries and cached keys, then causal GQA attention of `n` new
+/// tokens after `start` cached ones, against the CPU's RoPE table and a
+/// softmax computed in f64.
+fn check_rope_attention(
+    b: &mut Bench,
+    rng: &mut Lcg,
+    start: usize,
+    n: usize,
+    d: usize,
+) -> Result<KernelCheck> {
+    let (heads, kv_heads) = (4usize, 2usize);
+    let ctx_len = start + n;
+    let (h, kv) = (heads * d, kv_heads * d);
+    let table = RopeTable::new(d, 10_000.0, 0..ctx_len);
+    let q: Vec<f32> = (0..n * h).map(|_| rng.next()).collect();
+    let kc: Vec<f32> = (0..ctx_len * kv).map(|_| rng.next()).collect();
+    let vc: Vec<f32> = (0..ctx_len * kv).map(|_| rng.next()).collect();
+    let mut qr = q.clone();
+    let mut kr = kc.clone();
+    for t in 0..n {
+        for hd in qr[t * h..(t + 1) * h].chunks_exact_mut(d) {
+            table.rotate_in_place(hd, start + t);
+        }
+        let pos = start + t;
+        for hd in kr[pos * kv..(pos + 1) * kv].chunks_exact_mut(d) {
+            table.rotate_in_place(hd, pos);
+        }
+    }
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut want = vec![0.0f32; n * h];
+    for t in 0..n {
+        for head in 0..heads {
+            let g = head / (heads / kv_heads);
+            let qv = &qr[t * h + head * d..][..d];
+            let s: Vec<f64> = (0..=start + t)
+                .map(|j| {
+                    let kv_row = &kr[j * kv + g * d..][..d];
+                    qv.iter()
+                        .zip(kv_row)
+                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                        .sum::<f64>()
+                        * scale
+                })
+                .collect();
+            let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|v| (v - mx).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for i in 0..d {
+                let o: f64 = e
+                    .iter()
+                    .enumerate()
+                    .map(|(j, w)| w * f64::from(vc[j * kv + g * d + i]))
+                    .sum();
+                want[t * h + head * d + i] = (o / z) as f32;
+            }
+        }
+    }
+    let (cos, sin) = table.tables();
+    let st = b.step(n as u32, start as u32, 0, 0)?;
+    let cosb = b.a.upload(cos)?;
+    let sinb = b.a.upload(sin)?;
+    let qb = b.a.upload(&q)?;
+    let kb = b.a.upload(&kc)?;
+    let vb = b.a.upload(&vc)?;
+    let ob = b.a.zeros(4 * n * h)?;
+    for (buf, hs, stride, flags) in [(qb, heads, h, 0), (kb, kv_heads, kv, 1)] {
+        let l = Launch {
+            kernel: Kernel::Rope,
+            grid: Grid::PerToken {
+                x: ((hs * d / 2) as u32).div_ceil(128),
+            },
+            block: 128,
+            args: vec![
+                Arg::Ptr(st),
+                Arg::Ptr(cosb),
+                Arg::Ptr(sinb),
+                Arg::Ptr(buf),
+                Arg::I32(hs as i32),
+                Arg::I32(d as i32),
+                Arg::I32(stride as i32),
+                Arg::I32(flags),
+            ],
+        };
+        b.run(&l, n as u32, 0)?;
+    }
+    let l = Launch {
+        kernel: Kernel::Attention,
+        grid: Grid::Attention {
+            heads: heads as u32,
+        },
+        block: attention_block(d),
+        args: vec![
+            Arg::Ptr(st),
+            Arg::Ptr(qb),
+            Arg::Ptr(kb),
+            Arg::Ptr(vb),
+            Arg::Ptr(ob),
+            Arg::I32(heads as i32),
+            Arg::I32(kv_heads as i32),
+            Arg::I32(d as i32),
+            Arg::I32(h as i32),
+            Arg::I32(kv as i32),
+            Arg::F32(scale as f32),
+        ],
+    };
+    b.run(&l, n as u32, 0)?;
+    let got: Vec<f32> = b.read(ob, n * h)?;
+    Ok(KernelCheck {
+        kernel: format!("rope + attention (head dim {d}, {ctx_len} positions)"),
+        max_rel_diff: max_rel_diff(&got, &want),
+        codes_exact: None,
+    })
+}
+
+fn check_glu(b: &mut Bench, rng: &mut Lcg) -> Result<KernelCheck> {
+    let (n, cols) = (3usize, 300usize);
+    let g: Vec<f32> = (0..n * cols).map(|_| 4.0 * rng.next()).collect();
+    let u: Vec<f32> = (0..n * cols).map(|_| rng.next()).collect();
+    let mut worst = 0.0f32;
+    for (act, f) in [(0, relu2 as fn(f32) -> f32), (1, silu)] {
+        let want: Vec<f32> = g.iter().zip(&u).map(|(&a, &b)| f(a) * b).collect();
+        let st = b.step(n as u32, 0, 0, 0)?;
+        let gb = b.a.upload(&g)?;
+        let ub = b.a.upload(&u)?;
+        let l = Launch {
+            kernel: Kernel::Glu,
+            grid: Grid::PerToken {
+                x: (cols as u32).div_ceil(256),
+            },
+            block: 256,
+            args: vec![
+                Arg::Ptr(st),
+                Arg::Ptr(gb),
+                Arg::Ptr(ub),
+                Arg::I32(cols as i32),
+                Arg::I32(act),
+            ],
+        };
+        b.run(&l, n as u32, 0)?;
+        worst = worst.max(max_rel_diff(&b.read::<f32>(gb, n * cols)?, &want));
+    }
+    Ok(KernelCheck {
+        kernel: "glu (relu², silu)".into(),
+        max_rel_diff: worst,
+        codes_exact: None,
+    })
+}
+
+fn check_rms_norm(b: &mut Bench, rng: &mut Lcg) -> Result<KernelCheck> {
+    let (n, cols) = (4usize, 300usize);
+    let x: Vec<f32> = (0..n * cols).map(|_| 3.0 * rng.next()).collect();
+    let w: Vec<f32> = (0..cols).map(|_| 1.0 + 0.1 * rng.next()).collect();
+    // The last row only (what generation asks for).
+    let mut want = vec![0.0; cols];
+    rms_norm_into(&x[(n - 1) * cols..], &w, 1e-6, &mut want);
+    let st = b.step(n as u32, 0, 1, (n - 1) as u32)?;
+    let xb = b.a.upload(&x)?;
+    let wb = b.a.upload(&w)?;
+    let ob = b.a.zeros(4 * cols)?;
+    let l = Launch {
+        kernel: Kernel::RmsNorm,
+        grid: Grid::LogitRows,
+        block: 256,
+        args: vec![
+            Arg::Ptr(st),
+            Arg::Ptr(xb),
+            Arg::Ptr(wb),
+            Arg::Ptr(ob),
+            Arg::I32(cols as i32),
+            Arg::F32(1e-6),
+        ],
+    };
+    b.run(&l, n as u32, 1)?;
+    Ok(KernelCheck {
+        kernel: "rms_norm".into(),
+        max_rel_diff: max_rel_diff(&b.read::<f32>(ob, cols)?, &want),
+        codes_exact: None,
+    })
+}
+
+fn check_lm_head(
+    b: &mut Bench,
+    rng: &mut Lcg,
+    enc: FloatEncoding,
+    m: usize,
+    h: usize,
+) -> Result<KernelCheck> {
+    let vocab = 133usize;
+    let data: Vec<f32> = (0..vocab * h).map(|_| 0.1 * rng.next()).collect();
+    let matrix = match enc {
+        FloatEncoding::F16 => FloatMatrix::from_encoded(
+            "check",
+            data.iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect(),
+            vocab,
+            h,
+            FloatEncoding::F16,
+        ),
+        FloatEncoding::BF16 => FloatMatrix::from_encoded(
+            "check",
+            data.iter()
+                .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                .collect(),
+            vocab,
+            h,
+            FloatEncoding::BF16,
+        ),
+        _ => FloatMatrix::from_f32(vocab, h, data),
+    }?;
+    let x: Vec<f32> = (0..m * h).map(|_| rng.next()).collect();
+    let mut want = vec![0.0; m * vocab];
+    for t in 0..m {
+        for r in 0..vocab {
+            want[t * vocab + r] = matrix.dot_row(r, &x[t * h..(t + 1) * h]);
+        }
+    }
+    let (kernel, bytes) = head_bytes(&matrix);
+    let st = b.step(m as u32, 0, m as u32, 0)?;
+    let xb = b.a.upload(&x)?;
+    let wb = b.a.upload(&bytes)?;
+    let lb = b.a.zeros(4 * m * vocab)?;
+    b.run(
+        &head_launch(kernel, st, xb, wb, lb, h, vocab),
+        m as u32,
+        m as u32,
+    )?;
+    Ok(KernelCheck {
+        kernel: format!(
+            "lm_head ({enc:?}, {m} row{}, h {h})",
+            if m == 1 { "" } else { "s" }
+        ),
+        max_rel_diff: max_rel_diff(&b.read::<f32>(lb, m * vocab)?, &want),
+        codes_exact: None,
+    })
+}
+
+/// Runs the kernel checks and the whole-model check on `dev`.
+pub fn run(dev: &CudaDevice) -> Result<SelfTestReport> {
+    let kernels = check_kernels(dev)?;
+    let weights = synthesize(Preset::Tiny, 7)?;
+    let model = BitNetModel::new(weights)?;
+    let options = CudaOptions {
+        context: 64,
+        // Small passes so that the prompt takes several (the chunked path).
+        max_batch_tokens: 8,
+        memory_budget: None,
+        graphs: true,
+    };
+    let mut gpu = CudaModel::new(dev.clone(), model.weights(), options)?;
+    let mut cpu = CpuSequence::new(&model, 64, Parallelism::Sequential);
+    let vocab = model.config().vocab_size;
+    let prompt: Vec<u32> = (0..19u32).map(|i| (i * 97 + 13) % vocab as u32).collect();
+    let g = gpu.forward(&prompt, Logits::All)?;
+    let c = cpu.forward(&prompt, Logits::All)?;
+    let mut per_position: Vec<f32> = g
+        .chunks_exact(vocab)
+        .zip(c.chunks_exact(vocab))
+        .map(|(a, b)| max_rel_diff(a, b))
+        .collect();
+    for id in [5u32, 77, 300] {
+        let g = gpu.forward(&[id], Logits::Last)?;
+        let c = cpu.forward(&[id], Logits::Last)?;
+        per_position.push(max_rel_diff(&g, &c));
+    }
+    per_position.sort_by(f32::total_cmp);
+    gpu.truncate(0);
+    cpu.truncate(0);
+    let steps = 12;
+    let g = greedy_on(&mut gpu, &prompt[..7], steps)?;
+    let c = greedy_on(&mut cpu, &prompt[..7], steps)?;
+    let graph = match gpu.graph_status() {
+        Ok(on) => on,
+        Err(e) => return Err(Error::driver("capturing the decode graph", e)),
+    };
+    Ok(SelfTestReport {
+        device: dev.info().name.clone(),
+        kernels,
+        model_median_rel_diff: per_position[per_position.len() / 2],
+        model_max_rel_diff: per_position[per_position.len() - 1],
+        greedy_equal: g == c,
+        greedy_tokens: steps,
+        graph,
+    })
+}
