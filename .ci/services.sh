@@ -2,11 +2,12 @@
 # Starts the services the platform tests need: PostgreSQL and Redis on
 # loopback, installing them (and Chromium, for the dashboard test, and
 # Mesa's software Vulkan driver lavapipe, for the wgpu backend's tests)
-# from Debian's packages when missing. Source it: it exports the URLs the
-# tests read (BITNET_TEST_POSTGRES_URL, BITNET_TEST_REDIS_URL,
-# BITNET_TEST_CHROMIUM), BITNET_REQUIRE_SERVICES=1 and BITNET_TEST_WGPU=1,
-# so a test whose service or GPU adapter is missing fails instead of
-# skipping.
+# from Debian's packages when missing, and NVIDIA's run-time compiler NVRTC
+# from PyPI (the CUDA kernels compile for sm_90 here; no GPU runs them).
+# Source it: it exports the URLs the tests read (BITNET_TEST_POSTGRES_URL,
+# BITNET_TEST_REDIS_URL, BITNET_TEST_CHROMIUM), BITNET_REQUIRE_SERVICES=1,
+# BITNET_TEST_WGPU=1 and BITNET_TEST_NVRTC=1, so a test whose service,
+# GPU adapter or compiler is missing fails instead of skipping.
 set -euo pipefail
 
 services_dir="${BITNET_SERVICES_DIR:-${TMPDIR:-/tmp}/bitnet-ci-services}"
@@ -53,6 +54,15 @@ fi
 export BITNET_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
 export BITNET_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 export BITNET_TEST_CHROMIUM="$(command -v chromium)"
+# NVRTC for CUDA 13 (the wheel holds libnvrtc.so.13 and its builtins).
+nvrtc_dir="$services_dir/nvrtc"
+if [ ! -e "$nvrtc_dir/nvidia/cu13/lib/libnvrtc.so.13" ]; then
+    echo "installing NVRTC (nvidia-cuda-nvrtc) from PyPI"
+    python3 -m pip install -q --no-deps --target "$nvrtc_dir" "nvidia-cuda-nvrtc>=13,<14"
+fi
+export LD_LIBRARY_PATH="$nvrtc_dir/nvidia/cu13/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export BITNET_TEST_NVRTC=1
+
 export BITNET_REQUIRE_SERVICES=1
 export BITNET_TEST_WGPU=1
 # Mesa warns on every device open without it (there is no session here).
