@@ -115,28 +115,53 @@ extern "C" __global__ void norm_quant(const Step* step, const float* x, const fl
     }
 }
 
-// Ternary weights x int8 activations. A weight row is `chunks` 16-byte
-// chunks of 64 columns; each u32 word holds 16 columns as 2-bit `code + 1`,
-// laid out so that `(word >> 2i) & 0x03030303` puts columns 4i..4i+3 into
-// the four byte lanes, the order of one activation word. `__dp4a` then sums
-// (code + 1) * x exactly, and subtracting the row's code sum leaves
-// sum code * x. Eight lanes share a row (128 contiguous bytes per step, so
-// each warp streams four rows); TOK tokens reuse every weight load.
+// Ternary weights x int8 activations, for one or several layers that
+// read the same activations (q, k and v; gate and up), with the step that
+// follows each fused into the write: RoPE, the ReLU²/SiLU gate, the
+// residual add, the write into the KV cache.
 //
-// flags: 1 add into `out` (the residual stream); 2 the scale multiplies
-// (autobitlinear) instead of dividing (bitlinear); 4 output rows start at
-// step->start (keys and values written straight into the KV cache).
+// A weight row is `chunks` 16-byte chunks of 64 columns; each u32 word
+// holds 16 columns as 2-bit `code + 1`, laid out so that
+// `(word >> 2i) & 0x03030303` puts columns 4i..4i+3 into the four byte
+// lanes, the order of one activation word. `__dp4a` then sums
+// (code + 1) * x exactly, and subtracting the token's code sum leaves
+// sum code * x. Rows are stored in pairs, and a warp computes one pair
+// (16 lanes per row, 256 contiguous bytes per step): the two rows RoPE
+// rotates together (j and j + d/2 of a head), a gate row and its up row,
+// or two neighbouring rows. TOK tokens reuse every weight load.
+//
+// pairs[p] = {segment | 256 if row a's scale multiplies | 512 for row b's,
+// output row a, output row b (-1: none), RoPE index j}. Segment flags:
+// 1 add into the output; 4 output rows start at step->start (KV cache);
+// 8 rotate the pair (RoPE at position step->start + t); 16 gate the pair
+// (out[a] = act(row a) * row b), 32 with SiLU instead of ReLU².
+#define F_ADD 1
+#define F_CACHE 4
+#define F_ROPE 8
+#define F_GLU 16
+#define F_SILU 32
+
+struct Segments {
+    float* out[3];
+    int stride[3];
+    int flags[3];
+};
+
 template <int TOK>
 __device__ __forceinline__ void matmul_impl(const Step* step, const uint4* __restrict__ w,
                                             const float* __restrict__ wscale,
+                                            const int4* __restrict__ pairs,
                                             const signed char* __restrict__ codes,
                                             const float* __restrict__ scales,
-                                            const int* __restrict__ sums, float* out, int rows,
-                                            int chunks, int stride, int flags) {
+                                            const int* __restrict__ sums, Segments seg,
+                                            const float* __restrict__ cos_t,
+                                            const float* __restrict__ sin_t, int half, int npairs,
+                                            int chunks, int stride) {
     const unsigned M = 0x03030303u;
     int lane = threadIdx.x & 31;
-    int sub = lane & 7;
-    int r = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * 4 + (lane >> 3);
+    int sub = lane & 15;
+    int p = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int r = 2 * p + (lane >> 4);
     int n = (int)step->n;
     int t0 = blockIdx.y * TOK;
     if (t0 >= n) return;
@@ -144,16 +169,17 @@ __device__ __forceinline__ void matmul_impl(const Step* step, const uint4* __res
     int acc[TOK];
 #pragma unroll
     for (int t = 0; t < TOK; t++) acc[t] = 0;
-    if (r < rows) {
+    if (p < npairs) {
         const uint4* wr = w + (size_t)r * chunks;
-#pragma unroll 2
-        for (int j = sub; j < chunks; j += 8) {
+#pragma unroll 4
+        for (int j = sub; j < chunks; j += 16) {
             uint4 ww = __ldg(wr + j);
             unsigned wd[4] = {ww.x, ww.y, ww.z, ww.w};
 #pragma unroll
             for (int t = 0; t < TOK; t++) {
                 if (t < nt) {
-                    const int4* xa = reinterpret_cast<const int4*>(codes + (size_t)(t0 + t) * stride) + 4 * j;
+                    const int4* xa =
+                        reinterpret_cast<const int4*>(codes + (size_t)(t0 + t) * stride) + 4 * j;
 #pragma unroll
                     for (int q = 0; q < 4; q++) {
                         int4 a = __ldg(xa + q);
@@ -166,57 +192,77 @@ __device__ __forceinline__ void matmul_impl(const Step* step, const uint4* __res
             }
         }
     }
+    int other[TOK];
 #pragma unroll
     for (int t = 0; t < TOK; t++) {
+        acc[t] += __shfl_xor_sync(FULL, acc[t], 8);
         acc[t] += __shfl_xor_sync(FULL, acc[t], 4);
         acc[t] += __shfl_xor_sync(FULL, acc[t], 2);
         acc[t] += __shfl_xor_sync(FULL, acc[t], 1);
+        other[t] = __shfl_sync(FULL, acc[t], 16);
     }
-    if (r >= rows || sub != 0) return;
-    float ws = wscale[r];
-    int row0 = t0 + ((flags & 4) ? (int)step->start : 0);
+    if (p >= npairs || lane != 0) return;
+    int4 pr = pairs[p];
+    int s = pr.x & 255;
+    float* out = seg.out[s];
+    int ostride = seg.stride[s];
+    int flags = seg.flags[s];
+    bool mul_a = (pr.x & 256) != 0, mul_b = (pr.x & 512) != 0;
+    float ws_a = wscale[2 * p], ws_b = wscale[2 * p + 1];
+    int start = (int)step->start;
+    int row0 = t0 + ((flags & F_CACHE) ? start : 0);
 #pragma unroll
     for (int t = 0; t < TOK; t++) {
         if (t < nt) {
-            float d = (float)(acc[t] - sums[t0 + t]);
             float sx = scales[t0 + t];
-            float y = (flags & 2) ? d / sx * ws : d / (ws * sx);
-            size_t idx = (size_t)(row0 + t) * rows + r;
-            if (flags & 1) out[idx] += y; else out[idx] = y;
+            int sum = sums[t0 + t];
+            float da = (float)(acc[t] - sum), db = (float)(other[t] - sum);
+            float ya = mul_a ? da / sx * ws_a : da / (ws_a * sx);
+            float yb = mul_b ? db / sx * ws_b : db / (ws_b * sx);
+            float* o = out + (size_t)(row0 + t) * ostride;
+            if (flags & F_ROPE) {
+                size_t at = (size_t)(start + t0 + t) * half + pr.w;
+                float c = cos_t[at], sn = sin_t[at];
+                float ra = ya * c - yb * sn;
+                float rb = yb * c + ya * sn;
+                ya = ra;
+                yb = rb;
+            }
+            if (flags & F_GLU) {
+                float g;
+                if (flags & F_SILU) {
+                    g = ya / (1.0f + expf(-ya));
+                } else {
+                    float q = ya < 0.0f ? 0.0f : ya;
+                    g = q * q;
+                }
+                o[pr.y] = g * yb;
+            } else if (flags & F_ADD) {
+                o[pr.y] += ya;
+                if (pr.z >= 0) o[pr.z] += yb;
+            } else {
+                o[pr.y] = ya;
+                if (pr.z >= 0) o[pr.z] = yb;
+            }
         }
     }
 }
 
-extern "C" __global__ void matmul_1(const Step* step, const uint4* w, const float* wscale,
-                                    const signed char* codes, const float* scales, const int* sums,
-                                    float* out, int rows, int chunks, int stride, int flags) {
-    matmul_impl<1>(step, w, wscale, codes, scales, sums, out, rows, chunks, stride, flags);
-}
-
-extern "C" __global__ void matmul_8(const Step* step, const uint4* w, const float* wscale,
-                                    const signed char* codes, const float* scales, const int* sums,
-                                    float* out, int rows, int chunks, int stride, int flags) {
-    matmul_impl<8>(step, w, wscale, codes, scales, sums, out, rows, chunks, stride, flags);
-}
-
-// Rotate-half RoPE in place on `heads` head vectors per row at positions
-// step->start + t. flags bit 0: rows start at step->start (keys in the cache).
-extern "C" __global__ void rope(const Step* step, const float* cos_t, const float* sin_t, float* x,
-                                int heads, int d, int row_stride, int flags) {
-    int half = d / 2;
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    int t = blockIdx.y;
-    if (i >= heads * half || t >= (int)step->n) return;
-    int head = i / half, j = i % half;
-    int pos = (int)step->start + t;
-    int row = (flags & 1) ? pos : t;
-    float* base = x + (size_t)row * row_stride + head * d;
-    float c = cos_t[(size_t)pos * half + j];
-    float s = sin_t[(size_t)pos * half + j];
-    float x1 = base[j], x2 = base[j + half];
-    base[j] = x1 * c - x2 * s;
-    base[j + half] = x2 * c + x1 * s;
-}
+#define MATMUL(NAME, TOK)                                                                      \
+    extern "C" __global__ void NAME(const Step* step, const uint4* w, const float* wscale,      \
+                                    const int4* pairs, const signed char* codes,                \
+                                    const float* scales, const int* sums, float* out0,          \
+                                    float* out1, float* out2, int stride0, int stride1,         \
+                                    int stride2, int flags0, int flags1, int flags2,            \
+                                    const float* cos_t, const float* sin_t, int half,           \
+                                    int npairs, int chunks, int stride) {                       \
+        Segments seg = {{out0, out1, out2}, {stride0, stride1, stride2},                        \
+                        {flags0, flags1, flags2}};                                              \
+        matmul_impl<TOK>(step, w, wscale, pairs, codes, scales, sums, seg, cos_t, sin_t, half,  \
+                         npairs, chunks, stride);                                               \
+    }
+MATMUL(matmul_1, 1)
+MATMUL(matmul_8, 8)
 
 // Causal attention of one query (token t = blockIdx.x, head = blockIdx.y)
 // over the KV cache, in tiles of ATT_TILE positions with a running max and
@@ -283,23 +329,6 @@ extern "C" __global__ void attention(const Step* step, const float* q, const flo
     float* orow = o + (size_t)t * q_stride + head * d;
     if (d0 < d) orow[d0] = acc0 / l;
     if (d1 < d) orow[d1] = acc1 / l;
-}
-
-// gate = act(gate) * up over [n, cols]; act 0: ReLU², 1: SiLU.
-extern "C" __global__ void glu(const Step* step, float* gate, const float* up, int cols, int act) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    int t = blockIdx.y;
-    if (c >= cols || t >= (int)step->n) return;
-    size_t i = (size_t)t * cols + c;
-    float g = gate[i];
-    float a;
-    if (act == 0) {
-        float r = g < 0.0f ? 0.0f : g;
-        a = r * r;
-    } else {
-        a = g / (1.0f + expf(-g));
-    }
-    gate[i] = a * up[i];
 }
 
 // The final RMSNorm, to floats, over the step->m rows that get logits

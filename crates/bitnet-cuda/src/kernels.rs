@@ -16,13 +16,11 @@ use std::sync::Arc;
 pub const SOURCE: &str = include_str!("kernels.cu");
 
 /// The kernels, in the order of [`Kernel`].
-pub const KERNEL_NAMES: [&str; 13] = [
+pub const KERNEL_NAMES: [&str; 11] = [
     "norm_quant",
     "matmul_1",
     "matmul_8",
-    "rope",
     "attention",
-    "glu",
     "rms_norm",
     "lm_head_f32_1",
     "lm_head_f32_8",
@@ -38,17 +36,15 @@ pub const KERNEL_NAMES: [&str; 13] = [
 pub(crate) enum Kernel {
     NormQuant,
     Matmul,
-    Rope,
     Attention,
-    Glu,
     RmsNorm,
     LmHeadF32,
     LmHeadF16,
     LmHeadBf16,
 }
 
-/// Threads per block of the matmul (4 rows per warp).
-pub(crate) const MATMUL_BLOCK: u32 = 128;
+/// Threads per block of the matmul (a pair of rows per warp).
+pub(crate) const MATMUL_BLOCK: u32 = 256;
 /// Rows of the output matrix per lm_head block (a warp per row).
 pub(crate) const HEAD_BLOCK: u32 = 256;
 
@@ -59,8 +55,6 @@ pub(crate) enum Grid {
     Tokens,
     /// `x` blocks per group of 1 or 8 tokens (the matmul).
     Matmul { x: u32 },
-    /// `x` blocks per token.
-    PerToken { x: u32 },
     /// A block per (token, head).
     Attention { heads: u32 },
     /// A block per logit row.
@@ -230,18 +224,16 @@ impl Kernels {
                 let (v, y) = groups(n);
                 (1 + v, (x, y))
             }
-            (Kernel::Rope, Grid::PerToken { x }) => (3, (x, n)),
-            (Kernel::Attention, Grid::Attention { heads }) => (4, (n, heads)),
-            (Kernel::Glu, Grid::PerToken { x }) => (5, (x, n)),
-            (Kernel::RmsNorm, Grid::LogitRows) => (6, (m, 1)),
+            (Kernel::Attention, Grid::Attention { heads }) => (3, (n, heads)),
+            (Kernel::RmsNorm, Grid::LogitRows) => (4, (m, 1)),
             (
                 k @ (Kernel::LmHeadF32 | Kernel::LmHeadF16 | Kernel::LmHeadBf16),
                 Grid::Head { x },
             ) => {
                 let base = match k {
-                    Kernel::LmHeadF32 => 7,
-                    Kernel::LmHeadF16 => 9,
-                    _ => 11,
+                    Kernel::LmHeadF32 => 5,
+                    Kernel::LmHeadF16 => 7,
+                    _ => 9,
                 };
                 let (v, y) = groups(m);
                 (base + v, (x, y))

@@ -71,56 +71,189 @@ impl CudaMemory {
     }
 }
 
-/// One ternary layer in the matmul's layout: per row, `pad64(cols) / 16`
-/// u32 words; word k holds columns 16k..16k+15, column 16k + 4i + b at
-/// bits 8b + 2i, as code + 1 (padding columns hold 1, weight 0, and meet
-/// zero activations).
-pub(crate) struct PackedLinear {
-    pub(crate) words: Vec<u32>,
-    pub(crate) scales: Vec<f32>,
-    pub(crate) rows: usize,
-    pub(crate) chunks: usize,
+/// Segment flags of the matmul (kernels.cu).
+pub(crate) const F_ADD: i32 = 1;
+pub(crate) const F_CACHE: i32 = 4;
+pub(crate) const F_ROPE: i32 = 8;
+pub(crate) const F_GLU: i32 = 16;
+pub(crate) const F_SILU: i32 = 32;
+
+/// How one layer's rows pair up in a fused matmul (a warp computes a pair).
+pub(crate) enum Pairing<'a> {
+    /// Rows 2i and 2i + 1.
+    Neighbours(&'a BitLinear),
+    /// Rows j and j + d/2 of each head of dim `d`, rotated together.
+    Rope(&'a BitLinear, usize),
+    /// Row i of the gate layer and row i of the up layer.
+    Glu(&'a BitLinear, &'a BitLinear),
+}
+
+/// Where a fused matmul's segment writes: a buffer, its row length, flags.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Output {
+    pub(crate) ptr: u64,
+    pub(crate) stride: usize,
     pub(crate) flags: i32,
 }
 
-/// Matmul flags (kernels.cu).
-pub(crate) const ADD: i32 = 1;
-pub(crate) const MULTIPLY: i32 = 2;
-pub(crate) const INTO_CACHE: i32 = 4;
+/// Layers that read the same activations, in the matmul's layout: rows
+/// in pair order, each `chunks` 16-byte chunks (word k holds columns
+/// 16k..16k+15, column 16k + 4i + b at bits 8b + 2i, as code + 1), one
+/// scale per row, and a descriptor per pair (kernels.cu).
+pub(crate) struct Fused {
+    pub(crate) words: Vec<u32>,
+    pub(crate) scales: Vec<f32>,
+    pub(crate) pairs: Vec<[i32; 4]>,
+    pub(crate) chunks: usize,
+    pub(crate) outputs: Vec<Output>,
+}
 
-pub(crate) fn pack_linear(b: &BitLinear) -> PackedLinear {
-    let (rows, cols) = (b.out_features(), b.in_features());
-    let words_per_row = pad64(cols) / 16;
-    let w = b.weights();
-    let mut words = vec![0u32; words_per_row * rows];
+fn row_scale(b: &BitLinear, r: usize) -> f32 {
+    match b.scale() {
+        WeightScale::Tensor(s) => *s,
+        WeightScale::Channel(v) => v[r],
+    }
+}
+
+/// Packs `parts` (at most three, all with the same input width) for one
+/// fused launch.
+pub(crate) fn fuse(parts: &[(Pairing, Output)]) -> Fused {
+    let first = match &parts[0].0 {
+        Pairing::Neighbours(b) | Pairing::Rope(b, _) | Pairing::Glu(b, _) => *b,
+    };
+    let cols = first.in_features();
+    let chunks = pad64(cols) / 64;
+    let mut rows: Vec<Option<(&BitLinear, usize)>> = Vec::new();
+    let mut pairs = Vec::new();
+    let mul = |b: &BitLinear| i32::from(b.convention() == ScaleConvention::Multiply);
+    for (s, (pairing, _)) in parts.iter().enumerate() {
+        let s = s as i32;
+        match *pairing {
+            Pairing::Neighbours(b) => {
+                for i in (0..b.out_features()).step_by(2) {
+                    let next = (i + 1 < b.out_features()).then_some(i + 1);
+                    rows.push(Some((b, i)));
+                    rows.push(next.map(|r| (b, r)));
+                    let flags = s | mul(b) << 8 | if next.is_some() { mul(b) << 9 } else { 0 };
+                    pairs.push([flags, i as i32, next.map_or(-1, |r| r as i32), 0]);
+                }
+            }
+            Pairing::Rope(b, d) => {
+                let half = d / 2;
+                for head in 0..b.out_features() / d {
+                    for j in 0..half {
+                        let a = head * d + j;
+                        rows.push(Some((b, a)));
+                        rows.push(Some((b, a + half)));
+                        let flags = s | mul(b) << 8 | mul(b) << 9;
+                        pairs.push([flags, a as i32, (a + half) as i32, j as i32]);
+                    }
+                }
+            }
+            Pairing::Glu(g, u) => {
+                for i in 0..g.out_features() {
+                    rows.push(Some((g, i)));
+                    rows.push(Some((u, i)));
+                    pairs.push([s | mul(g) << 8 | mul(u) << 9, i as i32, i as i32, 0]);
+                }
+            }
+        }
+    }
+    let per_row = 4 * chunks;
+    let mut words = vec![0u32; rows.len() * per_row];
     words
-        .par_chunks_mut(words_per_row)
-        .enumerate()
-        .for_each(|(r, row)| {
-            for (k, word) in row.iter_mut().enumerate() {
+        .par_chunks_mut(per_row)
+        .zip(rows.par_iter())
+        .for_each(|(out, row)| {
+            let Some((b, r)) = *row else { return };
+            let w = b.weights();
+            for (k, word) in out.iter_mut().enumerate() {
                 let mut v = 0u32;
                 for j in 0..16 {
                     let c = 16 * k + j;
+                    // Padding columns hold code 0 (stored 1); their activations are 0.
                     let code = if c < cols { w.code(r, c) } else { 0 };
                     v |= ((code + 1) as u32) << (8 * (j % 4) + 2 * (j / 4));
                 }
                 *word = v;
             }
         });
-    let scales = match b.scale() {
-        WeightScale::Tensor(s) => vec![*s; rows],
-        WeightScale::Channel(v) => v.clone(),
-    };
-    let flags = match b.convention() {
-        ScaleConvention::Multiply => MULTIPLY,
-        ScaleConvention::Divide => 0,
-    };
-    PackedLinear {
+    let scales = rows
+        .iter()
+        .map(|row| row.map_or(1.0, |(b, r)| row_scale(b, r)))
+        .collect();
+    Fused {
         words,
         scales,
-        rows,
-        chunks: words_per_row / 4,
-        flags,
+        pairs,
+        chunks,
+        outputs: parts.iter().map(|p| p.1).collect(),
+    }
+}
+
+/// Uploads `f` and records its launch; `rope` is the cos/sin tables and
+/// half the head dim (any values when no segment rotates).
+pub(crate) fn fused_launch(
+    a: &mut Alloc,
+    f: &Fused,
+    step: u64,
+    acts: [u64; 3],
+    rope: (u64, u64, usize),
+) -> Result<Launch> {
+    let w = a.upload(&f.words)?;
+    let ws = a.upload(&f.scales)?;
+    let pairs = a.upload(&f.pairs)?;
+    Ok(matmul_args(
+        step,
+        [w, ws, pairs],
+        acts,
+        &f.outputs,
+        rope,
+        f.pairs.len(),
+        f.chunks,
+    ))
+}
+
+/// The launch of a matmul over weights, scales and pair table already on
+/// the device (`weights`), reading `acts` (codes, scales, code sums).
+pub(crate) fn matmul_args(
+    step: u64,
+    weights: [u64; 3],
+    acts: [u64; 3],
+    outputs: &[Output],
+    rope: (u64, u64, usize),
+    npairs: usize,
+    chunks: usize,
+) -> Launch {
+    let [w, ws, pairs] = weights;
+    let out = |i: usize| outputs.get(i).copied();
+    let mut args = vec![
+        Arg::Ptr(step),
+        Arg::Ptr(w),
+        Arg::Ptr(ws),
+        Arg::Ptr(pairs),
+        Arg::Ptr(acts[0]),
+        Arg::Ptr(acts[1]),
+        Arg::Ptr(acts[2]),
+    ];
+    args.extend((0..3).map(|i| Arg::Ptr(out(i).map_or(0, |o| o.ptr))));
+    args.extend((0..3).map(|i| Arg::I32(out(i).map_or(0, |o| o.stride as i32))));
+    args.extend((0..3).map(|i| Arg::I32(out(i).map_or(0, |o| o.flags))));
+    args.extend([
+        Arg::Ptr(rope.0),
+        Arg::Ptr(rope.1),
+        Arg::I32(rope.2 as i32),
+        Arg::I32(npairs as i32),
+        Arg::I32(chunks as i32),
+        Arg::I32((64 * chunks) as i32),
+    ]);
+    Launch {
+        kernel: Kernel::Matmul,
+        grid: Grid::Matmul {
+            x: (npairs as u32).div_ceil(MATMUL_BLOCK / 32),
+        },
+        block: MATMUL_BLOCK,
+        args,
     }
 }
 
@@ -268,12 +401,12 @@ impl CudaModel {
         let stride = pad64(h).max(pad64(f));
         let linear_bytes: u64 = lins
             .iter()
-            .map(|b| (pad64(b.in_features()) / 4 * b.out_features() + 4 * b.out_features()) as u64)
+            .map(|b| ((pad64(b.in_features()) / 4 + 12) * (b.out_features() + 1)) as u64)
             .sum();
         let norm_bytes = 4 * (c.num_layers * (3 * h + f) + h) as u64;
         let head_bytes_n = head_elem_bytes(out) * (out.rows() * out.cols()) as u64;
         let kv_bytes = 2 * 4 * (c.num_layers * context * kv) as u64;
-        let scratch = 4 * (tokens * (3 * h + 2 * f + 2) + tokens * stride / 4 + 8) as u64
+        let scratch = 4 * (tokens * (3 * h + f + 2) + tokens * stride / 4 + 8) as u64
             + 4 * (logit_rows * (h + c.vocab_size)) as u64
             + 4 * (context * d) as u64;
         let memory = CudaMemory {
@@ -628,7 +761,6 @@ impl Build<'_> {
         let qb = a.zeros(4 * t * h)?;
         let ob = a.zeros(4 * t * h)?;
         let gate = a.zeros(4 * t * f)?;
-        let up = a.zeros(4 * t * f)?;
         let normed = a.zeros(4 * self.logit_rows * h)?;
         let rope = RopeTable::new(d, c.rope_theta, 0..self.context);
         let (cos, sin) = rope.tables();
@@ -656,30 +788,12 @@ impl Build<'_> {
                 ],
             })
         };
-        let matmul = |a: &mut Alloc, b: &BitLinear, out: u64, extra: i32| -> Result<Launch> {
-            let pl = pack_linear(b);
-            let wb = a.upload(&pl.words)?;
-            let sb = a.upload(&pl.scales)?;
-            Ok(matmul_launch(
-                stp, wb, sb, codes, scales, sums, out, &pl, extra,
-            ))
-        };
-        let rope_launch = |buf: u64, heads: usize, row_stride: usize, flags: i32| Launch {
-            kernel: Kernel::Rope,
-            grid: Grid::PerToken {
-                x: ((heads * d / 2) as u32).div_ceil(128),
-            },
-            block: 128,
-            args: vec![
-                Arg::Ptr(stp),
-                Arg::Ptr(cos),
-                Arg::Ptr(sin),
-                Arg::Ptr(buf),
-                Arg::I32(heads as i32),
-                Arg::I32(d as i32),
-                Arg::I32(row_stride as i32),
-                Arg::I32(flags),
-            ],
+        let acts = [codes, scales, sums];
+        let rope = (cos, sin, d / 2);
+        let out = |ptr: u64, stride: usize, flags: i32| Output { ptr, stride, flags };
+        let silu = match c.activation {
+            Activation::Relu2 => 0,
+            Activation::Silu => F_SILU,
         };
 
         let mut layers = Vec::new();
@@ -688,11 +802,14 @@ impl Build<'_> {
             let kc = a.zeros(4 * self.context * kv)?;
             let vc = a.zeros(4 * self.context * kv)?;
             layers.push(norm_quant(&mut a, xp, &layer.input_layernorm)?);
-            layers.push(matmul(&mut a, lin[0], qb, 0)?);
-            layers.push(matmul(&mut a, lin[1], kc, INTO_CACHE)?);
-            layers.push(matmul(&mut a, lin[2], vc, INTO_CACHE)?);
-            layers.push(rope_launch(qb, c.num_heads, h, 0));
-            layers.push(rope_launch(kc, c.num_kv_heads, kv, 1));
+            // q, k and v in one launch, rotated, k and v straight into the cache.
+            let qkv = fuse(&[
+                (Pairing::Rope(lin[0], d), out(qb, h, F_ROPE)),
+                (Pairing::Rope(lin[1], d), out(kc, kv, F_ROPE | F_CACHE)),
+                (Pairing::Neighbours(lin[2]), out(vc, kv, F_CACHE)),
+            ]);
+            layers.push(fused_launch(&mut a, &qkv, stp, acts, rope)?);
+            drop(qkv);
             layers.push(Launch {
                 kernel: Kernel::Attention,
                 grid: Grid::Attention {
@@ -714,29 +831,17 @@ impl Build<'_> {
                 ],
             });
             layers.push(norm_quant(&mut a, ob, &layer.attn_sub_norm)?);
-            layers.push(matmul(&mut a, lin[3], xp, ADD)?);
+            let o = fuse(&[(Pairing::Neighbours(lin[3]), out(xp, h, F_ADD))]);
+            layers.push(fused_launch(&mut a, &o, stp, acts, rope)?);
+            drop(o);
             layers.push(norm_quant(&mut a, xp, &layer.post_attention_layernorm)?);
-            layers.push(matmul(&mut a, lin[4], gate, 0)?);
-            layers.push(matmul(&mut a, lin[5], up, 0)?);
-            layers.push(Launch {
-                kernel: Kernel::Glu,
-                grid: Grid::PerToken {
-                    x: (f as u32).div_ceil(256),
-                },
-                block: 256,
-                args: vec![
-                    Arg::Ptr(stp),
-                    Arg::Ptr(gate),
-                    Arg::Ptr(up),
-                    Arg::I32(f as i32),
-                    Arg::I32(match c.activation {
-                        Activation::Relu2 => 0,
-                        Activation::Silu => 1,
-                    }),
-                ],
-            });
+            // gate and up in one launch, gated on the way out.
+            let gu = fuse(&[(Pairing::Glu(lin[4], lin[5]), out(gate, f, F_GLU | silu))]);
+            layers.push(fused_launch(&mut a, &gu, stp, acts, rope)?);
+            drop(gu);
             layers.push(norm_quant(&mut a, gate, &layer.ffn_sub_norm)?);
-            layers.push(matmul(&mut a, lin[6], xp, ADD)?);
+            let down = fuse(&[(Pairing::Neighbours(lin[6]), out(xp, h, F_ADD))]);
+            layers.push(fused_launch(&mut a, &down, stp, acts, rope)?);
         }
 
         let nb = a.upload(&self.weights.norm)?;
@@ -769,41 +874,6 @@ impl Build<'_> {
             status,
             buffers: a.keep,
         })
-    }
-}
-
-/// The launch of one ternary matmul (also used by the self-test).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul_launch(
-    step: u64,
-    w: u64,
-    wscale: u64,
-    codes: u64,
-    scales: u64,
-    sums: u64,
-    out: u64,
-    pl: &PackedLinear,
-    extra: i32,
-) -> Launch {
-    Launch {
-        kernel: Kernel::Matmul,
-        grid: Grid::Matmul {
-            x: (pl.rows as u32).div_ceil(MATMUL_BLOCK / 8),
-        },
-        block: MATMUL_BLOCK,
-        args: vec![
-            Arg::Ptr(step),
-            Arg::Ptr(w),
-            Arg::Ptr(wscale),
-            Arg::Ptr(codes),
-            Arg::Ptr(scales),
-            Arg::Ptr(sums),
-            Arg::Ptr(out),
-            Arg::I32(pl.rows as i32),
-            Arg::I32(pl.chunks as i32),
-            Arg::I32((pl.chunks * 64) as i32),
-            Arg::I32(pl.flags | extra),
-        ],
     }
 }
 

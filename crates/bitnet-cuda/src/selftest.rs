@@ -2,9 +2,10 @@
 //! for a device, and what the device tests check.
 //!
 //! Kernel by kernel ([`check_kernels`]): each runs once on inputs with
-//! awkward sizes (rows not a multiple of the block, columns not a multiple
-//! of 64, token counts not a multiple of 8, a context longer than one
-//! attention tile) and is compared with the CPU engine's own code: int8
+//! awkward sizes (odd row counts, columns not a multiple of 64, token
+//! counts not a multiple of 8, a context longer than one attention tile),
+//! every fused epilogue (residual add, RoPE into the KV cache, ReLU² and
+//! SiLU gating) included, and is compared with the CPU engine's own code: int8
 //! codes, scales and code sums exactly, float outputs within
 //! [`KERNEL_TOLERANCE`] of the largest CPU output.
 //!
@@ -19,7 +20,8 @@ use crate::context::CudaDevice;
 use crate::error::{Error, Result};
 use crate::kernels::{Arg, Grid, Kernel, Kernels, Launch, attention_block, pad64};
 use crate::model::{
-    Alloc, CudaModel, CudaOptions, head_bytes, head_launch, matmul_launch, pack_linear,
+    Alloc, CudaModel, CudaOptions, F_ADD, F_CACHE, F_GLU, F_ROPE, F_SILU, Output, Pairing, fuse,
+    fused_launch, head_bytes, head_launch,
 };
 use bitnet_core::Parallelism;
 use bitnet_core::ops::rows::{RopeTable, relu2, rms_norm_into, silu};
@@ -171,7 +173,7 @@ pub fn check_kernels(dev: &CudaDevice) -> Result<Vec<KernelCheck>> {
     let mut rng = Lcg(42);
     let mut out = vec![check_norm_quant(&mut b, &mut rng, 200)?];
     out.push(check_norm_quant(&mut b, &mut rng, 2560)?);
-    for n in [6, 1] {
+    for n in [6, 1, 11] {
         out.push(check_matmul(
             &mut b,
             &mut rng,
@@ -180,9 +182,10 @@ pub fn check_kernels(dev: &CudaDevice) -> Result<Vec<KernelCheck>> {
         )?);
         out.push(check_matmul(&mut b, &mut rng, ScaleConvention::Divide, n)?);
     }
-    out.push(check_rope_attention(&mut b, &mut rng, 67, 5, 48)?);
-    out.push(check_rope_attention(&mut b, &mut rng, 1100, 2, 128)?);
-    out.push(check_glu(&mut b, &mut rng)?);
+    out.extend(check_qkv_attention(&mut b, &mut rng, 67, 5, 48)?);
+    out.extend(check_qkv_attention(&mut b, &mut rng, 1100, 1, 128)?);
+    out.push(check_gate_up(&mut b, &mut rng, false, 3)?);
+    out.push(check_gate_up(&mut b, &mut rng, true, 1)?);
     out.push(check_rms_norm(&mut b, &mut rng)?);
     for enc in [FloatEncoding::F32, FloatEncoding::F16, FloatEncoding::BF16] {
         for m in [3, 1] {
@@ -254,14 +257,13 @@ fn check_norm_quant(b: &mut Bench, rng: &mut Lcg, cols: usize) -> Result<KernelC
     })
 }
 
-fn check_matmul(
-    b: &mut Bench,
+/// A random ternary layer.
+fn random_layer(
     rng: &mut Lcg,
+    rows: usize,
+    cols: usize,
     convention: ScaleConvention,
-    n: usize,
-) -> Result<KernelCheck> {
-    let (rows, cols) = (70usize, 200usize);
-    let stride = pad64(cols);
+) -> Result<BitLinear> {
     let wcodes: Vec<i8> = (0..rows * cols).map(|_| rng.below(3) as i8 - 1).collect();
     let scale = match convention {
         ScaleConvention::Multiply => WeightScale::Tensor(0.7),
@@ -269,20 +271,27 @@ fn check_matmul(
             WeightScale::Channel((0..rows).map(|_| 1.5 + rng.next()).collect())
         }
     };
-    let layer = BitLinear::new(
+    Ok(BitLinear::new(
         PackedTernary::from_codes(&wcodes, rows, cols)?,
         scale,
         convention,
-    )?;
+    )?)
+}
+
+/// Random int8 activations for `n` tokens: the CPU's form, and the
+/// device's (codes padded to 64 columns, scales, code sums) uploaded.
+fn random_acts(
+    b: &mut Bench,
+    rng: &mut Lcg,
+    n: usize,
+    cols: usize,
+) -> Result<(QuantizedActivations, [u64; 3])> {
+    let stride = pad64(cols);
     let xcodes: Vec<i8> = (0..n * cols)
         .map(|_| (rng.below(255) as i32 - 127) as i8)
         .collect();
     let xscales: Vec<f32> = (0..n).map(|_| 20.0 + 10.0 * rng.next()).collect();
     let acts = QuantizedActivations::from_codes(&xcodes, &xscales, n, cols)?;
-    let mut want = vec![0.0; n * rows];
-    layer.forward_quantized(&acts, &mut want, &mut Vec::new(), Parallelism::Sequential)?;
-
-    let pl = pack_linear(&layer);
     let mut padded = vec![0i8; n * stride];
     for t in 0..n {
         padded[t * stride..t * stride + cols].copy_from_slice(&xcodes[t * cols..(t + 1) * cols]);
@@ -295,22 +304,51 @@ fn check_matmul(
                 .sum()
         })
         .collect();
+    let dev = [
+        b.a.upload(&padded)?,
+        b.a.upload(&xscales)?,
+        b.a.upload(&sums)?,
+    ];
+    Ok((acts, dev))
+}
+
+fn cpu_forward(layer: &BitLinear, acts: &QuantizedActivations, n: usize) -> Result<Vec<f32>> {
+    let mut out = vec![0.0; n * layer.out_features()];
+    layer.forward_quantized(acts, &mut out, &mut Vec::new(), Parallelism::Sequential)?;
+    Ok(out)
+}
+
+/// One layer (an odd row count: the last pair is half padding) added into
+/// an output that already holds values (the residual path).
+fn check_matmul(
+    b: &mut Bench,
+    rng: &mut Lcg,
+    convention: ScaleConvention,
+    n: usize,
+) -> Result<KernelCheck> {
+    let (rows, cols) = (71usize, 200usize);
+    let layer = random_layer(rng, rows, cols, convention)?;
+    let (acts, dev) = random_acts(b, rng, n, cols)?;
+    let want: Vec<f32> = cpu_forward(&layer, &acts, n)?
+        .iter()
+        .map(|v| v + 0.5)
+        .collect();
     let st = b.step(n as u32, 0, 0, 0)?;
-    let wb = b.a.upload(&pl.words)?;
-    let sb = b.a.upload(&pl.scales)?;
-    let cb = b.a.upload(&padded)?;
-    let xs = b.a.upload(&xscales)?;
-    let sm = b.a.upload(&sums)?;
-    let out = b.a.zeros(4 * n * rows)?;
-    b.run(
-        &matmul_launch(st, wb, sb, cb, xs, sm, out, &pl, 0),
-        n as u32,
-        0,
-    )?;
+    let out = b.a.upload(&vec![0.5f32; n * rows])?;
+    let f = fuse(&[(
+        Pairing::Neighbours(&layer),
+        Output {
+            ptr: out,
+            stride: rows,
+            flags: F_ADD,
+        },
+    )]);
+    let l = fused_launch(&mut b.a, &f, st, dev, (0, 0, 0))?;
+    b.run(&l, n as u32, 0)?;
     let got: Vec<f32> = b.read(out, n * rows)?;
     Ok(KernelCheck {
         kernel: format!(
-            "matmul ({}, {n} token{})",
+            "matmul + add ({}, {n} token{})",
             match convention {
                 ScaleConvention::Multiply => "tensor scale, multiply",
                 ScaleConvention::Divide => "channel scales, divide",
@@ -322,33 +360,43 @@ fn check_matmul(
     })
 }
 
-/// RoPE on queries and cached keys, then causal GQA attention of `n` new
-/// tokens after `start` cached ones, against the CPU's RoPE table and a
-/// softmax computed in f64.
-fn check_rope_attention(
+/// q, k and v in one launch, rotated and written into a KV cache after
+/// `start` cached positions, then causal GQA attention of the `n` new
+/// tokens; against the CPU's BitLinear and RoPE table, and a softmax
+/// computed in f64.
+fn check_qkv_attention(
     b: &mut Bench,
     rng: &mut Lcg,
     start: usize,
     n: usize,
     d: usize,
-) -> Result<KernelCheck> {
-    let (heads, kv_heads) = (4usize, 2usize);
+) -> Result<[KernelCheck; 2]> {
+    let (heads, kv_heads, cols) = (4usize, 2usize, 200usize);
     let ctx_len = start + n;
     let (h, kv) = (heads * d, kv_heads * d);
+    let ql = random_layer(rng, h, cols, ScaleConvention::Multiply)?;
+    let kl = random_layer(rng, kv, cols, ScaleConvention::Divide)?;
+    let vl = random_layer(rng, kv, cols, ScaleConvention::Multiply)?;
+    let (acts, dev) = random_acts(b, rng, n, cols)?;
     let table = RopeTable::new(d, 10_000.0, 0..ctx_len);
-    let q: Vec<f32> = (0..n * h).map(|_| rng.next()).collect();
-    let kc: Vec<f32> = (0..ctx_len * kv).map(|_| rng.next()).collect();
-    let vc: Vec<f32> = (0..ctx_len * kv).map(|_| rng.next()).collect();
-    let mut qr = q.clone();
-    let mut kr = kc.clone();
+    let mut qr = cpu_forward(&ql, &acts, n)?;
+    let knew = cpu_forward(&kl, &acts, n)?;
+    let vnew = cpu_forward(&vl, &acts, n)?;
+    // The cache: earlier positions random (already rotated), then the new.
+    let mut kc: Vec<f32> = (0..ctx_len * kv).map(|_| rng.next()).collect();
+    let mut vc: Vec<f32> = (0..ctx_len * kv).map(|_| rng.next()).collect();
+    let kc_dev = b.a.upload(&kc)?;
+    let vc_dev = b.a.upload(&vc)?;
     for t in 0..n {
-        for hd in qr[t * h..(t + 1) * h].chunks_exact_mut(d) {
-            table.rotate_in_place(hd, start + t);
-        }
         let pos = start + t;
-        for hd in kr[pos * kv..(pos + 1) * kv].chunks_exact_mut(d) {
+        for hd in qr[t * h..(t + 1) * h].chunks_exact_mut(d) {
             table.rotate_in_place(hd, pos);
         }
+        kc[pos * kv..(pos + 1) * kv].copy_from_slice(&knew[t * kv..(t + 1) * kv]);
+        for hd in kc[pos * kv..(pos + 1) * kv].chunks_exact_mut(d) {
+            table.rotate_in_place(hd, pos);
+        }
+        vc[pos * kv..(pos + 1) * kv].copy_from_slice(&vnew[t * kv..(t + 1) * kv]);
     }
     let scale = 1.0 / (d as f64).sqrt();
     let mut want = vec![0.0f32; n * h];
@@ -358,7 +406,7 @@ fn check_rope_attention(
             let qv = &qr[t * h + head * d..][..d];
             let s: Vec<f64> = (0..=start + t)
                 .map(|j| {
-                    let kv_row = &kr[j * kv + g * d..][..d];
+                    let kv_row = &kc[j * kv + g * d..][..d];
                     qv.iter()
                         .zip(kv_row)
                         .map(|(&a, &b)| f64::from(a) * f64::from(b))
@@ -383,30 +431,47 @@ fn check_rope_attention(
     let st = b.step(n as u32, start as u32, 0, 0)?;
     let cosb = b.a.upload(cos)?;
     let sinb = b.a.upload(sin)?;
-    let qb = b.a.upload(&q)?;
-    let kb = b.a.upload(&kc)?;
-    let vb = b.a.upload(&vc)?;
+    let qb = b.a.zeros(4 * n * h)?;
     let ob = b.a.zeros(4 * n * h)?;
-    for (buf, hs, stride, flags) in [(qb, heads, h, 0), (kb, kv_heads, kv, 1)] {
-        let l = Launch {
-            kernel: Kernel::Rope,
-            grid: Grid::PerToken {
-                x: ((hs * d / 2) as u32).div_ceil(128),
+    let f = fuse(&[
+        (
+            Pairing::Rope(&ql, d),
+            Output {
+                ptr: qb,
+                stride: h,
+                flags: F_ROPE,
             },
-            block: 128,
-            args: vec![
-                Arg::Ptr(st),
-                Arg::Ptr(cosb),
-                Arg::Ptr(sinb),
-                Arg::Ptr(buf),
-                Arg::I32(hs as i32),
-                Arg::I32(d as i32),
-                Arg::I32(stride as i32),
-                Arg::I32(flags),
-            ],
-        };
-        b.run(&l, n as u32, 0)?;
-    }
+        ),
+        (
+            Pairing::Rope(&kl, d),
+            Output {
+                ptr: kc_dev,
+                stride: kv,
+                flags: F_ROPE | F_CACHE,
+            },
+        ),
+        (
+            Pairing::Neighbours(&vl),
+            Output {
+                ptr: vc_dev,
+                stride: kv,
+                flags: F_CACHE,
+            },
+        ),
+    ]);
+    let l = fused_launch(&mut b.a, &f, st, dev, (cosb, sinb, d / 2))?;
+    b.run(&l, n as u32, 0)?;
+    let mut got: Vec<f32> = b.read(qb, n * h)?;
+    got.extend(b.read::<f32>(kc_dev, ctx_len * kv)?);
+    got.extend(b.read::<f32>(vc_dev, ctx_len * kv)?);
+    let mut expect = qr.clone();
+    expect.extend(&kc);
+    expect.extend(&vc);
+    let projections = KernelCheck {
+        kernel: format!("matmul q/k/v + rope into the cache (head dim {d}, at {start})"),
+        max_rel_diff: max_rel_diff(&got, &expect),
+        codes_exact: None,
+    };
     let l = Launch {
         kernel: Kernel::Attention,
         grid: Grid::Attention {
@@ -416,8 +481,8 @@ fn check_rope_attention(
         args: vec![
             Arg::Ptr(st),
             Arg::Ptr(qb),
-            Arg::Ptr(kb),
-            Arg::Ptr(vb),
+            Arg::Ptr(kc_dev),
+            Arg::Ptr(vc_dev),
             Arg::Ptr(ob),
             Arg::I32(heads as i32),
             Arg::I32(kv_heads as i32),
@@ -429,43 +494,47 @@ fn check_rope_attention(
     };
     b.run(&l, n as u32, 0)?;
     let got: Vec<f32> = b.read(ob, n * h)?;
-    Ok(KernelCheck {
-        kernel: format!("rope + attention (head dim {d}, {ctx_len} positions)"),
-        max_rel_diff: max_rel_diff(&got, &want),
-        codes_exact: None,
-    })
+    Ok([
+        projections,
+        KernelCheck {
+            kernel: format!("attention (head dim {d}, {ctx_len} positions)"),
+            max_rel_diff: max_rel_diff(&got, &want),
+            codes_exact: None,
+        },
+    ])
 }
 
-fn check_glu(b: &mut Bench, rng: &mut Lcg) -> Result<KernelCheck> {
-    let (n, cols) = (3usize, 300usize);
-    let g: Vec<f32> = (0..n * cols).map(|_| 4.0 * rng.next()).collect();
-    let u: Vec<f32> = (0..n * cols).map(|_| rng.next()).collect();
-    let mut worst = 0.0f32;
-    for (act, f) in [(0, relu2 as fn(f32) -> f32), (1, silu)] {
-        let want: Vec<f32> = g.iter().zip(&u).map(|(&a, &b)| f(a) * b).collect();
-        let st = b.step(n as u32, 0, 0, 0)?;
-        let gb = b.a.upload(&g)?;
-        let ub = b.a.upload(&u)?;
-        let l = Launch {
-            kernel: Kernel::Glu,
-            grid: Grid::PerToken {
-                x: (cols as u32).div_ceil(256),
-            },
-            block: 256,
-            args: vec![
-                Arg::Ptr(st),
-                Arg::Ptr(gb),
-                Arg::Ptr(ub),
-                Arg::I32(cols as i32),
-                Arg::I32(act),
-            ],
-        };
-        b.run(&l, n as u32, 0)?;
-        worst = worst.max(max_rel_diff(&b.read::<f32>(gb, n * cols)?, &want));
-    }
+/// gate and up in one launch, gated by ReLU² or SiLU on the way out.
+fn check_gate_up(b: &mut Bench, rng: &mut Lcg, silu_gate: bool, n: usize) -> Result<KernelCheck> {
+    let (rows, cols) = (70usize, 200usize);
+    let gl = random_layer(rng, rows, cols, ScaleConvention::Multiply)?;
+    let ul = random_layer(rng, rows, cols, ScaleConvention::Multiply)?;
+    let (acts, dev) = random_acts(b, rng, n, cols)?;
+    let act = if silu_gate { silu } else { relu2 };
+    let want: Vec<f32> = cpu_forward(&gl, &acts, n)?
+        .iter()
+        .zip(cpu_forward(&ul, &acts, n)?)
+        .map(|(&g, u)| act(g) * u)
+        .collect();
+    let st = b.step(n as u32, 0, 0, 0)?;
+    let out = b.a.zeros(4 * n * rows)?;
+    let f = fuse(&[(
+        Pairing::Glu(&gl, &ul),
+        Output {
+            ptr: out,
+            stride: rows,
+            flags: F_GLU | if silu_gate { F_SILU } else { 0 },
+        },
+    )]);
+    let l = fused_launch(&mut b.a, &f, st, dev, (0, 0, 0))?;
+    b.run(&l, n as u32, 0)?;
     Ok(KernelCheck {
-        kernel: "glu (relu², silu)".into(),
-        max_rel_diff: worst,
+        kernel: format!(
+            "matmul gate/up + {} ({n} token{})",
+            if silu_gate { "silu" } else { "relu²" },
+            if n == 1 { "" } else { "s" }
+        ),
+        max_rel_diff: max_rel_diff(&b.read::<f32>(out, n * rows)?, &want),
         codes_exact: None,
     })
 }
