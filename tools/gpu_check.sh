@@ -45,8 +45,8 @@ log "synthesize 2B-4T (random weights, HF packed)"
 timeout 200 "$bin/bitnet" synth --preset 2b4t --format hf --out /tmp/m2b4t 2>&1 | tail -2
 
 log "bitnet bench, CUDA"
-timeout 150 "$bin/bitnet" bench -m /tmp/m2b4t -p 128 -n 128 -r 5 --device cuda -o json 2>"$out/bench_bitnet.err" | tee "$out/bench_bitnet.json"
-tail -3 "$out/bench_bitnet.err"
+timeout 150 "$bin/bitnet" bench -m /tmp/m2b4t -p 128 -n 128 -r 5 --device cuda --profile -o json 2>"$out/bench_bitnet.err" | tee "$out/bench_bitnet.json"
+cat "$out/bench_bitnet.err"
 
 log "PyTorch transformers, same GPU, same checkpoint"
 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 timeout 280 python3 tools/bench_gpu_pytorch.py \

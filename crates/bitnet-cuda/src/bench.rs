@@ -92,13 +92,15 @@ fn graph_micros(dev: &CudaDevice, k: &Kernels, launches: &[&Launch], tokens: u32
 }
 
 /// Measures the copy bandwidth, then each shape of `shapes` at `tokens`
-/// tokens per launch, and all of them in order as a layer.
+/// tokens per launch, and all of them in order as a layer, with the
+/// kernels compiled with `options` (tuning defines, see kernels.cu).
 pub fn gemv_bandwidth(
     dev: &CudaDevice,
     shapes: &[(&str, usize, usize)],
     tokens: usize,
+    options: &[String],
 ) -> Result<GemvReport> {
-    let k = Kernels::load(dev)?;
+    let k = Kernels::load_with(dev, options)?;
     let s = dev.stream();
     let what = "measuring bandwidth";
     let gib = 1usize << 30;

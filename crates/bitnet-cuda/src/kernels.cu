@@ -93,7 +93,7 @@ extern "C" __global__ void norm_quant(const Step* step, const float* x, const fl
         if (nonfinite(v)) bad = 1.0f;
     }
     float m = block_max(amax, shf);
-    bool any_bad = block_max(bad, shf) > 0.0f;
+    bool any_bad = __syncthreads_or(bad > 0.0f) != 0;
     float s = 127.0f / fmaxf(m, 1e-5f);
     int total = 0;
     signed char* out = codes + (size_t)row * stride;
@@ -166,6 +166,29 @@ __device__ __forceinline__ void matmul_impl(const Step* step, const uint4* __res
     int t0 = blockIdx.y * TOK;
     if (t0 >= n) return;
     int nt = min(TOK, n - t0);
+    // What the write needs, loaded before the dot products so that its
+    // latency hides behind theirs.
+    int4 pr = make_int4(0, 0, -1, 0);
+    float ws_a = 1.0f, ws_b = 1.0f;
+    float sx[TOK];
+    int sm[TOK];
+#pragma unroll
+    for (int t = 0; t < TOK; t++) {
+        sx[t] = 1.0f;
+        sm[t] = 0;
+    }
+    if (p < npairs && lane == 0) {
+        pr = pairs[p];
+        ws_a = wscale[2 * p];
+        ws_b = wscale[2 * p + 1];
+#pragma unroll
+        for (int t = 0; t < TOK; t++) {
+            if (t < nt) {
+                sx[t] = scales[t0 + t];
+                sm[t] = sums[t0 + t];
+            }
+        }
+    }
     int acc[TOK];
 #pragma unroll
     for (int t = 0; t < TOK; t++) acc[t] = 0;
@@ -202,23 +225,20 @@ __device__ __forceinline__ void matmul_impl(const Step* step, const uint4* __res
         other[t] = __shfl_sync(FULL, acc[t], 16);
     }
     if (p >= npairs || lane != 0) return;
-    int4 pr = pairs[p];
+    // Selects, not an indexed parameter array (which would go to local memory).
     int s = pr.x & 255;
-    float* out = seg.out[s];
-    int ostride = seg.stride[s];
-    int flags = seg.flags[s];
+    float* out = s == 0 ? seg.out[0] : (s == 1 ? seg.out[1] : seg.out[2]);
+    int ostride = s == 0 ? seg.stride[0] : (s == 1 ? seg.stride[1] : seg.stride[2]);
+    int flags = s == 0 ? seg.flags[0] : (s == 1 ? seg.flags[1] : seg.flags[2]);
     bool mul_a = (pr.x & 256) != 0, mul_b = (pr.x & 512) != 0;
-    float ws_a = wscale[2 * p], ws_b = wscale[2 * p + 1];
     int start = (int)step->start;
     int row0 = t0 + ((flags & F_CACHE) ? start : 0);
 #pragma unroll
     for (int t = 0; t < TOK; t++) {
         if (t < nt) {
-            float sx = scales[t0 + t];
-            int sum = sums[t0 + t];
-            float da = (float)(acc[t] - sum), db = (float)(other[t] - sum);
-            float ya = mul_a ? da / sx * ws_a : da / (ws_a * sx);
-            float yb = mul_b ? db / sx * ws_b : db / (ws_b * sx);
+            float da = (float)(acc[t] - sm[t]), db = (float)(other[t] - sm[t]);
+            float ya = mul_a ? da / sx[t] * ws_a : da / (ws_a * sx[t]);
+            float yb = mul_b ? db / sx[t] * ws_b : db / (ws_b * sx[t]);
             float* o = out + (size_t)(row0 + t) * ostride;
             if (flags & F_ROPE) {
                 size_t at = (size_t)(start + t0 + t) * half + pr.w;
@@ -248,8 +268,14 @@ __device__ __forceinline__ void matmul_impl(const Step* step, const uint4* __res
     }
 }
 
-#define MATMUL(NAME, TOK)                                                                      \
-    extern "C" __global__ void NAME(const Step* step, const uint4* w, const float* wscale,      \
+// Blocks per SM the one-token matmul is compiled to fit (a register cap;
+// `bitnet doctor --gpu-bench` measures alternatives with -DMATMUL_MIN_BLOCKS).
+#ifndef MATMUL_MIN_BLOCKS
+#define MATMUL_MIN_BLOCKS 1
+#endif
+
+#define MATMUL(NAME, TOK, MIN_BLOCKS)                                                          \
+    extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) NAME(const Step* step, const uint4* w, const float* wscale,      \
                                     const int4* pairs, const signed char* codes,                \
                                     const float* scales, const int* sums, float* out0,          \
                                     float* out1, float* out2, int stride0, int stride1,         \
@@ -261,26 +287,25 @@ __device__ __forceinline__ void matmul_impl(const Step* step, const uint4* __res
         matmul_impl<TOK>(step, w, wscale, pairs, codes, scales, sums, seg, cos_t, sin_t, half,  \
                          npairs, chunks, stride);                                               \
     }
-MATMUL(matmul_1, 1)
-MATMUL(matmul_8, 8)
+MATMUL(matmul_1, 1, MATMUL_MIN_BLOCKS)
+MATMUL(matmul_8, 8, 1)
 
 // Causal attention of one query (token t = blockIdx.x, head = blockIdx.y)
 // over the KV cache, in tiles of ATT_TILE positions with a running max and
 // sum: no score matrix in memory, so only the cache bounds the context.
-// A warp computes each score; thread `dim` accumulates the values (head
+// A thread computes each score; thread `dim` accumulates the values (head
 // dims up to twice the block size).
 #define ATT_TILE 1024
 extern "C" __global__ void attention(const Step* step, const float* q, const float* kc,
                                      const float* vc, float* o, int heads, int kv_heads, int d,
                                      int q_stride, int kv_stride, float scale) {
-    __shared__ float qs[512];
+    __shared__ __align__(16) float qs[512];
     __shared__ float sc[ATT_TILE];
     __shared__ float red[32];
     int t = blockIdx.x, head = blockIdx.y;
     if (t >= (int)step->n) return;
     int kvh = head / (heads / kv_heads);
     int ctx = (int)step->start + t + 1;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     const float* qr = q + (size_t)t * q_stride + head * d;
     for (int i = threadIdx.x; i < d; i += blockDim.x) qs[i] = qr[i];
     __syncthreads();
@@ -288,12 +313,22 @@ extern "C" __global__ void attention(const Step* step, const float* q, const flo
     int d0 = threadIdx.x, d1 = threadIdx.x + blockDim.x;
     for (int base = 0; base < ctx; base += ATT_TILE) {
         int cnt = min(ATT_TILE, ctx - base);
-        for (int j = warp; j < cnt; j += warps) {
+        // A thread per position: independent loads, no reduction per score.
+        for (int j = threadIdx.x; j < cnt; j += blockDim.x) {
             const float* kr = kc + (size_t)(base + j) * kv_stride + kvh * d;
             float dot = 0.0f;
-            for (int i = lane; i < d; i += 32) dot += qs[i] * kr[i];
-            dot = warp_sum(dot);
-            if (lane == 0) sc[j] = dot * scale;
+            if ((d & 3) == 0) {
+                const float4* k4 = reinterpret_cast<const float4*>(kr);
+                const float4* q4 = reinterpret_cast<const float4*>(qs);
+#pragma unroll 8
+                for (int i = 0; i < d / 4; i++) {
+                    float4 a = q4[i], b = __ldg(k4 + i);
+                    dot += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+                }
+            } else {
+                for (int i = 0; i < d; i++) dot += qs[i] * kr[i];
+            }
+            sc[j] = dot * scale;
         }
         __syncthreads();
         float tm = -3.0e38f;
@@ -315,6 +350,7 @@ extern "C" __global__ void attention(const Step* step, const float* q, const flo
         const float* vb = vc + (size_t)base * kv_stride + kvh * d;
         if (d0 < d) {
             float a = 0.0f;
+#pragma unroll 8
             for (int j = 0; j < cnt; j++) a += sc[j] * vb[(size_t)j * kv_stride + d0];
             acc0 += a;
         }

@@ -114,6 +114,12 @@ fn nvrtc_log(prog: cudarc::nvrtc::sys::nvrtcProgram) -> String {
 /// the same CUDA major version, but refuses PTX newer than itself, so
 /// NVRTC 13.5 output runs on a 13.0 driver only as a cubin.
 pub fn compile(arch: &str) -> Result<Compiled> {
+    compile_with(arch, &[])
+}
+
+/// [`compile`] with extra NVRTC options (`-DNAME=VALUE` tuning knobs of
+/// kernels.cu).
+pub fn compile_with(arch: &str, extra: &[String]) -> Result<Compiled> {
     use cudarc::nvrtc::{result, sys};
     if !nvrtc_present() {
         return Err(Error::NoNvrtc);
@@ -131,7 +137,8 @@ pub fn compile(arch: &str) -> Result<Compiled> {
         let src = std::ffi::CString::new(SOURCE).map_err(|e| fail(e.to_string()))?;
         let name = c"bitnet_kernels.cu";
         let prog = result::create_program(&src, Some(name)).map_err(|e| fail(format!("{e:?}")))?;
-        let options = [format!("--gpu-architecture={arch}"), "--std=c++17".into()];
+        let mut options = vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()];
+        options.extend(extra.iter().cloned());
         // SAFETY: `prog` lives until destroyed below; the sizes come from NVRTC.
         let compiled = unsafe {
             match result::compile_program(prog, &options) {
@@ -183,13 +190,18 @@ pub(crate) struct Kernels {
 impl Kernels {
     /// Compiles the kernels for `dev`'s architecture and loads them.
     pub(crate) fn load(dev: &CudaDevice) -> Result<Self> {
+        Self::load_with(dev, &[])
+    }
+
+    /// [`Kernels::load`] with extra NVRTC options.
+    pub(crate) fn load_with(dev: &CudaDevice, extra: &[String]) -> Result<Self> {
         let (major, minor) = dev.info().compute_capability;
         if (major, minor) < (6, 1) {
             return Err(Error::Unsupported(format!(
                 "compute capability {major}.{minor}: the kernels need 6.1 or newer (dp4a)"
             )));
         }
-        let compiled = compile(&dev.info().arch())?;
+        let compiled = compile_with(&dev.info().arch(), extra)?;
         let what = "loading the compiled kernels";
         let module = dev
             .context()

@@ -36,5 +36,5 @@ pub mod selftest;
 
 pub use context::{CudaDevice, DeviceInfo, devices, driver_present, nvrtc_present};
 pub use error::{Error, Result};
-pub use kernels::{Compiled, KERNEL_NAMES, compile};
+pub use kernels::{Compiled, KERNEL_NAMES, compile, compile_with};
 pub use model::{CudaMemory, CudaModel, CudaOptions};

@@ -498,6 +498,89 @@ impl CudaModel {
         }
     }
 
+    /// Where a decode step's time goes, at the current position: the
+    /// whole step through `forward` (host included), its captured graph
+    /// alone, and each kind of launch captured and replayed on its own
+    /// (device time from CUDA events, mean of 20 replays, microseconds).
+    pub fn profile(&mut self) -> Result<Vec<(String, f64)>> {
+        use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
+        let what = "profiling a decode step";
+        let len = self.len;
+        if len + 1 > self.options.context {
+            return Err(bitnet_inference::Error::ContextFull {
+                needed: len + 1,
+                capacity: self.options.context,
+            }
+            .into());
+        }
+        let rounds = 20;
+        let t0 = std::time::Instant::now();
+        for _ in 0..rounds {
+            self.forward_inner(&[1], Logits::Last)?;
+            self.len = len;
+        }
+        let mut rows = vec![(
+            "decode step, host to logits (forward)".to_string(),
+            t0.elapsed().as_secs_f64() * 1e6 / rounds as f64,
+        )];
+        let s = self.dev.stream().clone();
+        let ctx = self.dev.context().clone();
+        let step = [1u32, len as u32, 1, 0];
+        s.memcpy_htod(&step, &mut self.step)
+            .map_err(|e| Error::driver(what, e))?;
+        let kinds: [(&str, &dyn Fn(Kernel) -> bool); 6] = [
+            ("all launches (the decode graph)", &|_| true),
+            ("norm + int8 quantize", &|k| k == Kernel::NormQuant),
+            ("ternary matmuls", &|k| k == Kernel::Matmul),
+            ("attention", &|k| k == Kernel::Attention),
+            ("final norm", &|k| k == Kernel::RmsNorm),
+            ("output layer", &|k| {
+                matches!(
+                    k,
+                    Kernel::LmHeadF32 | Kernel::LmHeadF16 | Kernel::LmHeadBf16
+                )
+            }),
+        ];
+        for (name, keep) in kinds {
+            let launches: Vec<&Launch> = self
+                .layers
+                .iter()
+                .chain(&self.head)
+                .filter(|l| keep(l.kernel))
+                .collect();
+            s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .map_err(|e| Error::driver(what, e))?;
+            let launched = launches
+                .iter()
+                .try_for_each(|l| self.kernels.launch(l, 1, 1));
+            let graph = s.end_capture(CUgraphInstantiate_flags(0));
+            launched?;
+            let graph = graph
+                .map_err(|e| Error::driver(what, e))?
+                .ok_or_else(|| Error::driver(what, "nothing captured"))?;
+            graph.launch().map_err(|e| Error::driver(what, e))?;
+            let ev = |e| Error::driver(what, e);
+            let a = ctx
+                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(ev)?;
+            let b = ctx
+                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(ev)?;
+            a.record(&s).map_err(ev)?;
+            for _ in 0..rounds {
+                graph.launch().map_err(ev)?;
+            }
+            b.record(&s).map_err(ev)?;
+            b.synchronize().map_err(ev)?;
+            let us = f64::from(a.elapsed_ms(&b).map_err(ev)?) * 1e3 / rounds as f64;
+            rows.push((format!("{name}: {} launches", launches.len()), us));
+        }
+        // The replays wrote keys and values at `len`; nothing reads them
+        // before a real step overwrites them.
+        self.len = len;
+        Ok(rows)
+    }
+
     fn launch_all(&self, n: u32, m: u32) -> Result<()> {
         for l in &self.layers {
             self.kernels.launch(l, n, m)?;
@@ -659,6 +742,9 @@ impl SequenceForward for CudaModel {
     }
     fn forward(&mut self, ids: &[u32], which: Logits) -> bitnet_inference::Result<Vec<f32>> {
         Ok(self.forward_inner(ids, which)?)
+    }
+    fn decode_profile(&mut self) -> bitnet_inference::Result<Vec<(String, f64)>> {
+        Ok(self.profile()?)
     }
 }
 

@@ -99,6 +99,13 @@ pub trait SequenceForward {
     fn truncate(&mut self, len: usize);
     /// Runs `ids`; see the trait's documentation.
     fn forward(&mut self, ids: &[u32], which: Logits) -> Result<Vec<f32>>;
+    /// Where one decode step's time goes, as (part, microseconds) rows,
+    /// for devices that can time their own work (`bitnet bench
+    /// --profile`); empty where there is nothing to add to the wall clock.
+    /// Leaves the held positions as they were.
+    fn decode_profile(&mut self) -> Result<Vec<(String, f64)>> {
+        Ok(Vec::new())
+    }
 }
 
 /// The CPU's [`SequenceForward`]: a [`BitNetModel`], one KV cache and the

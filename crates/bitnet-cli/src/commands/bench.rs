@@ -86,6 +86,10 @@ pub(crate) struct Args {
     /// last-level cache, 512 to 1024); 0 skips it and the bandwidth fraction.
     #[arg(long, value_name = "MIB")]
     bandwidth_mib: Option<usize>,
+    /// With a GPU device: after the tests, where one decode step's time
+    /// goes (the device's own timing, per kind of kernel), on stderr.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// One test's results.
@@ -279,6 +283,28 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 row.bytes_per_token = Some(decode_bytes_per_token(model.weights(), n_gen));
             }
             rows.push(row);
+        }
+    }
+
+    if args.profile {
+        match gpu.as_mut() {
+            Some(seq) => {
+                // At the depth of the longest test's midpoint.
+                let depth = (longest / 2).max(1);
+                let ids: Vec<u32> = (0..depth as u64)
+                    .map(|i| ((i * 7919) % vocab) as u32)
+                    .collect();
+                seq.truncate(0);
+                seq.forward(&ids, Logits::Last)?;
+                eprintln!(
+                    "\ndecode step on {} at position {depth}:",
+                    seq.device_name()
+                );
+                for (part, us) in seq.decode_profile()? {
+                    eprintln!("  {part:<48} {us:>9.1} us");
+                }
+            }
+            None => eprintln!("--profile: only a GPU device times its own kernels"),
         }
     }
 

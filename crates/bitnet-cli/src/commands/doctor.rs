@@ -290,12 +290,26 @@ fn cuda(bench: bool) -> bool {
             Err(e) => println!("      self-test could not run: {e}"),
         }
         if bench {
-            for tokens in [1, 8] {
-                match gemv_bandwidth(&dev, &SHAPES_2B4T, tokens) {
+            // The default build, then register caps for the one-token
+            // matmul (more resident warps against fewer registers each).
+            let runs: [(usize, &[&str]); 4] = [
+                (1, &[]),
+                (1, &["-DMATMUL_MIN_BLOCKS=6"]),
+                (1, &["-DMATMUL_MIN_BLOCKS=8"]),
+                (8, &[]),
+            ];
+            for (tokens, opts) in runs {
+                let opts: Vec<String> = opts.iter().map(|s| s.to_string()).collect();
+                match gemv_bandwidth(&dev, &SHAPES_2B4T, tokens, &opts) {
                     Ok(rep) => {
                         println!(
-                            "      ternary matmul, {tokens} token{} per launch (copy bandwidth {:.0} GB/s):",
+                            "      ternary matmul, {tokens} token{} per launch{} (copy bandwidth {:.0} GB/s):",
                             if tokens == 1 { "" } else { "s" },
+                            if opts.is_empty() {
+                                String::new()
+                            } else {
+                                format!(", {}", opts.join(" "))
+                            },
                             rep.copy_gb_per_s
                         );
                         for r in &rep.results {
