@@ -721,6 +721,9 @@ impl CudaModel {
 }
 
 impl SequenceForward for CudaModel {
+    fn device_memory_bytes(&self) -> Option<u64> {
+        Some(self.memory.total())
+    }
     fn device_name(&self) -> String {
         let i = self.dev.info();
         format!(

@@ -99,6 +99,11 @@ pub trait SequenceForward {
     fn truncate(&mut self, len: usize);
     /// Runs `ids`; see the trait's documentation.
     fn forward(&mut self, ids: &[u32], which: Logits) -> Result<Vec<f32>>;
+    /// Bytes of device memory the model's buffers take (weights, KV
+    /// cache, scratch), for devices with memory of their own.
+    fn device_memory_bytes(&self) -> Option<u64> {
+        None
+    }
     /// Where one decode step's time goes, as (part, microseconds) rows,
     /// for devices that can time their own work (`bitnet bench
     /// --profile`); empty where there is nothing to add to the wall clock.

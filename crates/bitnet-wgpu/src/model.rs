@@ -515,6 +515,9 @@ impl WgpuModel {
 }
 
 impl SequenceForward for WgpuModel {
+    fn device_memory_bytes(&self) -> Option<u64> {
+        Some(self.memory.total())
+    }
     fn device_name(&self) -> String {
         let a = self.ctx.adapter();
         format!("wgpu:{} {} ({}, {})", a.index, a.name, a.backend, a.kind)

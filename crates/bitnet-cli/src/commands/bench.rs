@@ -107,6 +107,8 @@ struct Row {
     bandwidth: Option<f64>,
     /// The GPU it ran on (`None`: the CPU).
     device: Option<String>,
+    /// Device memory the model's buffers take on the GPU.
+    device_memory: Option<u64>,
 }
 
 impl Row {
@@ -188,6 +190,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         bail!("--parallel above 1 runs on the CPU only; the GPU path holds one sequence");
     }
     let device = gpu.as_ref().map(|g| g.device_name());
+    let device_memory = gpu.as_ref().and_then(|g| g.device_memory_bytes());
     let mut caches: Vec<_> = (0..widest).map(|_| model.new_cache(longest)).collect();
     let mut ws = Workspace::new();
     let mut rng = SplitMix(0x5eed);
@@ -215,6 +218,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 bytes_per_token: None,
                 bandwidth: None,
                 device: None,
+                device_memory: None,
             };
             let mut once = |warmup: bool| -> anyhow::Result<u64> {
                 let caches = &mut caches[..n_parallel];
@@ -279,6 +283,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             // Bytes per token and the bandwidth fraction describe one
             // sequence; a batch reads the weights once for all of them.
             row.device = device.clone();
+            row.device_memory = device_memory;
             if n_gen > 0 && n_parallel == 1 {
                 row.bytes_per_token = Some(decode_bytes_per_token(model.weights(), n_gen));
             }
@@ -438,6 +443,7 @@ fn json_row(info: &ModelInfo, r: &Row) -> serde_json::Value {
         "build_number": 0,
         "cpu_info": system::cpu_name(),
         "gpu_info": r.device.clone().unwrap_or_default(),
+        "gpu_memory_bytes": r.device_memory,
         "backends": backend(r),
         "model_filename": info.filename,
         "model_type": info.kind,
@@ -520,9 +526,13 @@ fn print_markdown(info: &ModelInfo, rows: &[Row]) {
     }
     if let Some(r) = rows.iter().find(|r| r.device.is_some()) {
         println!(
-            "\nbackend {}: {}",
+            "\nbackend {}: {}{}",
             backend(r),
-            r.device.as_deref().unwrap_or("")
+            r.device.as_deref().unwrap_or(""),
+            r.device_memory.map_or(String::new(), |b| format!(
+                ", {:.1} MiB of GPU memory",
+                b as f64 / (1u64 << 20) as f64
+            ))
         );
     }
     println!(
