@@ -994,3 +994,116 @@ pub(crate) fn head_launch(
         ],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bitnet_quant::formats::runtime::PackedTernary;
+
+    fn layer(rows: usize, cols: usize, seed: u64, convention: ScaleConvention) -> BitLinear {
+        let mut x = seed;
+        let codes: Vec<i8> = (0..rows * cols)
+            .map(|_| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                ((x >> 33) % 3) as i8 - 1
+            })
+            .collect();
+        let scale = WeightScale::Channel((0..rows).map(|r| 1.0 + r as f32).collect());
+        BitLinear::new(
+            PackedTernary::from_codes(&codes, rows, cols).unwrap(),
+            scale,
+            convention,
+        )
+        .unwrap()
+    }
+
+    /// The codes of packed row `i`, read back the way the kernel reads them.
+    fn unpack(f: &Fused, i: usize, cols: usize) -> Vec<i8> {
+        let row = &f.words[i * 4 * f.chunks..(i + 1) * 4 * f.chunks];
+        (0..cols)
+            .map(|c| {
+                let (k, j) = (c / 16, c % 16);
+                ((row[k] >> (8 * (j % 4) + 2 * (j / 4))) & 3) as i8 - 1
+            })
+            .collect()
+    }
+
+    fn codes(b: &BitLinear, r: usize) -> Vec<i8> {
+        (0..b.in_features())
+            .map(|c| b.weights().code(r, c))
+            .collect()
+    }
+
+    #[test]
+    fn fused_rows_pair_up_as_the_kernel_writes_them() {
+        let out = |ptr| Output {
+            ptr,
+            stride: 0,
+            flags: 0,
+        };
+        let (d, cols) = (8, 70);
+        let q = layer(16, cols, 1, ScaleConvention::Multiply);
+        let k = layer(8, cols, 2, ScaleConvention::Divide);
+        let v = layer(7, cols, 3, ScaleConvention::Multiply);
+        let f = fuse(&[
+            (Pairing::Rope(&q, d), out(1)),
+            (Pairing::Rope(&k, d), out(2)),
+            (Pairing::Neighbours(&v), out(3)),
+        ]);
+        assert_eq!(f.chunks, 2);
+        assert_eq!(f.pairs.len(), 8 + 4 + 4);
+        assert_eq!(f.words.len(), 2 * f.pairs.len() * 4 * f.chunks);
+        let mut seen = vec![Vec::new(); 3];
+        for (p, pair) in f.pairs.iter().enumerate() {
+            let seg = (pair[0] & 255) as usize;
+            let lin = [&q, &k, &v][seg];
+            let mul = lin.convention() == ScaleConvention::Multiply;
+            assert_eq!(pair[0] & 256 != 0, mul, "pair {p}");
+            for (slot, &row) in [pair[1], pair[2]].iter().enumerate() {
+                if row < 0 {
+                    // Only the odd layer's last pair has an empty half.
+                    assert_eq!((seg, pair[1]), (2, 6));
+                    continue;
+                }
+                let row = row as usize;
+                assert_eq!(unpack(&f, 2 * p + slot, cols), codes(lin, row), "pair {p}");
+                assert_eq!(f.scales[2 * p + slot], 1.0 + row as f32);
+                seen[seg].push(row);
+            }
+            if seg < 2 {
+                // RoPE pairs: j and j + d/2 of one head, and j.
+                assert_eq!(pair[2] - pair[1], d as i32 / 2);
+                assert_eq!(pair[3], pair[1] % d as i32);
+            }
+        }
+        for (seg, rows) in [16, 8, 7].into_iter().enumerate() {
+            let mut s = seen[seg].clone();
+            s.sort_unstable();
+            assert_eq!(s, (0..rows).collect::<Vec<_>>(), "segment {seg}");
+        }
+    }
+
+    #[test]
+    fn gate_and_up_rows_share_a_pair() {
+        let cols = 130;
+        let g = layer(5, cols, 4, ScaleConvention::Multiply);
+        let u = layer(5, cols, 5, ScaleConvention::Divide);
+        let f = fuse(&[(
+            Pairing::Glu(&g, &u),
+            Output {
+                ptr: 0,
+                stride: 5,
+                flags: F_GLU,
+            },
+        )]);
+        assert_eq!(f.chunks, 3);
+        for (i, pair) in f.pairs.iter().enumerate() {
+            assert_eq!(pair, &[256, i as i32, i as i32, 0]);
+            assert_eq!(unpack(&f, 2 * i, cols), codes(&g, i));
+            assert_eq!(unpack(&f, 2 * i + 1, cols), codes(&u, i));
+        }
+        // Padding columns hold weight 0 (stored 1).
+        let row = &f.words[..4 * f.chunks];
+        assert_eq!(row[4 * f.chunks - 1], 0x5555_5555);
+    }
+}
