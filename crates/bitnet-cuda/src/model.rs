@@ -673,52 +673,18 @@ impl CudaModel {
     }
 
     fn forward_inner(&mut self, ids: &[u32], which: Logits) -> Result<Vec<f32>> {
-        let c = &self.config;
-        if ids.is_empty() {
-            return Err(bitnet_inference::Error::EmptyInput.into());
-        }
-        if let Some((position, &id)) = ids
-            .iter()
-            .enumerate()
-            .find(|&(_, &id)| id as usize >= c.vocab_size)
-        {
-            return Err(bitnet_inference::Error::TokenOutOfRange {
-                id,
-                position,
-                vocab: c.vocab_size,
-            }
-            .into());
-        }
-        if self.len + ids.len() > self.options.context {
-            return Err(bitnet_inference::Error::ContextFull {
-                needed: self.len + ids.len(),
-                capacity: self.options.context,
-            }
-            .into());
-        }
+        bitnet_inference::device::check_ids(
+            ids,
+            self.config.vocab_size,
+            self.len,
+            self.options.context,
+        )?;
         let start = self.len;
-        let piece = match which {
-            Logits::Last => self.options.max_batch_tokens,
-            Logits::All => self.logit_rows,
-        };
-        let mut all = Vec::new();
-        let pieces = ids.len().div_ceil(piece);
-        for (i, chunk) in ids.chunks(piece).enumerate() {
-            let want = match which {
-                Logits::All => Some(Logits::All),
-                Logits::Last if i + 1 == pieces => Some(Logits::Last),
-                Logits::Last => None,
-            };
-            match self.pass(chunk, want) {
-                Ok(Some(l)) => all.extend_from_slice(&l),
-                Ok(None) => {}
-                Err(e) => {
-                    self.len = start;
-                    return Err(e);
-                }
-            }
-        }
-        Ok(all)
+        let (max_tokens, max_rows) = (self.options.max_batch_tokens, self.logit_rows);
+        bitnet_inference::device::run_in_passes(ids, which, max_tokens, max_rows, |chunk, want| {
+            self.pass(chunk, want)
+        })
+        .inspect_err(|_| self.len = start)
     }
 }
 

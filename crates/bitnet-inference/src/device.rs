@@ -113,6 +113,92 @@ pub trait SequenceForward {
     }
 }
 
+/// Checks a GPU backend's call of `ids` at position `len` against the
+/// model's vocabulary and the sequence's `capacity`, as the CPU engine
+/// does: empty input, an id outside the vocabulary, a full context.
+pub fn check_ids(ids: &[u32], vocab: usize, len: usize, capacity: usize) -> Result<()> {
+    if ids.is_empty() {
+        return Err(crate::Error::EmptyInput);
+    }
+    if let Some((position, &id)) = ids
+        .iter()
+        .enumerate()
+        .find(|&(_, &id)| id as usize >= vocab)
+    {
+        return Err(crate::Error::TokenOutOfRange {
+            id,
+            position,
+            vocab,
+        });
+    }
+    if len + ids.len() > capacity {
+        return Err(crate::Error::ContextFull {
+            needed: len + ids.len(),
+            capacity,
+        });
+    }
+    Ok(())
+}
+
+/// Runs `ids` as passes of at most `max_tokens` tokens (`max_logit_rows`
+/// when every row's logits are wanted), asking each `pass` for logits only
+/// where `which` needs them, and concatenates what they return. A pass
+/// returns `Some` logits exactly when it was asked for some. The first
+/// error is returned as is; undoing the passes before it is the caller's.
+pub fn run_in_passes<E>(
+    ids: &[u32],
+    which: Logits,
+    max_tokens: usize,
+    max_logit_rows: usize,
+    mut pass: impl FnMut(&[u32], Option<Logits>) -> std::result::Result<Option<Vec<f32>>, E>,
+) -> std::result::Result<Vec<f32>, E> {
+    let piece = match which {
+        Logits::Last => max_tokens,
+        Logits::All => max_logit_rows,
+    }
+    .max(1);
+    let pieces = ids.len().div_ceil(piece);
+    let mut all = Vec::new();
+    for (i, chunk) in ids.chunks(piece).enumerate() {
+        let want = match which {
+            Logits::All => Some(Logits::All),
+            Logits::Last if i + 1 == pieces => Some(Logits::Last),
+            Logits::Last => None,
+        };
+        if let Some(l) = pass(chunk, want)? {
+            all.extend_from_slice(&l);
+        }
+    }
+    Ok(all)
+}
+
+/// Largest |a - b| over the largest |b|: how GPU backends' self-tests and
+/// tests compare their outputs with the CPU's (infinite when the lengths
+/// differ or a value is NaN).
+pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let worst = a
+        .iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+    if a.len() != b.len() || worst.is_nan() {
+        return f32::INFINITY;
+    }
+    worst / scale
+}
+
+/// Greedy continuation of `prompt` for `steps` tokens on any device.
+pub fn greedy_on(seq: &mut dyn SequenceForward, prompt: &[u32], steps: usize) -> Result<Vec<u32>> {
+    let mut out = Vec::with_capacity(steps);
+    let mut logits = seq.forward(prompt, Logits::Last)?;
+    for _ in 0..steps {
+        let id = crate::generate::argmax(&logits) as u32;
+        out.push(id);
+        logits = seq.forward(&[id], Logits::Last)?;
+    }
+    Ok(out)
+}
+
 /// The CPU's [`SequenceForward`]: a [`BitNetModel`], one KV cache and the
 /// forward buffers, on `par`'s threads.
 #[derive(Debug)]

@@ -83,34 +83,7 @@ impl SelfTestReport {
     }
 }
 
-/// Largest |a - b| over the largest |b|.
-pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
-    let worst = a
-        .iter()
-        .zip(b)
-        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-    if a.len() != b.len() || worst.is_nan() {
-        return f32::INFINITY;
-    }
-    worst / scale
-}
-
-/// Greedy continuation of `prompt` for `steps` tokens on any device.
-pub fn greedy_on(
-    seq: &mut dyn SequenceForward,
-    prompt: &[u32],
-    steps: usize,
-) -> bitnet_inference::Result<Vec<u32>> {
-    let mut out = Vec::with_capacity(steps);
-    let mut logits = seq.forward(prompt, Logits::Last)?;
-    for _ in 0..steps {
-        let id = bitnet_inference::generate::argmax(&logits) as u32;
-        out.push(id);
-        logits = seq.forward(&[id], Logits::Last)?;
-    }
-    Ok(out)
-}
+pub use bitnet_inference::device::{greedy_on, max_rel_diff};
 
 /// Deterministic values in [-1, 1) (a tiny LCG: no dependency, no state
 /// shared between checks).
