@@ -266,8 +266,7 @@ pub struct Trainer {
     tokenizer: TextTokenizer,
     teacher: Option<TrainableModel>,
     state: TrainState,
-    /// Shared so that a step can run inside it while borrowing the trainer.
-    pool: std::sync::Arc<rayon::ThreadPool>,
+    pool: rayon::ThreadPool,
     /// Integer kernels for fully quantized BitLinear forwards.
     ternary: TernaryLinear,
     best_val: f32,
@@ -422,7 +421,7 @@ impl Trainer {
             tokenizer,
             teacher,
             state,
-            pool: std::sync::Arc::new(pool),
+            pool,
             ternary: TernaryLinear::detect(),
             best_val,
             bad_evals,
@@ -502,17 +501,7 @@ impl Trainer {
 
     /// One optimizer step (`grad_accum` micro-batches). Returns its metrics;
     /// a non-finite loss is [`Error::NonFiniteLoss`] and changes nothing.
-    ///
-    /// The whole step runs on the pool's threads: its serial parts then run
-    /// on a worker, each parallel op starts there without a cross-thread
-    /// hand-off, and the calling thread does not compete with the workers
-    /// for the cores. Same threads, same chunks: the same numbers.
     pub fn train_step(&mut self) -> Result<StepMetrics> {
-        let pool = std::sync::Arc::clone(&self.pool);
-        pool.install(|| self.train_step_on_pool())
-    }
-
-    fn train_step_on_pool(&mut self) -> Result<StepMetrics> {
         let start = Instant::now();
         let (b, t) = (self.cfg.train.batch_size, self.data.seq_len());
         let accum = self.cfg.train.grad_accum;
