@@ -68,13 +68,23 @@ fn timed(dev: &CudaDevice, what: &str, mut f: impl FnMut() -> Result<()>) -> Res
     Ok(f64::from(start.elapsed_ms(&end).map_err(ev)?) * 1e3)
 }
 
-/// Microseconds per replay of `launches` captured as one graph.
-fn graph_micros(dev: &CudaDevice, k: &Kernels, launches: &[&Launch], tokens: u32) -> Result<f64> {
+/// Microseconds per replay of `launches` (for `tokens` tokens and
+/// `logit_rows` logit rows) captured as one graph: device time from CUDA
+/// events, the mean of 20 replays after one untimed.
+pub(crate) fn graph_micros(
+    dev: &CudaDevice,
+    k: &Kernels,
+    launches: &[&Launch],
+    tokens: u32,
+    logit_rows: u32,
+) -> Result<f64> {
     let what = "timing a captured graph";
     let s = dev.stream();
     s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(|e| Error::driver(what, e))?;
-    let launched = launches.iter().try_for_each(|l| k.launch(l, tokens, 0));
+    let launched = launches
+        .iter()
+        .try_for_each(|l| k.launch(l, tokens, logit_rows));
     let graph = s.end_capture(sys::CUgraphInstantiate_flags(0));
     launched?;
     let graph = graph
@@ -168,7 +178,7 @@ pub fn gemv_bandwidth(
             })
             .collect();
         let refs: Vec<&Launch> = launches.iter().collect();
-        let us = graph_micros(dev, &k, &refs, tokens as u32)? / copies as f64;
+        let us = graph_micros(dev, &k, &refs, tokens as u32, 0)? / copies as f64;
         let gb = bytes as f64 / (us * 1e3);
         results.push(GemvResult {
             shape: format!("{name} {rows}x{cols}"),
@@ -185,7 +195,7 @@ pub fn gemv_bandwidth(
         .flat_map(|c| per_shape.iter().map(move |(l, _)| &l[c]))
         .collect();
     let total: usize = per_shape.iter().map(|(_, b)| b * copies).sum();
-    let us = graph_micros(dev, &k, &order, tokens as u32)?;
+    let us = graph_micros(dev, &k, &order, tokens as u32, 0)?;
     let gb = total as f64 / (us * 1e3);
     results.push(GemvResult {
         shape: format!("layer x{copies} (all of the above in order)"),

@@ -339,7 +339,6 @@ pub struct CudaModel {
     /// Why capturing failed, if it did (decode then launches directly).
     graph_error: Option<String>,
     host_x: Vec<f32>,
-    host_out: Vec<f32>,
 }
 
 impl std::fmt::Debug for CudaModel {
@@ -471,7 +470,6 @@ impl CudaModel {
             graph: None,
             graph_error: None,
             host_x: Vec::new(),
-            host_out: Vec::new(),
             dev,
         })
     }
@@ -505,7 +503,6 @@ impl CudaModel {
     /// alone, and each kind of launch captured and replayed on its own
     /// (device time from CUDA events, mean of 20 replays, microseconds).
     pub fn profile(&mut self) -> Result<Vec<(String, f64)>> {
-        use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
         let what = "profiling a decode step";
         let len = self.len;
         if len + 1 > self.options.context {
@@ -525,10 +522,10 @@ impl CudaModel {
             "decode step, host to logits (forward)".to_string(),
             t0.elapsed().as_secs_f64() * 1e6 / rounds as f64,
         )];
-        let s = self.dev.stream().clone();
-        let ctx = self.dev.context().clone();
         let step = [1u32, len as u32, 1, 0];
-        s.memcpy_htod(&step, &mut self.step)
+        self.dev
+            .stream()
+            .memcpy_htod(&step, &mut self.step)
             .map_err(|e| Error::driver(what, e))?;
         let kinds: [(&str, &dyn Fn(Kernel) -> bool); 6] = [
             ("all launches (the decode graph)", &|_| true),
@@ -550,31 +547,7 @@ impl CudaModel {
                 .chain(&self.head)
                 .filter(|l| keep(l.kernel))
                 .collect();
-            s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-                .map_err(|e| Error::driver(what, e))?;
-            let launched = launches
-                .iter()
-                .try_for_each(|l| self.kernels.launch(l, 1, 1));
-            let graph = s.end_capture(CUgraphInstantiate_flags(0));
-            launched?;
-            let graph = graph
-                .map_err(|e| Error::driver(what, e))?
-                .ok_or_else(|| Error::driver(what, "nothing captured"))?;
-            graph.launch().map_err(|e| Error::driver(what, e))?;
-            let ev = |e| Error::driver(what, e);
-            let a = ctx
-                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(ev)?;
-            let b = ctx
-                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(ev)?;
-            a.record(&s).map_err(ev)?;
-            for _ in 0..rounds {
-                graph.launch().map_err(ev)?;
-            }
-            b.record(&s).map_err(ev)?;
-            b.synchronize().map_err(ev)?;
-            let us = f64::from(a.elapsed_ms(&b).map_err(ev)?) * 1e3 / rounds as f64;
+            let us = crate::bench::graph_micros(&self.dev, &self.kernels, &launches, 1, 1)?;
             rows.push((format!("{name}: {} launches", launches.len()), us));
         }
         // The replays wrote keys and values at `len`; nothing reads them
@@ -643,17 +616,16 @@ impl CudaModel {
             (Some(g), true) => g.launch().map_err(|e| Error::driver(what, e))?,
             _ => self.launch_all(n as u32, m as u32)?,
         }
-        self.host_out.resize(m * vocab + 4, 0.0);
-        let (logit_part, status_part) = self.host_out.split_at_mut(m * vocab);
+        // Straight into the Vec that is returned: no staging copy.
+        let mut out = vec![0.0f32; m * vocab];
         if m > 0 {
-            s.memcpy_dtoh(&self.logits.slice(..m * vocab), logit_part)
+            s.memcpy_dtoh(&self.logits.slice(..m * vocab), &mut out[..])
                 .map_err(|e| Error::driver(what, e))?;
         }
         let mut status = [0u32; 4];
         s.memcpy_dtoh(&self.status, &mut status)
             .map_err(|e| Error::driver(what, e))?;
         s.synchronize().map_err(|e| Error::driver(what, e))?;
-        status_part[0] = 0.0;
         if status[0] != 0 {
             return Err(Error::NonFinite(format!(
                 "a layer input held NaN or infinity in the pass at positions {}..{}",
@@ -665,7 +637,6 @@ impl CudaModel {
         if m == 0 {
             return Ok(None);
         }
-        let out = self.host_out[..m * vocab].to_vec();
         if let Some(bad) = out.iter().position(|v| !v.is_finite()) {
             return Err(Error::NonFinite(format!("logit {bad} is {}", out[bad])));
         }

@@ -76,28 +76,19 @@ impl DeviceArgs {
         };
         let model = CudaModel::new(dev, weights, options).map_err(|e| e.to_string())?;
         let mem = model.memory();
-        eprintln!(
-            "device: {} - {:.1} MiB of GPU memory (weights {:.1}, KV cache {:.1}, scratch {:.1})",
-            model.device_name(),
-            mib(mem.total()),
-            mib(mem.weights),
-            mib(mem.kv_cache),
-            mib(mem.scratch)
-        );
+        announce(&model, mem.weights, mem.kv_cache, mem.scratch);
         Ok(Some(Box::new(model)))
     }
 
     #[cfg(not(feature = "cuda"))]
     fn open_cuda(
         &self,
-        ordinal: usize,
+        _ordinal: usize,
         _weights: &BitNetWeights,
         _context: usize,
     ) -> Result<Option<GpuSequence>, String> {
-        Err(format!(
-            "--device cuda:{ordinal}: this build has no CUDA backend (rebuild with the `cuda` \
-             feature)"
-        ))
+        // `open` names the device in front of this.
+        Err("this build has no CUDA backend (rebuild with the `cuda` feature)".into())
     }
 
     #[cfg(feature = "wgpu")]
@@ -127,14 +118,7 @@ impl DeviceArgs {
         };
         let model = WgpuModel::new(ctx, weights, options).map_err(|e| e.to_string())?;
         let mem = model.memory();
-        eprintln!(
-            "device: {} - {:.1} MiB of GPU memory (weights {:.1}, KV cache {:.1}, scratch {:.1})",
-            model.device_name(),
-            mib(mem.total()),
-            mib(mem.weights),
-            mib(mem.kv_cache),
-            mib(mem.scratch)
-        );
+        announce(&model, mem.weights, mem.kv_cache, mem.scratch);
         Ok(Some(Box::new(model)))
     }
 
@@ -151,7 +135,16 @@ impl DeviceArgs {
     }
 }
 
+/// The one line that says which GPU a model landed on and what it takes.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-fn mib(b: u64) -> f64 {
-    b as f64 / (1u64 << 20) as f64
+fn announce(model: &dyn SequenceForward, weights: u64, kv_cache: u64, scratch: u64) {
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    eprintln!(
+        "device: {} - {:.1} MiB of GPU memory (weights {:.1}, KV cache {:.1}, scratch {:.1})",
+        model.device_name(),
+        mib(weights + kv_cache + scratch),
+        mib(weights),
+        mib(kv_cache),
+        mib(scratch)
+    );
 }
