@@ -33,7 +33,7 @@ pub mod ternary_linear;
 pub mod trainer;
 
 pub use error::{Error, Result};
-pub use model::{Param, ParamKind, TrainableModel};
+pub use model::{Param, ParamKind, QuantizedWeights, TrainableModel};
 pub use optim::{Optimizer, OptimizerConfig, OptimizerKind};
 pub use schedule::{LrSchedule, QuantSchedule};
 pub use trainer::{StepMetrics, StopReason, TrainConfig, Trainer};

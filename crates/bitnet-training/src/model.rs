@@ -18,14 +18,23 @@
 //! ```
 
 use bitnet_core::Parallelism;
-use bitnet_core::autograd::{AttnDims, Tape, Var};
+use bitnet_core::autograd::{AttnDims, QuantizedLinear, Tape, TernaryWeight, Var};
 use bitnet_models::config::{Activation, BitNetConfig, LinearVariant};
 use bitnet_models::safetensors::SafetensorsCheckpoint;
+use rayon::prelude::*;
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use crate::ternary_linear::TernaryLinear;
+
+/// The BitLinear weights of one optimizer step, quantized once by
+/// [`TrainableModel::quantize_weights`] and shared by its shards' tapes.
+#[derive(Debug)]
+pub struct QuantizedWeights {
+    /// By parameter index; `None` for parameters quantized on the tape.
+    weights: Vec<Option<TernaryWeight>>,
+}
 
 /// What a parameter is, which decides weight decay and quantization.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,14 +251,61 @@ impl TrainableModel {
     /// Records the forward pass of `ids` (`batch` sequences of `seq` tokens,
     /// row-major) on `tape`. `lambdas[l]` is layer `l`'s quantization mix
     /// (ignored for a float config); parameters get gradients when `train`.
-    pub fn forward(
-        &self,
-        tape: &mut Tape<'_>,
+    pub fn forward<'p>(
+        &'p self,
+        tape: &mut Tape<'p>,
         ids: &[u32],
         batch: usize,
         seq: usize,
         lambdas: &[f32],
         train: bool,
+    ) -> Result<Forward> {
+        self.forward_with(tape, ids, batch, seq, lambdas, train, None)
+    }
+
+    /// Every BitLinear weight of the layers at `λ = 1` quantized once (and
+    /// prepared for `kernel`), one task per weight on `pool`: what
+    /// [`forward_with`](Self::forward_with) reads instead of quantizing
+    /// each weight again on every tape of an optimizer step.
+    pub fn quantize_weights(
+        &self,
+        lambdas: &[f32],
+        kernel: &dyn QuantizedLinear,
+        pool: &rayon::ThreadPool,
+    ) -> QuantizedWeights {
+        let quant = self.quantized();
+        let weights = pool.install(|| {
+            self.params
+                .par_iter()
+                .map(|p| match p.kind {
+                    ParamKind::Linear { layer }
+                        if quant && lambdas.get(layer) == Some(&1.0) && p.dims.len() == 2 =>
+                    {
+                        let mut q = TernaryWeight::new(&p.data);
+                        q.prepare(kernel, p.dims[0], p.dims[1]);
+                        Some(q)
+                    }
+                    _ => None,
+                })
+                .collect()
+        });
+        QuantizedWeights { weights }
+    }
+
+    /// [`forward`](Self::forward) reading the weights quantized beforehand
+    /// by [`quantize_weights`](Self::quantize_weights) with the same
+    /// `lambdas` and the current parameters (layers without one quantize
+    /// on the tape).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with<'p>(
+        &'p self,
+        tape: &mut Tape<'p>,
+        ids: &[u32],
+        batch: usize,
+        seq: usize,
+        lambdas: &[f32],
+        train: bool,
+        quantized: Option<&'p QuantizedWeights>,
     ) -> Result<Forward> {
         let c = &self.config;
         if ids.len() != batch * seq || seq == 0 {
@@ -274,7 +330,7 @@ impl TrainableModel {
         let vars = self
             .params
             .iter()
-            .map(|p| tape.leaf(p.data.clone(), &p.dims, train))
+            .map(|p| tape.leaf_borrowed(&p.data, &p.dims, train))
             .collect::<bitnet_core::Result<Vec<Var>>>()?;
         let quant = self.quantized();
         let eps = c.rms_norm_eps;
@@ -290,11 +346,12 @@ impl TrainableModel {
             let base = 1 + l * PER_LAYER;
             let p = |i: usize| vars[base + i];
             // BitLinear: ActQuant(x) · WeightQuant(W)ᵀ, both straight-through.
-            let bitlinear = |tape: &mut Tape<'_>, xq: Var, w: Var| -> Result<Var> {
-                let w = if quant {
-                    tape.weight_quant_ste(w, lambda)?
-                } else {
-                    w
+            let bitlinear = |tape: &mut Tape<'p>, xq: Var, i: usize| -> Result<Var> {
+                let shared = quantized.and_then(|q| q.weights.get(base + i)?.as_ref());
+                let w = match (quant, shared) {
+                    (true, Some(q)) => tape.weight_quant_shared(p(i), q)?,
+                    (true, None) => tape.weight_quant_ste(p(i), lambda)?,
+                    (false, _) => p(i),
                 };
                 Ok(tape.linear(xq, w)?)
             };
@@ -307,20 +364,20 @@ impl TrainableModel {
             };
             let a = tape.rms_norm(x, p(0), eps)?;
             let aq = act_q(tape, a)?;
-            let q = bitlinear(tape, aq, p(4))?;
-            let k = bitlinear(tape, aq, p(5))?;
-            let v = bitlinear(tape, aq, p(6))?;
+            let q = bitlinear(tape, aq, 4)?;
+            let k = bitlinear(tape, aq, 5)?;
+            let v = bitlinear(tape, aq, 6)?;
             let q = tape.rope(q, seq, c.head_dim, c.rope_theta)?;
             let k = tape.rope(k, seq, c.head_dim, c.rope_theta)?;
             let o = tape.causal_attention(q, k, v, dims)?;
             let o = tape.rms_norm(o, p(2), eps)?;
             let oq = act_q(tape, o)?;
-            let o = bitlinear(tape, oq, p(7))?;
+            let o = bitlinear(tape, oq, 7)?;
             x = tape.add(x, o)?;
             let n = tape.rms_norm(x, p(1), eps)?;
             let nq = act_q(tape, n)?;
-            let g = bitlinear(tape, nq, p(8))?;
-            let u = bitlinear(tape, nq, p(9))?;
+            let g = bitlinear(tape, nq, 8)?;
+            let u = bitlinear(tape, nq, 9)?;
             let g = match c.activation {
                 Activation::Relu2 => tape.relu2(g)?,
                 Activation::Silu => tape.silu(g)?,
@@ -328,7 +385,7 @@ impl TrainableModel {
             let m = tape.mul(g, u)?;
             let m = tape.rms_norm(m, p(3), eps)?;
             let mq = act_q(tape, m)?;
-            let d = bitlinear(tape, mq, p(10))?;
+            let d = bitlinear(tape, mq, 10)?;
             x = tape.add(x, d)?;
         }
         let norm_idx = 1 + c.num_layers * PER_LAYER;

@@ -206,25 +206,28 @@ impl Optimizer {
 pub fn clip_grad_norm(grads: &mut [Vec<f32>], max_norm: f32, par: Parallelism<'_>) -> f32 {
     // Eight f64 running sums per tensor, in a fixed order: one chain would
     // be latency-bound, and the result must not depend on the pool.
-    let sq: f64 = grads
-        .iter()
-        .map(|g| {
-            let mut lanes = [0.0f64; 8];
-            let mut blocks = g.chunks_exact(8);
-            for b in &mut blocks {
-                for (l, &x) in lanes.iter_mut().zip(b) {
-                    *l += f64::from(x) * f64::from(x);
-                }
+    let tensor_sq = |g: &Vec<f32>| {
+        let mut lanes = [0.0f64; 8];
+        let mut blocks = g.chunks_exact(8);
+        for b in &mut blocks {
+            for (l, &x) in lanes.iter_mut().zip(b) {
+                *l += f64::from(x) * f64::from(x);
             }
-            let tail: f64 = blocks
-                .remainder()
-                .iter()
-                .map(|&x| f64::from(x) * f64::from(x))
-                .sum();
-            lanes.iter().sum::<f64>() + tail
-        })
-        .sum();
-    let norm = sq.sqrt() as f32;
+        }
+        let tail: f64 = blocks
+            .remainder()
+            .iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum();
+        lanes.iter().sum::<f64>() + tail
+    };
+    // One task per tensor on a pool, the sums then added in tensor order:
+    // the same bits either way.
+    let per_tensor: Vec<f64> = match par {
+        Parallelism::Pool(pool) => pool.install(|| grads.par_iter().map(tensor_sq).collect()),
+        Parallelism::Sequential => grads.iter().map(tensor_sq).collect(),
+    };
+    let norm = per_tensor.iter().sum::<f64>().sqrt() as f32;
     if max_norm > 0.0 {
         let factor = (max_norm / (norm + 1e-6)).min(1.0);
         if factor < 1.0 {

@@ -17,6 +17,7 @@ use bitnet_quant::bitlinear::{BitLinear, ScaleConvention, WeightScale};
 use bitnet_quant::formats::runtime::PackedTernary;
 use bitnet_quant::kernels::TernaryKernel;
 use bitnet_quant::quantize::int8::QuantizedActivations;
+use std::any::Any;
 
 /// [`QuantizedLinear`] on the fastest ternary kernels of this CPU.
 #[derive(Clone, Copy, Debug)]
@@ -38,6 +39,28 @@ impl TernaryLinear {
     }
 }
 
+impl TernaryLinear {
+    /// `w` as an inference layer: packed codes with their one scale.
+    /// Codes outside {-1, 0, 1}, rows past the kernels' width limit or a
+    /// non-finite scale are refused (the tape's float GEMM takes over).
+    fn layer(&self, w: QuantizedRows<'_>) -> Option<BitLinear> {
+        if w.scales.len() != 1 {
+            return None;
+        }
+        let packed = PackedTernary::from_codes(w.codes, w.rows, w.cols).ok()?;
+        // The values are `code / scale` on both sides: the inference
+        // layer's `Divide` convention, whose output pass already turns the
+        // kernel's [row, token] sums into [token, row] floats.
+        let layer = BitLinear::new(
+            packed,
+            WeightScale::Tensor(w.scales[0]),
+            ScaleConvention::Divide,
+        )
+        .ok()?;
+        Some(layer.with_kernel(self.kernel))
+    }
+}
+
 impl QuantizedLinear for TernaryLinear {
     fn forward(
         &self,
@@ -50,36 +73,35 @@ impl QuantizedLinear for TernaryLinear {
         if x.cols != w.cols || out.len() != m * n || x.scales.len() != m || w.scales.len() != 1 {
             return false;
         }
-        // Codes outside {-1, 0, 1}, rows past the kernels' width limit or a
-        // non-finite scale are refused here: the float GEMM takes over.
-        let Ok(packed) = PackedTernary::from_codes(w.codes, n, w.cols) else {
-            return false;
-        };
-        // The values are `code / scale` on both sides: the inference
-        // layer's `Divide` convention, whose output pass already turns the
-        // kernel's [row, token] sums into [token, row] floats.
-        let Ok(layer) = BitLinear::new(
-            packed,
-            WeightScale::Tensor(w.scales[0]),
-            ScaleConvention::Divide,
-        ) else {
-            return false;
+        // A weight prepared for this step is packed already; one prepared
+        // by another kernel (or not at all) is packed here.
+        let packed;
+        let layer = match w.prepared.and_then(|p| p.downcast_ref::<BitLinear>()) {
+            Some(l) if l.out_features() == n && l.in_features() == w.cols => l,
+            _ => match self.layer(w) {
+                Some(l) => {
+                    packed = l;
+                    &packed
+                }
+                None => return false,
+            },
         };
         let Ok(acts) = QuantizedActivations::from_codes(x.codes, x.scales, m, x.cols) else {
             return false;
         };
         let mut sums = Vec::new();
-        layer
-            .with_kernel(self.kernel)
-            .forward_quantized(&acts, out, &mut sums, par)
-            .is_ok()
+        layer.forward_quantized(&acts, out, &mut sums, par).is_ok()
+    }
+
+    fn prepare(&self, w: QuantizedRows<'_>) -> Option<Box<dyn Any + Send + Sync>> {
+        Some(Box::new(self.layer(w)?))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bitnet_core::autograd::Tape;
+    use bitnet_core::autograd::{Tape, TernaryWeight};
     use bitnet_quant::kernels::Backend;
 
     /// A quantized linear on the kernels equals the float GEMM of the same
@@ -127,5 +149,47 @@ mod tests {
             assert_eq!(int.1, float.1, "{backend:?}: input gradient");
             assert_eq!(int.2, float.2, "{backend:?}: weight gradient");
         }
+    }
+
+    /// A weight quantized once and packed by `prepare` (what a step's
+    /// shards share) gives the same forward and gradients, bit for bit, as
+    /// quantizing it on the tape; a weight prepared by no kernel still runs.
+    #[test]
+    fn a_shared_prepared_weight_equals_the_tape_quantizer() {
+        let (m, k, n) = (9, 300, 21);
+        let xs: Vec<f32> = (0..m * k).map(|i| ((i * 31) % 17) as f32 - 8.0).collect();
+        let ws: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 104_729) % 997) as f32 / 997.0 - 0.5)
+            .collect();
+        let kernel = TernaryLinear::detect();
+        let mut prepared = TernaryWeight::new(&ws);
+        prepared.prepare(&kernel, n, k);
+        assert!(format!("{prepared:?}").contains("prepared: true"));
+        let plain = TernaryWeight::new(&ws);
+        let run = |shared: Option<&TernaryWeight>| {
+            let mut tape = Tape::with_quantized_linear(Parallelism::Sequential, &kernel);
+            let x = tape.leaf(xs.clone(), &[m, k], true).unwrap();
+            let w = tape.leaf_borrowed(&ws, &[n, k], true).unwrap();
+            let xq = tape.act_quant_ste(x, 1.0).unwrap();
+            let wq = match shared {
+                Some(q) => tape.weight_quant_shared(w, q).unwrap(),
+                None => tape.weight_quant_ste(w, 1.0).unwrap(),
+            };
+            let y = tape.linear(xq, wq).unwrap();
+            let l = tape.sum(y).unwrap();
+            let g = tape.backward(l).unwrap();
+            (
+                tape.value(y).to_vec(),
+                g.get(x).unwrap().to_vec(),
+                g.get(w).unwrap().to_vec(),
+            )
+        };
+        let want = run(None);
+        assert_eq!(run(Some(&prepared)), want);
+        assert_eq!(run(Some(&plain)), want);
+        // A quantization of another size is refused, not misread.
+        let mut tape = Tape::new(Parallelism::Sequential);
+        let w = tape.leaf(vec![0.5; 4], &[2, 2], true).unwrap();
+        assert!(tape.weight_quant_shared(w, &prepared).is_err());
     }
 }

@@ -11,18 +11,20 @@
 //! run never overwrites one.
 
 use bitnet_core::Parallelism;
-use bitnet_core::autograd::Tape;
+use bitnet_core::autograd::{IGNORE_INDEX, Tape};
 use bitnet_models::config::BitNetConfig;
 use bitnet_models::tokenizer::TextTokenizer;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::checkpoint::{self, TrainState};
 use crate::data::{self, DataPosition, Dataset};
 use crate::error::{Error, Result};
-use crate::model::{TrainableModel, config_json};
+use crate::model::{QuantizedWeights, TrainableModel, config_json};
 use crate::optim::{Optimizer, OptimizerConfig, clip_grad_norm};
 use crate::schedule::{LrSchedule, QuantSchedule};
 use crate::svg;
@@ -275,6 +277,42 @@ pub struct Trainer {
     last_checkpoint: Option<PathBuf>,
 }
 
+/// One micro-batch as the shards of a step read it.
+struct MicroBatch<'a> {
+    inputs: &'a [u32],
+    targets: &'a [u32],
+    seq: usize,
+    /// Targets that count towards the cross-entropy (not ignored).
+    counted: usize,
+    rows: usize,
+    /// The gradient seed: `1 / grad_accum`.
+    seed: f32,
+    lambdas: &'a [f32],
+    quantized: &'a QuantizedWeights,
+    par: Parallelism<'a>,
+}
+
+/// A shard's share of the micro-batch loss and its parameter gradients.
+struct ShardOut {
+    loss: f64,
+    grads: Vec<Option<Vec<f32>>>,
+}
+
+/// `batch` sequences split into `min(threads, batch)` contiguous ranges,
+/// the first ones a sequence longer when it does not divide evenly.
+fn shard_ranges(batch: usize, threads: usize) -> Vec<Range<usize>> {
+    let n = threads.clamp(1, batch.max(1));
+    let (base, extra) = (batch / n, batch % n);
+    let mut start = 0;
+    (0..n)
+        .map(|i| {
+            let len = base + usize::from(i < extra);
+            start += len;
+            start - len..start
+        })
+        .collect()
+}
+
 fn model_config(m: &ModelSection, vocab: usize) -> Result<BitNetConfig> {
     if let Some(path) = &m.config {
         return Ok(BitNetConfig::from_file(path)?);
@@ -501,6 +539,13 @@ impl Trainer {
 
     /// One optimizer step (`grad_accum` micro-batches). Returns its metrics;
     /// a non-finite loss is [`Error::NonFiniteLoss`] and changes nothing.
+    ///
+    /// Each micro-batch is split by sequence into one shard per pool thread
+    /// (at most one per sequence); a shard runs its forward and backward
+    /// on its own thread, and the shards' gradients are summed in shard
+    /// order. Per-sequence work is independent, so this is the same sum as
+    /// one tape over the whole batch, rounded in another order: a run is
+    /// reproducible bit for bit for a given thread count.
     pub fn train_step(&mut self) -> Result<StepMetrics> {
         let start = Instant::now();
         let (b, t) = (self.cfg.train.batch_size, self.data.seq_len());
@@ -508,56 +553,76 @@ impl Trainer {
         let step = self.state.step;
         let lambdas = self.lambdas(step);
         let mut pos = self.state.data;
-        // The first micro-batch's gradients are taken as they are; later
-        // ones are added (no zeroed buffers to fill and add into).
+        let threads = self.pool.current_num_threads();
+        let shards = shard_ranges(b, threads);
+        // With fewer shards than threads (a small batch) each shard's ops
+        // also fork onto the pool; otherwise a shard stays on its thread.
+        let inner = if shards.len() < threads {
+            Parallelism::Pool(&self.pool)
+        } else {
+            Parallelism::Sequential
+        };
+        // The first shard's gradients are taken as they are; later ones are
+        // added (no zeroed buffers to fill and add into).
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; self.model.params().len()];
         let mut loss_sum = 0.0f64;
-        let par = Parallelism::Pool(&self.pool);
+        let quantized = self
+            .model
+            .quantize_weights(&lambdas, &self.ternary, &self.pool);
         for _ in 0..accum {
             let (inputs, targets) = self.data.next_batch(b, self.cfg.train.seed, &mut pos);
-            let mut tape = Tape::with_quantized_linear(par, &self.ternary);
-            let f = self
-                .model
-                .forward(&mut tape, &inputs, b, t, &lambdas, true)?;
-            let ce = tape.cross_entropy(f.logits, &targets)?;
-            let loss = match (&self.cfg.distill, &self.teacher) {
-                (Some(d), Some(teacher)) => {
-                    let mut ttape = Tape::with_quantized_linear(par, &self.ternary);
-                    let zeros = vec![0.0; teacher.config().num_layers];
-                    let tf = teacher.forward(&mut ttape, &inputs, b, t, &zeros, false)?;
-                    let kl = tape.kl_distill(f.logits, ttape.value(tf.logits), d.temperature)?;
-                    let a = tape.scale(ce, 1.0 - d.alpha)?;
-                    let k = tape.scale(kl, d.alpha)?;
-                    tape.add(a, k)?
-                }
-                _ => ce,
+            let counted = targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
+            let batch = MicroBatch {
+                inputs: &inputs,
+                targets: &targets,
+                seq: t,
+                counted,
+                rows: targets.len(),
+                seed: 1.0 / accum as f32,
+                lambdas: &lambdas,
+                quantized: &quantized,
+                par: inner,
             };
-            let l = tape.scalar(loss);
-            if !l.is_finite() {
+            let outs: Vec<Result<ShardOut>> = self.pool.install(|| {
+                shards
+                    .par_iter()
+                    .map(|r| self.shard_step(&batch, r.clone()))
+                    .collect()
+            });
+            let mut loss = 0.0f64;
+            for out in outs {
+                let out = out?;
+                loss += out.loss;
+                self.pool.install(|| {
+                    grads
+                        .par_iter_mut()
+                        .zip(out.grads)
+                        .for_each(|(acc, g)| match (acc, g) {
+                            (Some(a), Some(g)) => a.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+                            (slot @ None, Some(g)) => *slot = Some(g),
+                            (_, None) => {}
+                        })
+                });
+            }
+            if !loss.is_finite() {
                 return Err(Error::NonFiniteLoss {
                     step,
-                    loss: l,
+                    loss: loss as f32,
                     last_checkpoint: self.last_checkpoint.clone(),
                 });
             }
-            loss_sum += l as f64;
-            // Average over micro-batches: seed the backward with 1/accum.
-            let seeded = tape.scale(loss, 1.0 / accum as f32)?;
-            let mut g = tape.backward(seeded)?;
-            for (acc, &v) in grads.iter_mut().zip(&f.params) {
-                match (acc, g.take(v)) {
-                    (Some(a), Some(gv)) => a.iter_mut().zip(&gv).for_each(|(a, b)| *a += b),
-                    (slot @ None, Some(gv)) => *slot = Some(gv),
-                    (_, None) => {}
-                }
-            }
+            loss_sum += loss;
         }
         let mut grads: Vec<Vec<f32>> = grads
             .into_iter()
             .zip(self.model.params())
             .map(|(g, p)| g.unwrap_or_else(|| vec![0.0; p.data.len()]))
             .collect();
-        let grad_norm = clip_grad_norm(&mut grads, self.cfg.train.clip_norm, par);
+        let grad_norm = clip_grad_norm(
+            &mut grads,
+            self.cfg.train.clip_norm,
+            Parallelism::Pool(&self.pool),
+        );
         if !grad_norm.is_finite() {
             return Err(Error::NonFiniteLoss {
                 step,
@@ -586,6 +651,58 @@ impl Trainer {
             lambda: lambdas.iter().sum::<f32>() / lambdas.len().max(1) as f32,
             tokens_per_s: (b * t * accum) as f64 / secs,
             val_loss: None,
+        })
+    }
+
+    /// Forward and backward of sequences `range` of `batch` on one tape:
+    /// the shard's share of the micro-batch loss (its cross-entropy
+    /// weighted by its share of the counted targets, its distillation term
+    /// by its share of the rows) and its parameter gradients, seeded with
+    /// `batch.seed`.
+    fn shard_step(&self, batch: &MicroBatch<'_>, range: Range<usize>) -> Result<ShardOut> {
+        let t = batch.seq;
+        let seqs = range.len();
+        let inputs = &batch.inputs[range.start * t..range.end * t];
+        let targets = &batch.targets[range.start * t..range.end * t];
+        let counted = targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
+        let ce_share = counted as f32 / batch.counted.max(1) as f32;
+        let row_share = targets.len() as f32 / batch.rows.max(1) as f32;
+        let mut tape = Tape::with_quantized_linear(batch.par, &self.ternary);
+        let f = self.model.forward_with(
+            &mut tape,
+            inputs,
+            seqs,
+            t,
+            batch.lambdas,
+            true,
+            Some(batch.quantized),
+        )?;
+        let ce = tape.cross_entropy(f.logits, targets)?;
+        let loss = match (&self.cfg.distill, &self.teacher) {
+            (Some(d), Some(teacher)) => {
+                let mut ttape = Tape::with_quantized_linear(batch.par, &self.ternary);
+                let zeros = vec![0.0; teacher.config().num_layers];
+                let tf = teacher.forward(&mut ttape, inputs, seqs, t, &zeros, false)?;
+                let kl = tape.kl_distill(f.logits, ttape.value(tf.logits), d.temperature)?;
+                let a = tape.scale(ce, (1.0 - d.alpha) * ce_share)?;
+                let k = tape.scale(kl, d.alpha * row_share)?;
+                tape.add(a, k)?
+            }
+            _ => tape.scale(ce, ce_share)?,
+        };
+        let value = tape.scalar(loss) as f64;
+        if !value.is_finite() {
+            // Reported by the caller; no backward through a NaN.
+            return Ok(ShardOut {
+                loss: value,
+                grads: Vec::new(),
+            });
+        }
+        let seeded = tape.scale(loss, batch.seed)?;
+        let mut g = tape.backward(seeded)?;
+        Ok(ShardOut {
+            loss: value,
+            grads: f.params.iter().map(|&v| g.take(v)).collect(),
         })
     }
 
@@ -749,5 +866,26 @@ impl Trainer {
     /// Where the next batch starts.
     pub fn data_position(&self) -> DataPosition {
         self.state.data
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard_ranges;
+
+    #[test]
+    fn shards_cover_the_batch_in_order() {
+        assert_eq!(shard_ranges(4, 2), vec![0..2, 2..4]);
+        assert_eq!(shard_ranges(5, 2), vec![0..3, 3..5]);
+        assert_eq!(shard_ranges(2, 8), vec![0..1, 1..2]);
+        assert_eq!(shard_ranges(3, 1), vec![0..3]);
+        for (b, t) in [(7, 3), (16, 5), (1, 4)] {
+            let r = shard_ranges(b, t);
+            assert_eq!(r.len(), t.min(b));
+            assert_eq!(r.first().unwrap().start, 0);
+            assert_eq!(r.last().unwrap().end, b);
+            assert!(r.windows(2).all(|w| w[0].end == w[1].start));
+            assert!(r.iter().all(|x| x.len() >= b / t.min(b)));
+        }
     }
 }

@@ -242,3 +242,33 @@ fn distillation_from_a_float_teacher_and_progressive_quantization() {
     .unwrap();
     assert_eq!(lambdas, vec![0.0, 0.25, 0.5, 0.75]);
 }
+
+/// A step split into per-thread shards is the one-tape step rounded in
+/// another order: one thread (one shard), two threads (a shard per
+/// sequence) and three threads (fewer shards than threads, each forking
+/// onto the pool) give the same losses to float rounding.
+#[test]
+fn sharded_steps_match_a_single_tape() {
+    let run = |threads: usize| {
+        let d = tempfile::tempdir().unwrap();
+        let mut cfg = config(d.path(), 64, 4);
+        cfg.train.threads = threads;
+        cfg.train.eval_every = 0;
+        cfg.train.checkpoint_every = 0;
+        let mut t = Trainer::new(cfg, false).unwrap();
+        (0..4)
+            .map(|_| t.train_step().unwrap().loss)
+            .collect::<Vec<f32>>()
+    };
+    let one = run(1);
+    for threads in [2, 3] {
+        let got = run(threads);
+        for (a, b) in one.iter().zip(&got) {
+            assert!(
+                (a - b).abs() <= 1e-5 * a.abs(),
+                "{threads} threads: {one:?} vs {got:?}"
+            );
+        }
+    }
+    assert!(one[3] < one[0], "{one:?}");
+}

@@ -47,6 +47,9 @@ use crate::error::{Error, Result};
 use crate::ops::{OpKind, exp_in_place, round_half_even_small};
 use crate::parallel::Parallelism;
 use crate::shape::Shape;
+use std::any::Any;
+use std::borrow::Cow;
+use std::fmt;
 
 /// Target id that [`Tape::cross_entropy`] skips (PyTorch's `ignore_index`).
 pub const IGNORE_INDEX: u32 = u32::MAX;
@@ -56,7 +59,7 @@ pub const IGNORE_INDEX: u32 = u32::MAX;
 pub struct Var(usize);
 
 /// How a node was made, with whatever its backward needs.
-enum Op {
+enum Op<'p> {
     Leaf,
     Matmul(Var, Var),
     Linear(Var, Var),
@@ -106,21 +109,23 @@ enum Op {
         x: Var,
         /// The integer codes behind the value, when it is exactly
         /// `code / scale` (`λ = 1`).
-        codes: Option<QuantCodes>,
+        codes: Option<QuantCodes<'p>>,
     },
 }
 
 /// Integer codes of a quantized value: `value[r, c] = codes[r, c] / scales[r]`
 /// (one scale per row), or `/ scales[0]` for a per-tensor scale.
-struct QuantCodes {
-    codes: Vec<i8>,
-    scales: Vec<f32>,
+struct QuantCodes<'p> {
+    codes: Cow<'p, [i8]>,
+    scales: Cow<'p, [f32]>,
+    /// A [`QuantizedLinear`]'s own form of these codes, made once.
+    prepared: Option<&'p (dyn Any + Send + Sync)>,
 }
 
 /// Rows of integer codes and their scales, as a [`QuantizedLinear`] reads
 /// them: `value[r, c] = codes[r * cols + c] / scales[r]` (or `/ scales[0]`
 /// when there is one scale).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct QuantizedRows<'a> {
     /// Row-major `[rows, cols]` codes.
     pub codes: &'a [i8],
@@ -130,6 +135,20 @@ pub struct QuantizedRows<'a> {
     pub rows: usize,
     /// Codes per row.
     pub cols: usize,
+    /// What [`QuantizedLinear::prepare`] made of these codes, when they
+    /// come from a [`TernaryWeight`] that was prepared.
+    pub prepared: Option<&'a (dyn Any + Send + Sync)>,
+}
+
+impl fmt::Debug for QuantizedRows<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuantizedRows")
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("scales", &self.scales.len())
+            .field("prepared", &self.prepared.is_some())
+            .finish()
+    }
 }
 
 /// Integer kernels for a fully quantized linear layer: int8 activation
@@ -146,30 +165,114 @@ pub trait QuantizedLinear: Sync {
         out: &mut [f32],
         par: Parallelism<'_>,
     ) -> bool;
+
+    /// The kernel's own form of a weight's codes (`w` has one scale), made
+    /// once and handed back in [`QuantizedRows::prepared`] to every
+    /// [`forward`](QuantizedLinear::forward) that reads this weight, so a
+    /// step's shards do not each repack it. `None` (the default) when the
+    /// kernel has no such form or refuses the codes.
+    fn prepare(&self, w: QuantizedRows<'_>) -> Option<Box<dyn Any + Send + Sync>> {
+        let _ = w;
+        None
+    }
 }
 
-struct Node {
+/// A weight's per-tensor absmean ternary quantization at `λ = 1` (the
+/// value `code / scale`, the codes and the scale), made once per optimizer
+/// step and read by every tape of that step through
+/// [`Tape::weight_quant_shared`], instead of each tape quantizing (and a
+/// kernel packing) its own copy.
+pub struct TernaryWeight {
     value: Vec<f32>,
+    codes: Vec<i8>,
+    scale: [f32; 1],
+    prepared: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl TernaryWeight {
+    /// Quantizes `w` (NUMERICS.md `WeightQuant`): `s = 1 / max(mean|w|, 1e-5)`,
+    /// codes `clamp(round(w s), -1, 1)`.
+    pub fn new(w: &[f32]) -> Self {
+        let s = weight_scale(w);
+        let codes: Vec<i8> = w.iter().map(|&v| ternary_code(v, s)).collect();
+        // `code / s` for a code in {-1, 0, 1} is exactly `code · (1 / s)`:
+        // one division, not one per weight.
+        let inv = 1.0 / s;
+        let value = codes.iter().map(|&c| f32::from(c) * inv).collect();
+        TernaryWeight {
+            value,
+            codes,
+            scale: [s],
+            prepared: None,
+        }
+    }
+
+    /// Also makes `kernel`'s own form of the codes (`[rows, cols]`), which
+    /// its forwards then read instead of repacking them.
+    pub fn prepare(&mut self, kernel: &dyn QuantizedLinear, rows: usize, cols: usize) {
+        self.prepared = None;
+        if rows * cols == self.codes.len() {
+            self.prepared = kernel.prepare(QuantizedRows {
+                codes: &self.codes,
+                scales: &self.scale,
+                rows,
+                cols,
+                prepared: None,
+            });
+        }
+    }
+
+    /// The dequantized value `code / scale`.
+    pub fn value(&self) -> &[f32] {
+        &self.value
+    }
+
+    /// The ternary codes.
+    pub fn codes(&self) -> &[i8] {
+        &self.codes
+    }
+
+    /// The scale `s` (`value = code / s`).
+    pub fn scale(&self) -> f32 {
+        self.scale[0]
+    }
+}
+
+impl fmt::Debug for TernaryWeight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TernaryWeight")
+            .field("len", &self.codes.len())
+            .field("scale", &self.scale[0])
+            .field("prepared", &self.prepared.is_some())
+            .finish()
+    }
+}
+
+struct Node<'p> {
+    /// Borrowed for a leaf that reads a parameter in place, or a shared
+    /// [`TernaryWeight`]'s value.
+    value: Cow<'p, [f32]>,
     dims: Vec<usize>,
-    op: Op,
+    op: Op<'p>,
     needs_grad: bool,
 }
 
 /// Records operations for one forward pass; [`Tape::backward`] differentiates it.
 pub struct Tape<'p> {
-    nodes: Vec<Node>,
+    nodes: Vec<Node<'p>>,
     par: Parallelism<'p>,
     quantized_linear: Option<&'p dyn QuantizedLinear>,
 }
 
-/// Gradients from [`Tape::backward`], one optional buffer per tape value.
+/// Gradients from [`Tape::backward`]: one optional buffer per leaf.
 pub struct Grads {
     grads: Vec<Option<Vec<f32>>>,
 }
 
 impl Grads {
-    /// The gradient of `v`, or `None` when nothing that needs a gradient
-    /// flowed through it.
+    /// The gradient of the leaf `v`, or `None` when nothing that needs a
+    /// gradient flowed through it (or `v` is not a leaf: intermediate
+    /// gradients are freed during the reverse pass).
     pub fn get(&self, v: Var) -> Option<&[f32]> {
         self.grads.get(v.0).and_then(|g| g.as_deref())
     }
@@ -289,6 +392,7 @@ impl<'p> Tape<'p> {
                 scales: &c.scales,
                 rows,
                 cols,
+                prepared: c.prepared,
             }),
             _ => None,
         }
@@ -319,7 +423,17 @@ impl<'p> Tape<'p> {
         self.nodes[v.0].value[0]
     }
 
-    fn push(&mut self, value: Vec<f32>, dims: Vec<usize>, op: Op, needs_grad: bool) -> Var {
+    fn push(&mut self, value: Vec<f32>, dims: Vec<usize>, op: Op<'p>, needs_grad: bool) -> Var {
+        self.push_cow(Cow::Owned(value), dims, op, needs_grad)
+    }
+
+    fn push_cow(
+        &mut self,
+        value: Cow<'p, [f32]>,
+        dims: Vec<usize>,
+        op: Op<'p>,
+        needs_grad: bool,
+    ) -> Var {
         self.nodes.push(Node {
             value,
             dims,
@@ -365,6 +479,26 @@ impl<'p> Tape<'p> {
 
     /// A leaf value (a parameter when `requires_grad`, else a constant).
     pub fn leaf(&mut self, value: Vec<f32>, dims: &[usize], requires_grad: bool) -> Result<Var> {
+        self.leaf_cow(Cow::Owned(value), dims, requires_grad)
+    }
+
+    /// A leaf that reads `value` in place (a parameter, without copying it
+    /// onto the tape).
+    pub fn leaf_borrowed(
+        &mut self,
+        value: &'p [f32],
+        dims: &[usize],
+        requires_grad: bool,
+    ) -> Result<Var> {
+        self.leaf_cow(Cow::Borrowed(value), dims, requires_grad)
+    }
+
+    fn leaf_cow(
+        &mut self,
+        value: Cow<'p, [f32]>,
+        dims: &[usize],
+        requires_grad: bool,
+    ) -> Result<Var> {
         let n: usize = dims.iter().product();
         if n != value.len() {
             return Err(Error::ElementCountMismatch {
@@ -374,7 +508,7 @@ impl<'p> Tape<'p> {
                 got: value.len(),
             });
         }
-        Ok(self.push(value, dims.to_vec(), Op::Leaf, requires_grad))
+        Ok(self.push_cow(value, dims.to_vec(), Op::Leaf, requires_grad))
     }
 
     /// Matrix product `[m,k] · [k,n]`.
@@ -831,7 +965,11 @@ impl<'p> Tape<'p> {
             let ng = self.ng(x);
             let op = Op::Ste {
                 x,
-                codes: Some(QuantCodes { codes, scales }),
+                codes: Some(QuantCodes {
+                    codes: Cow::Owned(codes),
+                    scales: Cow::Owned(scales),
+                    prepared: None,
+                }),
             };
             return Ok(self.push(out, self.dims(x).to_vec(), op, ng));
         }
@@ -847,26 +985,49 @@ impl<'p> Tape<'p> {
     /// gradient: `w + λ (q(w) − w)` forward, identity backward.
     pub fn weight_quant_ste(&mut self, w: Var, lambda: f32) -> Result<Var> {
         let vw = self.value(w);
-        let mut out = vec![0.0f32; vw.len()];
         if lambda == 1.0 {
-            let s = weight_scale(vw);
-            let mut codes = vec![0i8; vw.len()];
-            for ((o, c), &v) in out.iter_mut().zip(codes.iter_mut()).zip(vw) {
-                *c = ternary_code(v, s);
-                *o = f32::from(*c) / s;
-            }
+            let q = TernaryWeight::new(vw);
             let ng = self.ng(w);
             let op = Op::Ste {
                 x: w,
                 codes: Some(QuantCodes {
-                    codes,
-                    scales: vec![s],
+                    codes: Cow::Owned(q.codes),
+                    scales: Cow::Owned(q.scale.to_vec()),
+                    prepared: None,
                 }),
             };
-            return Ok(self.push(out, self.dims(w).to_vec(), op, ng));
+            return Ok(self.push(q.value, self.dims(w).to_vec(), op, ng));
         }
+        let mut out = vec![0.0f32; vw.len()];
         weight_quant(vw, &mut out);
         self.ste(w, out, lambda)
+    }
+
+    /// [`weight_quant_ste`](Tape::weight_quant_ste) at `λ = 1` from a
+    /// quantization made beforehand: `q` must be [`TernaryWeight::new`] of
+    /// `w`'s current value (the caller's contract; only the size is
+    /// checked). The value and codes are read in place.
+    pub fn weight_quant_shared(&mut self, w: Var, q: &'p TernaryWeight) -> Result<Var> {
+        if q.codes.len() != self.value(w).len() {
+            return Err(invalid(
+                OpKind::FakeQuant,
+                format!(
+                    "a quantized weight of {} values for a weight of shape {:?}",
+                    q.codes.len(),
+                    self.dims(w)
+                ),
+            ));
+        }
+        let ng = self.ng(w);
+        let op = Op::Ste {
+            x: w,
+            codes: Some(QuantCodes {
+                codes: Cow::Borrowed(&q.codes),
+                scales: Cow::Borrowed(&q.scale),
+                prepared: q.prepared.as_deref(),
+            }),
+        };
+        Ok(self.push_cow(Cow::Borrowed(&q.value), self.dims(w).to_vec(), op, ng))
     }
 
     fn ste(&mut self, x: Var, mut q: Vec<f32>, lambda: f32) -> Result<Var> {
@@ -903,8 +1064,28 @@ impl<'p> Tape<'p> {
             if !self.nodes[i].needs_grad {
                 continue;
             }
+            // Ops whose gradient passes through unchanged hand the buffer
+            // itself on (a move, not a copy into a new one).
+            match self.nodes[i].op {
+                Op::Ste { x, .. } => {
+                    self.acc_vec(&mut grads, x, g);
+                    continue;
+                }
+                Op::Add(a, b) => {
+                    self.acc_slice(&mut grads, a, &g);
+                    self.acc_vec(&mut grads, b, g);
+                    continue;
+                }
+                _ => {}
+            }
             self.backward_node(i, &g, &mut grads);
-            grads[i] = Some(g);
+            // Only leaves' gradients are returned: an intermediate one is
+            // dead once pushed to its inputs, and freeing it here lets the
+            // allocator reuse its pages for the next node's instead of
+            // holding every activation's gradient until the end.
+            if matches!(self.nodes[i].op, Op::Leaf) {
+                grads[i] = Some(g);
+            }
         }
         Ok(Grads { grads })
     }

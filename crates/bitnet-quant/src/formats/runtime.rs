@@ -41,6 +41,17 @@ pub struct PackedTernary {
     data: AlignedBytes,
 }
 
+/// Packs one block of [`BLOCK`] codes: each byte gathers its four columns
+/// at once (the layout of `position`), a loop the compiler vectorizes.
+#[inline]
+fn pack_block(block: &[i8], dst: &mut [u8]) {
+    let block: &[i8; BLOCK] = block.try_into().expect("a whole block");
+    for (g, d) in dst.iter_mut().enumerate().take(BLOCK_BYTES) {
+        let code = |k: usize| (block[64 * k + g] + 1) as u8;
+        *d = code(0) | (code(1) << 2) | (code(2) << 4) | (code(3) << 6);
+    }
+}
+
 impl PackedTernary {
     /// Packs row-major codes in {-1, 0, 1}.
     pub fn from_codes(codes: &[i8], rows: usize, cols: usize) -> Result<Self> {
@@ -65,22 +76,19 @@ impl PackedTernary {
             let out = &mut bytes
                 [r * blocks_per_row * BLOCK_BYTES..(r + 1) * blocks_per_row * BLOCK_BYTES];
             let full = cols / BLOCK;
-            // Whole blocks: each byte gathers its four columns at once
-            // (the layout of `position`), a loop the compiler vectorizes.
             for (block, dst) in row
                 .chunks_exact(BLOCK)
                 .zip(out.chunks_exact_mut(BLOCK_BYTES))
             {
-                for (g, d) in dst.iter_mut().enumerate() {
-                    let code = |k: usize| (block[64 * k + g] + 1) as u8;
-                    *d = code(0) | (code(1) << 2) | (code(2) << 4) | (code(3) << 6);
-                }
+                pack_block(block, dst);
             }
-            // The partial last block, one slot at a time.
-            for (c, &t) in row.iter().enumerate().skip(full * BLOCK) {
-                let (byte, shift) = position(c);
-                let slot = &mut out[byte];
-                *slot = (*slot & !(3 << shift)) | (((t + 1) as u8) << shift);
+            // The partial last block: padded with code 0 (packed 0b01, what
+            // adds nothing) and packed the same way.
+            let rest = &row[full * BLOCK..];
+            if !rest.is_empty() {
+                let mut padded = [0i8; BLOCK];
+                padded[..rest.len()].copy_from_slice(rest);
+                pack_block(&padded, &mut out[full * BLOCK_BYTES..][..BLOCK_BYTES]);
             }
         }
         Ok(PackedTernary {
