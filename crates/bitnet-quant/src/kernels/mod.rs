@@ -127,6 +127,10 @@ pub(crate) struct RowsTask<'a> {
     pub x: &'a [i8],
     /// Sum of each token's codes.
     pub sums: &'a [i32],
+    /// 64-column fields of the last block that hold columns (1 to 4): a
+    /// kernel may skip the rest, whose weights and activations are padding
+    /// (a 384-column row is one and a half blocks, not two).
+    pub tail_fields: usize,
 }
 
 impl RowsTask<'_> {
@@ -268,6 +272,7 @@ impl TernaryKernel {
                 blocks,
                 x,
                 sums,
+                tail_fields: (w.cols() - (blocks - 1) * 256).div_ceil(64),
             };
             self.run_rows(&t, packed.as_deref(), out);
         };

@@ -76,6 +76,13 @@ unsafe fn tile<const R: usize, const T: usize>(
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_si256(); T]; R];
     for b in 0..task.blocks {
+        // The last block's fields past `tail_fields` are padding on both
+        // sides (weight code 0, activation 0): nothing to add.
+        let fields = if b + 1 == task.blocks {
+            task.tail_fields
+        } else {
+            4
+        };
         let mut acc16 = [[_mm256_setzero_si256(); T]; R];
         if T == 1 {
             // One token is memory bound: prefetch ahead as the AVX-512 GEMV does.
@@ -94,6 +101,9 @@ unsafe fn tile<const R: usize, const T: usize>(
                 };
             }
             for k in 0..4 {
+                if k >= fields {
+                    break;
+                }
                 let mut u = [_mm256_setzero_si256(); R];
                 for (u, &v) in u.iter_mut().zip(&v) {
                     *u = match k {
