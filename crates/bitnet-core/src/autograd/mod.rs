@@ -1098,6 +1098,18 @@ impl<'p> Tape<'p> {
         Some(grads[v.0].get_or_insert_with(|| vec![0.0; n]))
     }
 
+    /// [`acc`](Self::acc), and whether the buffer was made just now: a
+    /// GEMM then writes it (faer's `Replace`) instead of reading the zeros
+    /// back to add to them.
+    fn acc_fresh<'g>(
+        &self,
+        grads: &'g mut [Option<Vec<f32>>],
+        v: Var,
+    ) -> Option<(&'g mut Vec<f32>, bool)> {
+        let fresh = grads[v.0].is_none();
+        self.acc(grads, v).map(|b| (b, fresh))
+    }
+
     /// Adds `d` to the gradient of `v`; `d` becomes the buffer when `v`
     /// has none yet (a move instead of a zero-fill and an add).
     fn acc_vec(&self, grads: &mut [Option<Vec<f32>>], v: Var, d: Vec<f32>) {
@@ -1128,30 +1140,30 @@ impl<'p> Tape<'p> {
                 let (m, n) = (node.dims[0], node.dims[1]);
                 let k = self.dims(a)[1];
                 let (va, vb) = (self.value(a), self.value(b));
-                if let Some(ga) = self.acc(grads, a) {
+                if let Some((ga, fresh)) = self.acc_fresh(grads, a) {
                     self.par
-                        .run(|p| kernels::gemm(ga, g, false, vb, true, (m, n, k), true, p));
+                        .run(|p| kernels::gemm(ga, g, false, vb, true, (m, n, k), !fresh, p));
                 }
-                if let Some(gb) = self.acc(grads, b) {
+                if let Some((gb, fresh)) = self.acc_fresh(grads, b) {
                     self.par
-                        .run(|p| kernels::gemm(gb, va, true, g, false, (k, m, n), true, p));
+                        .run(|p| kernels::gemm(gb, va, true, g, false, (k, m, n), !fresh, p));
                 }
             }
             &Op::Linear(x, w) => {
                 let (m, k) = self.rows_width(x);
                 let n = self.dims(w)[0];
                 let (vx, vw) = (self.value(x), self.value(w));
-                if let Some(gx) = self.acc(grads, x) {
+                if let Some((gx, fresh)) = self.acc_fresh(grads, x) {
                     self.par
-                        .run(|p| kernels::gemm(gx, g, false, vw, false, (m, n, k), true, p));
+                        .run(|p| kernels::gemm(gx, g, false, vw, false, (m, n, k), !fresh, p));
                 }
-                if let Some(gw) = self.acc(grads, w) {
+                if let Some((gw, fresh)) = self.acc_fresh(grads, w) {
                     // faer runs `gᵀ · x` with `g` read transposed well
                     // under its speed on row-major operands: transposing
                     // `g` first (a pass over [m, n]) costs less.
                     let gt = kernels::transpose(par, g, m, n);
                     self.par
-                        .run(|p| kernels::gemm(gw, &gt, false, vx, false, (n, m, k), true, p));
+                        .run(|p| kernels::gemm(gw, &gt, false, vx, false, (n, m, k), !fresh, p));
                 }
             }
             &Op::Add(a, b) => {
