@@ -214,3 +214,38 @@ fn detection_is_available() {
     assert!(Backend::detect().is_available());
     assert!(Backend::available().contains(&Backend::Reference));
 }
+
+/// The worst case for kernels that sum several blocks in i16 lanes before
+/// widening: every weight +1 or -1 against every activation -128 or 127,
+/// over more blocks than any such kernel holds in i16 (17 blocks, the last
+/// one partial), with every tile shape (1 to 9 tokens).
+#[test]
+fn extreme_codes_over_many_blocks_equal_the_reference() {
+    let (rows, cols) = (5, 17 * 256 - 100);
+    let reference = TernaryKernel::new(Backend::Reference).unwrap();
+    for backend in Backend::available() {
+        let kernel = TernaryKernel::new(backend).unwrap();
+        for (w_code, x_code) in [(1i8, -128i8), (1, 127), (-1, -128), (-1, 127)] {
+            for tokens in 1..10 {
+                let w = PackedTernary::from_codes(&vec![w_code; rows * cols], rows, cols).unwrap();
+                let x = QuantizedActivations::from_codes(
+                    &vec![x_code; tokens * cols],
+                    &vec![1.0; tokens],
+                    tokens,
+                    cols,
+                )
+                .unwrap();
+                let mut want = vec![0; rows * tokens];
+                let mut got = vec![7; rows * tokens];
+                reference
+                    .gemm(&w, &x, &mut want, Parallelism::Sequential)
+                    .unwrap();
+                kernel
+                    .gemm(&w, &x, &mut got, Parallelism::Sequential)
+                    .unwrap();
+                assert_eq!(want[0], i32::from(w_code) * i32::from(x_code) * cols as i32);
+                assert_eq!(got, want, "{backend} w {w_code} x {x_code} tokens {tokens}");
+            }
+        }
+    }
+}

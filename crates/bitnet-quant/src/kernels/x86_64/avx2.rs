@@ -3,8 +3,9 @@
 //! Each 64-byte block is read as two 32-byte halves; shifting by 0, 2, 4, 6
 //! and masking with 3 gives weights in {0, 1, 2} lined up with four 32-code
 //! runs of activations. `vpmaddubsw` pair sums stay within ±512, so a whole
-//! block (8 of them) accumulates in i16 before one widening `vpmaddwd`.
-//! GEMM uses a 2-row x 2-token tile so the unpacked weights serve two tokens.
+//! lane accumulates in i16 over up to eight blocks before one widening
+//! `vpmaddwd`. GEMM uses 2-row x 4-token tiles, so the unpacked weights
+//! serve four tokens.
 
 use super::super::RowsTask;
 use std::arch::x86_64::*;
@@ -26,10 +27,16 @@ pub(crate) unsafe fn rows(task: &RowsTask<'_>, out: &mut [i32]) {
         let rs = if rows - r >= 2 { 2 } else { 1 };
         let mut t = 0;
         while t < tokens {
-            let ts = if tokens - t >= 2 { 2 } else { 1 };
+            let ts = match tokens - t {
+                1 => 1,
+                2 | 3 => 2,
+                _ => 4,
+            };
             // SAFETY: the tile is in range (asserted above); AVX2 guaranteed by the caller.
             unsafe {
                 match (rs, ts) {
+                    (2, 4) => tile::<2, 4>(task, r, t, out),
+                    (1, 4) => tile::<1, 4>(task, r, t, out),
                     (2, 2) => tile::<2, 2>(task, r, t, out),
                     (2, _) => tile::<2, 1>(task, r, t, out),
                     (_, 2) => tile::<1, 2>(task, r, t, out),
@@ -41,6 +48,11 @@ pub(crate) unsafe fn rows(task: &RowsTask<'_>, out: &mut [i32]) {
         r += rs;
     }
 }
+
+/// Blocks summed in i16 lanes before widening. A lane gains 8 `vpmaddubsw`
+/// pair sums per block, each of a weight in {0, 1, 2} times two int8 codes:
+/// within [-512, 508]. Eight blocks stay within [-32768, 32512], inside i16.
+const WIDEN_BLOCKS: usize = 8;
 
 /// Unpacks field `SHIFT / 2` of every byte to a u8 in {0, 1, 2}.
 #[inline]
@@ -75,6 +87,7 @@ unsafe fn tile<const R: usize, const T: usize>(
     let xp = task.x.as_ptr();
     let ones = _mm256_set1_epi16(1);
     let mut acc = [[_mm256_setzero_si256(); T]; R];
+    let mut acc16 = [[_mm256_setzero_si256(); T]; R];
     for b in 0..task.blocks {
         // The last block's fields past `tail_fields` are padding on both
         // sides (weight code 0, activation 0): nothing to add.
@@ -83,7 +96,6 @@ unsafe fn tile<const R: usize, const T: usize>(
         } else {
             4
         };
-        let mut acc16 = [[_mm256_setzero_si256(); T]; R];
         if T == 1 {
             // One token is memory bound: prefetch ahead as the AVX-512 GEMV does.
             for i in 0..R {
@@ -123,9 +135,14 @@ unsafe fn tile<const R: usize, const T: usize>(
                 }
             }
         }
-        for i in 0..R {
-            for j in 0..T {
-                acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(acc16[i][j], ones));
+        // Widened to i32 every `WIDEN_BLOCKS` blocks, not every block:
+        // fewer registers held, so 2 x 4 tiles fit.
+        if (b + 1) % WIDEN_BLOCKS == 0 || b + 1 == task.blocks {
+            for i in 0..R {
+                for j in 0..T {
+                    acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(acc16[i][j], ones));
+                    acc16[i][j] = _mm256_setzero_si256();
+                }
             }
         }
     }
