@@ -284,7 +284,6 @@ struct MicroBatch<'a> {
     seq: usize,
     /// Targets that count towards the cross-entropy (not ignored).
     counted: usize,
-    rows: usize,
     /// The gradient seed: `1 / grad_accum`.
     seed: f32,
     lambdas: &'a [f32],
@@ -577,7 +576,6 @@ impl Trainer {
                 targets: &targets,
                 seq: t,
                 counted,
-                rows: targets.len(),
                 seed: 1.0 / accum as f32,
                 lambdas: &lambdas,
                 quantized: &quantized,
@@ -666,7 +664,7 @@ impl Trainer {
         let targets = &batch.targets[range.start * t..range.end * t];
         let counted = targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
         let ce_share = counted as f32 / batch.counted.max(1) as f32;
-        let row_share = targets.len() as f32 / batch.rows.max(1) as f32;
+        let row_share = targets.len() as f32 / batch.targets.len().max(1) as f32;
         let mut tape = Tape::with_quantized_linear(batch.par, &self.ternary);
         let f = self.model.forward_with(
             &mut tape,

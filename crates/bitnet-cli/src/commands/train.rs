@@ -54,10 +54,12 @@ pub(crate) struct Args {
 ///
 /// One arena: a step's shards allocate on every pool thread, and glibc's
 /// per-thread arenas live in mapped heaps that it shrinks (and the next
-/// step faults back in) whatever the trim threshold. With one arena the
-/// bench config's system time went from 2.8-5.0 s to 1.7 s and its peak
-/// RSS from 880-980 MB to 736 MB; two threads rarely allocate at the
-/// same moment, so the shared lock is not contended.
+/// step faults back in) whatever the trim threshold. On the bench config
+/// (`/usr/bin/time bitnet train`, 25 steps, the arena count set through
+/// `GLIBC_TUNABLES=glibc.malloc.arena_max=1` before this call existed)
+/// system time went from 2.8-5.0 s to 1.7 s and peak RSS from 880-980 MB
+/// to 736 MB; two threads rarely allocate at the same moment, so the
+/// shared lock is not contended.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_freed_memory() {
     // SAFETY: mallopt only sets allocator parameters; called before the

@@ -1064,27 +1064,14 @@ impl<'p> Tape<'p> {
             if !self.nodes[i].needs_grad {
                 continue;
             }
-            // Ops whose gradient passes through unchanged hand the buffer
-            // itself on (a move, not a copy into a new one).
-            match self.nodes[i].op {
-                Op::Ste { x, .. } => {
-                    self.acc_vec(&mut grads, x, g);
-                    continue;
-                }
-                Op::Add(a, b) => {
-                    self.acc_slice(&mut grads, a, &g);
-                    self.acc_vec(&mut grads, b, g);
-                    continue;
-                }
-                _ => {}
-            }
-            self.backward_node(i, &g, &mut grads);
             // Only leaves' gradients are returned: an intermediate one is
-            // dead once pushed to its inputs, and freeing it here lets the
+            // dead once pushed to its inputs, and freeing it then lets the
             // allocator reuse its pages for the next node's instead of
             // holding every activation's gradient until the end.
             if matches!(self.nodes[i].op, Op::Leaf) {
                 grads[i] = Some(g);
+            } else {
+                self.backward_node(i, g, &mut grads);
             }
         }
         Ok(Grads { grads })
@@ -1131,7 +1118,11 @@ impl<'p> Tape<'p> {
         }
     }
 
-    fn backward_node(&self, i: usize, g: &[f32], grads: &mut [Option<Vec<f32>>]) {
+    /// Pushes node `i`'s gradient `g` to its inputs. `g` is consumed: ops
+    /// whose gradient passes through unchanged (STE, one side of an add)
+    /// hand the buffer itself on instead of copying it.
+    fn backward_node(&self, i: usize, owned: Vec<f32>, grads: &mut [Option<Vec<f32>>]) {
+        let g = owned.as_slice();
         let node = &self.nodes[i];
         let par = self.par;
         match &node.op {
@@ -1167,9 +1158,8 @@ impl<'p> Tape<'p> {
                 }
             }
             &Op::Add(a, b) => {
-                for v in [a, b] {
-                    self.acc_slice(grads, v, g);
-                }
+                self.acc_slice(grads, a, g);
+                self.acc_vec(grads, b, owned);
             }
             &Op::Mul(a, b) => {
                 for (v, other) in [(a, b), (b, a)] {
@@ -1397,9 +1387,7 @@ impl<'p> Tape<'p> {
                     }
                 }
             }
-            &Op::Ste { x, .. } => {
-                self.acc_slice(grads, x, g);
-            }
+            &Op::Ste { x, .. } => self.acc_vec(grads, x, owned),
         }
     }
 }

@@ -46,6 +46,25 @@ fn col_strategy() -> impl Strategy<Value = usize> {
     ]
 }
 
+/// `w · x` by the reference kernel and by `kernel` (its output buffer
+/// starts as 7s, so a product it skips shows).
+fn reference_and(
+    kernel: &TernaryKernel,
+    w: &PackedTernary,
+    x: &QuantizedActivations,
+) -> (Vec<i32>, Vec<i32>) {
+    let reference = TernaryKernel::new(Backend::Reference).unwrap();
+    let n = w.rows() * x.tokens();
+    let (mut want, mut got) = (vec![0; n], vec![7; n]);
+    reference
+        .gemm(w, x, &mut want, Parallelism::Sequential)
+        .unwrap();
+    kernel
+        .gemm(w, x, &mut got, Parallelism::Sequential)
+        .unwrap();
+    (want, got)
+}
+
 fn check_backend(
     backend: Backend,
     rows: usize,
@@ -56,16 +75,8 @@ fn check_backend(
     let Some(kernel) = TernaryKernel::new(backend) else {
         return Ok(()); // not on this CPU
     };
-    let reference = TernaryKernel::new(Backend::Reference).unwrap();
     let (w, x) = case(rows, cols, tokens, seed);
-    let mut want = vec![0; rows * tokens];
-    let mut got = vec![7; rows * tokens];
-    reference
-        .gemm(&w, &x, &mut want, Parallelism::Sequential)
-        .unwrap();
-    kernel
-        .gemm(&w, &x, &mut got, Parallelism::Sequential)
-        .unwrap();
+    let (want, got) = reference_and(&kernel, &w, &x);
     prop_assert_eq!(
         &got,
         &want,
@@ -222,7 +233,6 @@ fn detection_is_available() {
 #[test]
 fn extreme_codes_over_many_blocks_equal_the_reference() {
     let (rows, cols) = (5, 17 * 256 - 100);
-    let reference = TernaryKernel::new(Backend::Reference).unwrap();
     for backend in Backend::available() {
         let kernel = TernaryKernel::new(backend).unwrap();
         for (w_code, x_code) in [(1i8, -128i8), (1, 127), (-1, -128), (-1, 127)] {
@@ -235,14 +245,7 @@ fn extreme_codes_over_many_blocks_equal_the_reference() {
                     cols,
                 )
                 .unwrap();
-                let mut want = vec![0; rows * tokens];
-                let mut got = vec![7; rows * tokens];
-                reference
-                    .gemm(&w, &x, &mut want, Parallelism::Sequential)
-                    .unwrap();
-                kernel
-                    .gemm(&w, &x, &mut got, Parallelism::Sequential)
-                    .unwrap();
+                let (want, got) = reference_and(&kernel, &w, &x);
                 assert_eq!(want[0], i32::from(w_code) * i32::from(x_code) * cols as i32);
                 assert_eq!(got, want, "{backend} w {w_code} x {x_code} tokens {tokens}");
             }
