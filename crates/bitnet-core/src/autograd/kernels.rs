@@ -50,19 +50,26 @@ pub(crate) fn gemm(
     faer_matmul(out, accum, lhs, rhs, 1.0f32, par);
 }
 
-/// The `[cols, rows]` transpose of row-major `[rows, cols]` `src`, in
-/// tiles that stay in cache, output rows split over the pool.
-pub(crate) fn transpose(par: Parallelism<'_>, src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+/// Writes into `out` (`src.len()` elements, every one written) the
+/// `[cols, rows]` transpose of row-major `[rows, cols]` `src`, in tiles
+/// that stay in cache, output rows split over the pool.
+pub(crate) fn transpose_into(
+    par: Parallelism<'_>,
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    out: &mut [f32],
+) {
     // 8 x 8 blocks: eight source rows are read into a block on the stack
     // and written out as eight contiguous runs, so neither side strides
     // through more than eight cache lines at a time.
     const B: usize = 8;
-    let mut out = vec![0.0f32; src.len()];
+    debug_assert_eq!(out.len(), src.len());
     if rows == 0 || cols == 0 {
-        return out;
+        return;
     }
     // One output row per source column.
-    for_rows(par, &mut out, rows, |c_first, chunk| {
+    for_rows(par, out, rows, |c_first, chunk| {
         let ncols = chunk.len() / rows;
         for ct in (0..ncols).step_by(B) {
             let cw = B.min(ncols - ct);
@@ -90,7 +97,6 @@ pub(crate) fn transpose(par: Parallelism<'_>, src: &[f32], rows: usize, cols: us
             }
         }
     });
-    out
 }
 
 /// Maps `f` over `0..n`, on the pool's threads when there is one.

@@ -50,6 +50,7 @@ use crate::shape::Shape;
 use std::any::Any;
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 /// Target id that [`Tape::cross_entropy`] skips (PyTorch's `ignore_index`).
 pub const IGNORE_INDEX: u32 = u32::MAX;
@@ -74,8 +75,7 @@ enum Op<'p> {
     },
     Rope {
         x: Var,
-        cos: Vec<f32>,
-        sin: Vec<f32>,
+        table: Arc<RopeTable>,
         seq: usize,
         head_dim: usize,
     },
@@ -262,6 +262,15 @@ pub struct Tape<'p> {
     nodes: Vec<Node<'p>>,
     par: Parallelism<'p>,
     quantized_linear: Option<&'p dyn QuantizedLinear>,
+    /// RoPE angles by `(seq, head_dim, θ bits)`: every layer's queries and
+    /// keys share one table instead of taking `cos`/`sin` again.
+    rope_tables: Vec<((usize, usize, u32), Arc<RopeTable>)>,
+}
+
+/// `cos` and `sin` of RoPE's angles, `[seq, head_dim / 2]`.
+struct RopeTable {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
 }
 
 /// Gradients from [`Tape::backward`]: one optional buffer per leaf.
@@ -371,6 +380,7 @@ impl<'p> Tape<'p> {
             nodes: Vec::new(),
             par,
             quantized_linear: None,
+            rope_tables: Vec::new(),
         }
     }
 
@@ -381,6 +391,7 @@ impl<'p> Tape<'p> {
             nodes: Vec::new(),
             par,
             quantized_linear: Some(kernel),
+            rope_tables: Vec::new(),
         }
     }
 
@@ -676,20 +687,8 @@ impl<'p> Tape<'p> {
             ));
         }
         let half = head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
-            .collect();
-        let (mut cos, mut sin) = (
-            Vec::with_capacity(seq * half),
-            Vec::with_capacity(seq * half),
-        );
-        for p in 0..seq {
-            for &f in &inv_freq {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
+        let table = self.rope_table(seq, head_dim, theta);
+        let (cos, sin) = (&table.cos, &table.sin);
         let mut out = self.value(x).to_vec();
         kernels::for_rows(self.par, &mut out, width, |r0, chunk| {
             for (r, row) in (r0..).zip(chunk.chunks_exact_mut(width)) {
@@ -713,13 +712,37 @@ impl<'p> Tape<'p> {
             self.dims(x).to_vec(),
             Op::Rope {
                 x,
-                cos,
-                sin,
+                table,
                 seq,
                 head_dim,
             },
             ng,
         ))
+    }
+
+    fn rope_table(&mut self, seq: usize, head_dim: usize, theta: f32) -> Arc<RopeTable> {
+        let key = (seq, head_dim, theta.to_bits());
+        if let Some((_, t)) = self.rope_tables.iter().find(|(k, _)| *k == key) {
+            return Arc::clone(t);
+        }
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(seq * half),
+            Vec::with_capacity(seq * half),
+        );
+        for p in 0..seq {
+            for &f in &inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let table = Arc::new(RopeTable { cos, sin });
+        self.rope_tables.push((key, Arc::clone(&table)));
+        table
     }
 
     /// Softmax over the last dimension.
@@ -1057,63 +1080,76 @@ impl<'p> Tape<'p> {
                 ),
             ));
         }
-        let mut grads: Vec<Option<Vec<f32>>> = (0..self.nodes.len()).map(|_| None).collect();
-        grads[loss.0] = Some(vec![1.0]);
+        let mut grads = GradBufs {
+            slots: (0..self.nodes.len()).map(|_| None).collect(),
+            spare: Vec::new(),
+        };
+        grads.slots[loss.0] = Some(vec![1.0]);
         for i in (0..=loss.0).rev() {
-            let Some(g) = grads[i].take() else { continue };
+            let Some(g) = grads.slots[i].take() else {
+                continue;
+            };
             if !self.nodes[i].needs_grad {
                 continue;
             }
             // Only leaves' gradients are returned: an intermediate one is
-            // dead once pushed to its inputs, and freeing it then lets the
-            // allocator reuse its pages for the next node's instead of
+            // dead once pushed to its inputs, and its buffer goes to the
+            // spares the next nodes' gradients are made from, instead of
             // holding every activation's gradient until the end.
             if matches!(self.nodes[i].op, Op::Leaf) {
-                grads[i] = Some(g);
-            } else {
-                self.backward_node(i, g, &mut grads);
+                grads.slots[i] = Some(g);
+            } else if let Some(done) = self.backward_node(i, g, &mut grads) {
+                grads.give(done);
             }
         }
-        Ok(Grads { grads })
+        Ok(Grads { grads: grads.slots })
     }
 
-    fn acc<'g>(&self, grads: &'g mut [Option<Vec<f32>>], v: Var) -> Option<&'g mut Vec<f32>> {
+    fn acc<'g>(&self, grads: &'g mut GradBufs, v: Var) -> Option<&'g mut Vec<f32>> {
+        self.acc_fresh(grads, v).map(|(buf, fresh)| {
+            if fresh {
+                buf.fill(0.0);
+            }
+            buf
+        })
+    }
+
+    /// The gradient buffer of `v`, and whether it was made just now: then
+    /// its contents are stale (a spare's) and the caller writes every
+    /// element (a GEMM with faer's `Replace`) instead of adding to it.
+    fn acc_fresh<'g>(&self, grads: &'g mut GradBufs, v: Var) -> Option<(&'g mut Vec<f32>, bool)> {
         if !self.nodes[v.0].needs_grad {
             return None;
         }
-        let n = self.nodes[v.0].value.len();
-        Some(grads[v.0].get_or_insert_with(|| vec![0.0; n]))
-    }
-
-    /// [`acc`](Self::acc), and whether the buffer was made just now: a
-    /// GEMM then writes it (faer's `Replace`) instead of reading the zeros
-    /// back to add to them.
-    fn acc_fresh<'g>(
-        &self,
-        grads: &'g mut [Option<Vec<f32>>],
-        v: Var,
-    ) -> Option<(&'g mut Vec<f32>, bool)> {
-        let fresh = grads[v.0].is_none();
-        self.acc(grads, v).map(|b| (b, fresh))
+        let fresh = grads.slots[v.0].is_none();
+        if fresh {
+            let n = self.nodes[v.0].value.len();
+            grads.slots[v.0] = Some(grads.take_spare(n));
+        }
+        grads.slots[v.0].as_mut().map(|b| (b, fresh))
     }
 
     /// Adds `d` to the gradient of `v`; `d` becomes the buffer when `v`
     /// has none yet (a move instead of a zero-fill and an add).
-    fn acc_vec(&self, grads: &mut [Option<Vec<f32>>], v: Var, d: Vec<f32>) {
+    fn acc_vec(&self, grads: &mut GradBufs, v: Var, d: Vec<f32>) {
         if self.nodes[v.0].needs_grad {
-            match &mut grads[v.0] {
-                Some(buf) => add_into(self.par, buf, &d),
+            match &mut grads.slots[v.0] {
+                Some(buf) => {
+                    add_into(self.par, buf, &d);
+                    grads.give(d);
+                }
                 slot @ None => *slot = Some(d),
             }
         }
     }
 
     /// Adds `d` to the gradient of `v` (a copy when `v` has none yet).
-    fn acc_slice(&self, grads: &mut [Option<Vec<f32>>], v: Var, d: &[f32]) {
-        if self.nodes[v.0].needs_grad {
-            match &mut grads[v.0] {
-                Some(buf) => add_into(self.par, buf, d),
-                slot @ None => *slot = Some(d.to_vec()),
+    fn acc_slice(&self, grads: &mut GradBufs, v: Var, d: &[f32]) {
+        if let Some((buf, fresh)) = self.acc_fresh(grads, v) {
+            if fresh {
+                buf.copy_from_slice(d);
+            } else {
+                add_into(self.par, buf, d);
             }
         }
     }
@@ -1121,8 +1157,11 @@ impl<'p> Tape<'p> {
     /// Pushes node `i`'s gradient `g` to its inputs. `g` is consumed: ops
     /// whose gradient passes through unchanged (STE, one side of an add)
     /// hand the buffer itself on instead of copying it.
-    fn backward_node(&self, i: usize, owned: Vec<f32>, grads: &mut [Option<Vec<f32>>]) {
-        let g = owned.as_slice();
+    ///
+    /// Returns `g`'s buffer when it was not handed on, for reuse.
+    fn backward_node(&self, i: usize, owned: Vec<f32>, grads: &mut GradBufs) -> Option<Vec<f32>> {
+        let mut owned = Some(owned);
+        let g = owned.as_deref().unwrap_or_default();
         let node = &self.nodes[i];
         let par = self.par;
         match &node.op {
@@ -1148,18 +1187,23 @@ impl<'p> Tape<'p> {
                     self.par
                         .run(|p| kernels::gemm(gx, g, false, vw, false, (m, n, k), !fresh, p));
                 }
-                if let Some((gw, fresh)) = self.acc_fresh(grads, w) {
+                if self.nodes[w.0].needs_grad {
                     // faer runs `gᵀ · x` with `g` read transposed well
                     // under its speed on row-major operands: transposing
                     // `g` first (a pass over [m, n]) costs less.
-                    let gt = kernels::transpose(par, g, m, n);
-                    self.par
-                        .run(|p| kernels::gemm(gw, &gt, false, vx, false, (n, m, k), !fresh, p));
+                    let mut gt = grads.take_spare(m * n);
+                    kernels::transpose_into(par, g, m, n, &mut gt);
+                    if let Some((gw, fresh)) = self.acc_fresh(grads, w) {
+                        self.par.run(|p| {
+                            kernels::gemm(gw, &gt, false, vx, false, (n, m, k), !fresh, p)
+                        });
+                    }
+                    grads.give(gt);
                 }
             }
             &Op::Add(a, b) => {
                 self.acc_slice(grads, a, g);
-                self.acc_vec(grads, b, owned);
+                self.acc_vec(grads, b, owned.take().unwrap_or_default());
             }
             &Op::Mul(a, b) => {
                 for (v, other) in [(a, b), (b, a)] {
@@ -1239,11 +1283,11 @@ impl<'p> Tape<'p> {
             }
             Op::Rope {
                 x,
-                cos,
-                sin,
+                table,
                 seq,
                 head_dim,
             } => {
+                let (cos, sin) = (&table.cos, &table.sin);
                 let (_, width) = self.rows_width(*x);
                 let half = head_dim / 2;
                 if let Some(gx) = self.acc(grads, *x) {
@@ -1352,7 +1396,7 @@ impl<'p> Tape<'p> {
             } => {
                 let (_, vocab) = self.rows_width(*logits);
                 if *count == 0 {
-                    return;
+                    return owned;
                 }
                 let s = g[0] / *count as f32;
                 if let Some(gl) = self.acc(grads, *logits) {
@@ -1387,7 +1431,40 @@ impl<'p> Tape<'p> {
                     }
                 }
             }
-            &Op::Ste { x, .. } => self.acc_vec(grads, x, owned),
+            &Op::Ste { x, .. } => self.acc_vec(grads, x, owned.take().unwrap_or_default()),
+        }
+        owned
+    }
+}
+
+/// Gradient buffers of one reverse pass: a slot per node, and the spare
+/// buffers of gradients already pushed to their inputs. A new gradient
+/// reuses a spare of its length: most are one of a few activation shapes,
+/// so this takes neither a `malloc` (whose free-list walk was 2-4% of a
+/// training step) nor, for a GEMM's output, a zero-fill.
+struct GradBufs {
+    slots: Vec<Option<Vec<f32>>>,
+    spare: Vec<Vec<f32>>,
+}
+
+impl GradBufs {
+    /// Spares kept at most: the newest, as the shapes of a layer's
+    /// gradients come round again in the next layer; older ones are freed
+    /// so a pass never holds more than a few dead buffers.
+    const MAX_SPARE: usize = 8;
+
+    fn give(&mut self, buf: Vec<f32>) {
+        if self.spare.len() == Self::MAX_SPARE {
+            self.spare.remove(0);
+        }
+        self.spare.push(buf);
+    }
+
+    /// A buffer of `n` elements with unspecified (finite or not) contents.
+    fn take_spare(&mut self, n: usize) -> Vec<f32> {
+        match self.spare.iter().rposition(|b| b.len() == n) {
+            Some(at) => self.spare.swap_remove(at),
+            None => vec![0.0; n],
         }
     }
 }

@@ -308,12 +308,36 @@ fn quantized_linear_runs_only_on_fully_quantized_operands() {
 }
 
 #[test]
+fn gemm_without_accumulate_never_reads_the_destination() {
+    // The reverse pass hands a GEMM a spare buffer with stale contents
+    // (NaN here) when it writes rather than adds: nothing of it may leak.
+    let (m, k, n) = (37, 19, 41);
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 - 3.0).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 - 2.0).collect();
+    for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+        let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] };
+        let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] };
+        for par in [faer::Par::Seq, faer::Par::rayon(2)] {
+            let mut dst = vec![f32::NAN; m * n];
+            kernels::gemm(&mut dst, &a, ta, &b, tb, (m, k, n), false, par);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f32 = (0..k).map(|p| at(i, p) * bt(p, j)).sum();
+                    assert_eq!(dst[i * n + j], want, "ta {ta} tb {tb} at {i},{j}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn transpose_on_a_pool_and_alone() {
     let pool = crate::parallel::build_pool(2).unwrap();
     for (rows, cols) in [(1, 1), (3, 70), (513, 97), (200, 300)] {
         let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
         for par in [Parallelism::Sequential, Parallelism::Pool(&pool)] {
-            let t = kernels::transpose(par, &src, rows, cols);
+            let mut t = vec![f32::NAN; src.len()];
+            kernels::transpose_into(par, &src, rows, cols, &mut t);
             for r in 0..rows {
                 for c in 0..cols {
                     assert_eq!(
