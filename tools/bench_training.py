@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Training throughput side by side: `bitnet train` (this repo) against PyTorch CPU running
 transformers' BitNetForCausalLM in `autobitlinear` online mode (the QAT reference), same
-config, same batch and sequence length, same thread count, one run.
+config, same batch and sequence length, same thread count, alternating A B A B.
 
     TORCHDYNAMO_DISABLE=1 /tmp/refvenv/bin/python tools/bench_training.py \
         --bitnet target/release/bitnet --corpus kjv.txt --tokenizer tok/tokenizer.json \
-        [--threads 2] [--steps 8] [--warmup 3]
+        [--threads 2] [--steps 8] [--warmup 3] [--rounds 5]
 
 Both train with AdamW, clip 1.0, cross-entropy on next tokens. Reported: median tokens/s
-over the steps after the warmup, the peak resident memory of each process
+over the steps after the warmup (per round, and the medians over the rounds: on a shared
+machine one engine's single run can be 20% off, so the ratio is the median of the rounds' ratios),
+the peak resident memory of each process
 (/usr/bin/time for bitnet, getrusage in the PyTorch child), and our process's
 user and system seconds. TORCHDYNAMO_DISABLE=1 runs
 transformers' @torch.compile quantizers eagerly (the compile costs ~20 s per shape).
@@ -117,27 +119,43 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate the two engines this many times; the ratio is the median of the rounds'")
     ap.add_argument("--torch-child", action="store_true")
     a = ap.parse_args()
     if a.torch_child:
         torch_child(a.threads, a.steps, a.warmup)
         return
-    ours = bitnet_run(a.bitnet, a.corpus, a.tokenizer, a.threads, a.steps, a.warmup)
-    r = subprocess.run([sys.executable, __file__, "--torch-child", "--threads", str(a.threads),
-                        "--steps", str(a.steps), "--warmup", str(a.warmup)],
-                       capture_output=True, text=True, env={**os.environ, "TORCHDYNAMO_DISABLE": "1"})
-    if r.returncode != 0:
-        sys.exit(f"torch child failed:\n{r.stderr[-3000:]}")
-    ref = json.loads(r.stdout.strip().splitlines()[-1])
+    def torch_run():
+        r = subprocess.run([sys.executable, __file__, "--torch-child", "--threads", str(a.threads),
+                            "--steps", str(a.steps), "--warmup", str(a.warmup)],
+                           capture_output=True, text=True,
+                           env={**os.environ, "TORCHDYNAMO_DISABLE": "1"})
+        if r.returncode != 0:
+            sys.exit(f"torch child failed:\n{r.stderr[-3000:]}")
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
     print(f"config {CONFIG}, batch {BATCH} x seq {SEQ}, threads {a.threads}, "
-          f"median of {a.steps} steps after {a.warmup} warmup")
-    print(f"bitnet-rust : {ours['tokens_per_s']:8.0f} tokens/s, peak RSS {ours['peak_mb']:7.0f} MB  ({ours['model']})")
+          f"median of {a.steps} steps after {a.warmup} warmup, {a.rounds} round(s) A B A B")
+    pairs = []
+    for i in range(a.rounds):
+        ours = bitnet_run(a.bitnet, a.corpus, a.tokenizer, a.threads, a.steps, a.warmup)
+        ref = torch_run()
+        pairs.append((ours, ref))
+        print(f"round {i + 1}: bitnet-rust {ours['tokens_per_s']:6.0f}, pytorch {ref['tokens_per_s']:6.0f} "
+              f"tokens/s, ratio {ours['tokens_per_s'] / ref['tokens_per_s']:.2f}x", flush=True)
+    ours, ref = pairs[-1]
+    med = lambda xs: statistics.median(xs)
+    our_ts = med([o["tokens_per_s"] for o, _ in pairs])
+    ref_ts = med([r["tokens_per_s"] for _, r in pairs])
+    ratios = sorted(o["tokens_per_s"] / r["tokens_per_s"] for o, r in pairs)
+    print(f"bitnet-rust : {our_ts:8.0f} tokens/s, peak RSS {max(o['peak_mb'] for o, _ in pairs):7.0f} MB  ({ours['model']})")
     print(f"              whole process: user {ours['user_s']:.1f} s, sys {ours['sys_s']:.1f} s "
           f"(kernel time: page faults of freed and reallocated buffers)")
-    print(f"pytorch     : {ref['tokens_per_s']:8.0f} tokens/s, peak RSS {ref['peak_mb']:7.0f} MB  "
+    print(f"pytorch     : {ref_ts:8.0f} tokens/s, peak RSS {max(r['peak_mb'] for _, r in pairs):7.0f} MB  "
           f"(torch {ref['torch']}, {ref['params'] / 1e6:.2f}M params)")
-    print(f"ratio       : {ours['tokens_per_s'] / ref['tokens_per_s']:.2f}x")
-
+    spread = f" (rounds {ratios[0]:.2f}-{ratios[-1]:.2f}x)" if len(ratios) > 1 else ""
+    print(f"ratio       : {med(ratios):.2f}x median of the rounds' ratios{spread}")
 
 if __name__ == "__main__":
     main()
