@@ -131,6 +131,22 @@ impl Optimizer {
         wd: f32,
         par: Parallelism<'_>,
     ) -> Result<()> {
+        self.step_scaled(params, grads, 1.0, lr, wd, par)
+    }
+
+    /// [`step`](Self::step) with every gradient multiplied by `grad_scale`
+    /// as it is read: the same bits as scaling the gradients first (one f32
+    /// product either way), without a pass that reads and writes them all.
+    /// A training step passes [`clip_factor`] here.
+    pub fn step_scaled(
+        &mut self,
+        params: &mut [Param],
+        grads: &[Vec<f32>],
+        grad_scale: f32,
+        lr: f32,
+        wd: f32,
+        par: Parallelism<'_>,
+    ) -> Result<()> {
         if grads.len() != params.len() || self.m.len() != params.len() {
             return Err(Error::Config(format!(
                 "{} gradients / {} optimizer slots for {} parameters",
@@ -156,6 +172,7 @@ impl Optimizer {
                         for (((w, &g0), m), v) in
                             w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
                         {
+                            let g0 = g0 * grad_scale;
                             let g = if decoupled {
                                 *w *= 1.0 - lr * wd;
                                 g0
@@ -186,7 +203,7 @@ impl Optimizer {
                 OptimizerKind::Sgd => {
                     let buf = &mut self.m[i];
                     for ((w, &g0), b) in p.data.iter_mut().zip(g).zip(buf.iter_mut()) {
-                        let mut g = g0 + wd * *w;
+                        let mut g = g0 * grad_scale + wd * *w;
                         if c.momentum > 0.0 {
                             *b = if t == 1 { g } else { c.momentum * *b + g };
                             g = if c.nesterov { g + c.momentum * *b } else { *b };
@@ -201,9 +218,36 @@ impl Optimizer {
 }
 
 /// Scales `grads` so their global L2 norm is at most `max_norm` (PyTorch's
-/// `clip_grad_norm_`: factor `max_norm / (norm + 1e-6)`, clamped to 1).
-/// Returns the norm before clipping.
+/// `clip_grad_norm_`: [`clip_factor`]). Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut [Vec<f32>], max_norm: f32, par: Parallelism<'_>) -> f32 {
+    let norm = grad_norm(grads, par);
+    let factor = clip_factor(norm, max_norm);
+    if factor < 1.0 {
+        for g in grads.iter_mut() {
+            match par {
+                Parallelism::Pool(pool) if g.len() >= PAR_MIN_LEN => pool.install(|| {
+                    g.par_chunks_mut(CHUNK)
+                        .for_each(|c| c.iter_mut().for_each(|x| *x *= factor))
+                }),
+                _ => g.iter_mut().for_each(|x| *x *= factor),
+            }
+        }
+    }
+    norm
+}
+
+/// PyTorch's clipping factor: `max_norm / (norm + 1e-6)`, at most 1; 1
+/// when `max_norm` is not positive (clipping off).
+pub fn clip_factor(norm: f32, max_norm: f32) -> f32 {
+    if max_norm > 0.0 {
+        (max_norm / (norm + 1e-6)).min(1.0)
+    } else {
+        1.0
+    }
+}
+
+/// The global L2 norm of `grads` (f64 sums; the same bits on any pool).
+pub fn grad_norm(grads: &[Vec<f32>], par: Parallelism<'_>) -> f32 {
     // Eight f64 running sums per tensor, in a fixed order: one chain would
     // be latency-bound, and the result must not depend on the pool.
     let tensor_sq = |g: &Vec<f32>| {
@@ -227,22 +271,7 @@ pub fn clip_grad_norm(grads: &mut [Vec<f32>], max_norm: f32, par: Parallelism<'_
         Parallelism::Pool(pool) => pool.install(|| grads.par_iter().map(tensor_sq).collect()),
         Parallelism::Sequential => grads.iter().map(tensor_sq).collect(),
     };
-    let norm = per_tensor.iter().sum::<f64>().sqrt() as f32;
-    if max_norm > 0.0 {
-        let factor = (max_norm / (norm + 1e-6)).min(1.0);
-        if factor < 1.0 {
-            for g in grads.iter_mut() {
-                match par {
-                    Parallelism::Pool(pool) if g.len() >= PAR_MIN_LEN => pool.install(|| {
-                        g.par_chunks_mut(CHUNK)
-                            .for_each(|c| c.iter_mut().for_each(|x| *x *= factor))
-                    }),
-                    _ => g.iter_mut().for_each(|x| *x *= factor),
-                }
-            }
-        }
-    }
-    norm
+    per_tensor.iter().sum::<f64>().sqrt() as f32
 }
 
 /// Tensors shorter than this are updated on the calling thread.
@@ -329,5 +358,58 @@ mod tests {
         let mut small = vec![vec![0.1]];
         clip_grad_norm(&mut small, 1.0, Parallelism::Sequential);
         assert_eq!(small[0][0], 0.1);
+        assert_eq!(clip_factor(5.0, 0.0), 1.0);
+    }
+
+    /// Scaling inside the update (what a training step does) gives the
+    /// bits of clipping the gradients first, for Adam(W) and SGD.
+    #[test]
+    fn a_scaled_step_equals_clipping_first() {
+        let grads: Vec<Vec<f32>> = vec![
+            (0..70_000)
+                .map(|i| ((i * 37) % 101) as f32 / 7.0 - 7.0)
+                .collect(),
+            vec![0.3, -2.5, 9.0],
+        ];
+        let params = || {
+            vec![
+                p(ParamKind::Linear { layer: 0 }, &vec![0.25; 70_000]),
+                p(ParamKind::Norm, &[1.0, -1.0, 0.5]),
+            ]
+        };
+        let pool = bitnet_core::build_pool(2).unwrap();
+        for kind in [
+            OptimizerKind::AdamW,
+            OptimizerKind::Adam,
+            OptimizerKind::Sgd,
+        ] {
+            let cfg = OptimizerConfig {
+                kind,
+                momentum: 0.9,
+                ..Default::default()
+            };
+            let (mut a, mut b) = (params(), params());
+            let mut oa = Optimizer::new(cfg.clone(), &a).unwrap();
+            let mut ob = Optimizer::new(cfg, &b).unwrap();
+            for _ in 0..3 {
+                let mut clipped = grads.clone();
+                let norm = clip_grad_norm(&mut clipped, 1.0, Parallelism::Pool(&pool));
+                assert_eq!(norm, grad_norm(&grads, Parallelism::Sequential));
+                oa.step(&mut a, &clipped, 0.01, 0.1, Parallelism::Pool(&pool))
+                    .unwrap();
+                ob.step_scaled(
+                    &mut b,
+                    &grads,
+                    clip_factor(norm, 1.0),
+                    0.01,
+                    0.1,
+                    Parallelism::Pool(&pool),
+                )
+                .unwrap();
+            }
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x.data, y.data, "{kind:?}");
+            }
+        }
     }
 }

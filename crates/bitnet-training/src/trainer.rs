@@ -25,7 +25,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::data::{self, DataPosition, Dataset};
 use crate::error::{Error, Result};
 use crate::model::{QuantizedWeights, TrainableModel, config_json};
-use crate::optim::{Optimizer, OptimizerConfig, clip_grad_norm};
+use crate::optim::{Optimizer, OptimizerConfig, clip_factor, grad_norm};
 use crate::schedule::{LrSchedule, QuantSchedule};
 use crate::svg;
 use crate::ternary_linear::TernaryLinear;
@@ -612,16 +612,14 @@ impl Trainer {
             }
             loss_sum += loss;
         }
-        let mut grads: Vec<Vec<f32>> = grads
+        let grads: Vec<Vec<f32>> = grads
             .into_iter()
             .zip(self.model.params())
             .map(|(g, p)| g.unwrap_or_else(|| vec![0.0; p.data.len()]))
             .collect();
-        let grad_norm = clip_grad_norm(
-            &mut grads,
-            self.cfg.train.clip_norm,
-            Parallelism::Pool(&self.pool),
-        );
+        // Clipping is applied as AdamW reads each gradient (one product,
+        // the same bits) instead of in a pass of its own over them all.
+        let grad_norm = grad_norm(&grads, Parallelism::Pool(&self.pool));
         if !grad_norm.is_finite() {
             return Err(Error::NonFiniteLoss {
                 step,
@@ -632,9 +630,10 @@ impl Trainer {
         let total = self.cfg.train.steps;
         let lr = self.cfg.optim.lr * self.cfg.schedule.lr_factor(step, total);
         let wd = self.cfg.optim.weight_decay * self.cfg.schedule.wd_factor(step, total);
-        self.opt.step(
+        self.opt.step_scaled(
             self.model.params_mut(),
             &grads,
+            clip_factor(grad_norm, self.cfg.train.clip_norm),
             lr,
             wd,
             Parallelism::Pool(&self.pool),
