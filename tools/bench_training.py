@@ -150,7 +150,7 @@ def main():
     ref_ts = med([r["tokens_per_s"] for _, r in pairs])
     ratios = sorted(o["tokens_per_s"] / r["tokens_per_s"] for o, r in pairs)
     print(f"bitnet-rust : {our_ts:8.0f} tokens/s, peak RSS {max(o['peak_mb'] for o, _ in pairs):7.0f} MB  ({ours['model']})")
-    print(f"              whole process: user {ours['user_s']:.1f} s, sys {ours['sys_s']:.1f} s "
+    print(f"              last round's whole process: user {ours['user_s']:.1f} s, sys {ours['sys_s']:.1f} s "
           f"(kernel time: page faults of freed and reallocated buffers)")
     print(f"pytorch     : {ref_ts:8.0f} tokens/s, peak RSS {max(r['peak_mb'] for _, r in pairs):7.0f} MB  "
           f"(torch {ref['torch']}, {ref['params'] / 1e6:.2f}M params)")

@@ -288,7 +288,6 @@ struct MicroBatch<'a> {
     seed: f32,
     lambdas: &'a [f32],
     quantized: &'a QuantizedWeights,
-    par: Parallelism<'a>,
 }
 
 /// A shard's share of the micro-batch loss and its parameter gradients.
@@ -554,14 +553,6 @@ impl Trainer {
         let mut pos = self.state.data;
         let threads = self.pool.current_num_threads();
         let shards = shard_ranges(b, threads);
-        // Each shard's ops also fork onto the pool. With a shard per thread
-        // the forks mostly run where they were made, but a thread whose
-        // shard ends first (the two cores of a shared machine seldom run at
-        // one speed) steals the other shard's halves instead of waiting:
-        // 96% of two cores busy instead of 89%, 5-8% more tokens/s on the
-        // bench config. The splits do not depend on who runs them, so the
-        // bits still depend only on the thread count.
-        let inner = Parallelism::Pool(&self.pool);
         // The first shard's gradients are taken as they are; later ones are
         // added (no zeroed buffers to fill and add into).
         let mut grads: Vec<Option<Vec<f32>>> = vec![None; self.model.params().len()];
@@ -580,7 +571,6 @@ impl Trainer {
                 seed: 1.0 / accum as f32,
                 lambdas: &lambdas,
                 quantized: &quantized,
-                par: inner,
             };
             let outs: Vec<Result<ShardOut>> = self.pool.install(|| {
                 shards
@@ -665,7 +655,15 @@ impl Trainer {
         let counted = targets.iter().filter(|&&x| x != IGNORE_INDEX).count();
         let ce_share = counted as f32 / batch.counted.max(1) as f32;
         let row_share = targets.len() as f32 / batch.targets.len().max(1) as f32;
-        let mut tape = Tape::with_quantized_linear(batch.par, &self.ternary);
+        // The shard's ops also fork onto the pool. With a shard per thread
+        // the forks mostly run where they were made, but a thread whose
+        // shard ends first (the two cores of a shared machine seldom run at
+        // one speed) steals the other shard's halves instead of waiting:
+        // CPU use on the bench config went from 89-96% of two cores to
+        // 98-99% (README, Training). The splits do not depend on who runs
+        // them, so the bits still depend only on the thread count.
+        let par = Parallelism::Pool(&self.pool);
+        let mut tape = Tape::with_quantized_linear(par, &self.ternary);
         let f = self.model.forward_with(
             &mut tape,
             inputs,
@@ -678,7 +676,7 @@ impl Trainer {
         let ce = tape.cross_entropy(f.logits, targets)?;
         let loss = match (&self.cfg.distill, &self.teacher) {
             (Some(d), Some(teacher)) => {
-                let mut ttape = Tape::with_quantized_linear(batch.par, &self.ternary);
+                let mut ttape = Tape::with_quantized_linear(par, &self.ternary);
                 let zeros = vec![0.0; teacher.config().num_layers];
                 let tf = teacher.forward(&mut ttape, inputs, seqs, t, &zeros, false)?;
                 let kl = tape.kl_distill(f.logits, ttape.value(tf.logits), d.temperature)?;
