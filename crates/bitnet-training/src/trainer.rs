@@ -11,7 +11,7 @@
 //! run never overwrites one.
 
 use bitnet_core::Parallelism;
-use bitnet_core::autograd::{IGNORE_INDEX, Tape};
+use bitnet_core::autograd::{BufferPool, IGNORE_INDEX, Tape};
 use bitnet_models::config::BitNetConfig;
 use bitnet_models::tokenizer::TextTokenizer;
 use rayon::prelude::*;
@@ -271,6 +271,9 @@ pub struct Trainer {
     pool: rayon::ThreadPool,
     /// Integer kernels for fully quantized BitLinear forwards.
     ternary: TernaryLinear,
+    /// One per shard: the buffers its tape and gradients had last step,
+    /// for the same shapes this step.
+    shard_pools: Vec<BufferPool>,
     best_val: f32,
     bad_evals: u64,
     history: Vec<StepMetrics>,
@@ -290,10 +293,12 @@ struct MicroBatch<'a> {
     quantized: &'a QuantizedWeights,
 }
 
-/// A shard's share of the micro-batch loss and its parameter gradients.
+/// A shard's share of the micro-batch loss, its parameter gradients, and
+/// its tape's buffers for the next step.
 struct ShardOut {
     loss: f64,
     grads: Vec<Option<Vec<f32>>>,
+    pool: BufferPool,
 }
 
 /// `batch` sequences split into `min(threads, batch)` contiguous ranges,
@@ -459,6 +464,7 @@ impl Trainer {
             state,
             pool,
             ternary: TernaryLinear::detect(),
+            shard_pools: Vec::new(),
             best_val,
             bad_evals,
             history: Vec::new(),
@@ -572,26 +578,38 @@ impl Trainer {
                 lambdas: &lambdas,
                 quantized: &quantized,
             };
+            self.shard_pools.resize_with(shards.len(), BufferPool::new);
+            let pools = std::mem::take(&mut self.shard_pools);
             let outs: Vec<Result<ShardOut>> = self.pool.install(|| {
                 shards
                     .par_iter()
-                    .map(|r| self.shard_step(&batch, r.clone()))
+                    .zip(pools)
+                    .map(|(r, pool)| self.shard_step(&batch, r.clone(), pool))
                     .collect()
             });
             let mut loss = 0.0f64;
             for out in outs {
-                let out = out?;
+                let mut out = out?;
                 loss += out.loss;
-                self.pool.install(|| {
+                let spent: Vec<Vec<f32>> = self.pool.install(|| {
                     grads
                         .par_iter_mut()
                         .zip(out.grads)
-                        .for_each(|(acc, g)| match (acc, g) {
-                            (Some(a), Some(g)) => a.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
-                            (slot @ None, Some(g)) => *slot = Some(g),
-                            (_, None) => {}
+                        .filter_map(|(acc, g)| match (acc, g) {
+                            (Some(a), Some(g)) => {
+                                a.iter_mut().zip(&g).for_each(|(a, b)| *a += b);
+                                Some(g)
+                            }
+                            (slot @ None, Some(g)) => {
+                                *slot = Some(g);
+                                None
+                            }
+                            (_, None) => None,
                         })
+                        .collect()
                 });
+                spent.into_iter().for_each(|g| out.pool.give(g));
+                self.shard_pools.push(out.pool);
             }
             if !loss.is_finite() {
                 return Err(Error::NonFiniteLoss {
@@ -628,6 +646,10 @@ impl Trainer {
             wd,
             Parallelism::Pool(&self.pool),
         )?;
+        // The first shard's gradient buffers were taken as the sums.
+        if let Some(pool) = self.shard_pools.first_mut() {
+            grads.into_iter().for_each(|g| pool.give(g));
+        }
         self.state.step += 1;
         self.state.data = pos;
         let secs = start.elapsed().as_secs_f64().max(1e-9);
@@ -647,7 +669,12 @@ impl Trainer {
     /// weighted by its share of the counted targets, its distillation term
     /// by its share of the rows) and its parameter gradients, seeded with
     /// `batch.seed`.
-    fn shard_step(&self, batch: &MicroBatch<'_>, range: Range<usize>) -> Result<ShardOut> {
+    fn shard_step(
+        &self,
+        batch: &MicroBatch<'_>,
+        range: Range<usize>,
+        mut pool: BufferPool,
+    ) -> Result<ShardOut> {
         let t = batch.seq;
         let seqs = range.len();
         let inputs = &batch.inputs[range.start * t..range.end * t];
@@ -663,7 +690,8 @@ impl Trainer {
         // 98-99% (README, Training). The splits do not depend on who runs
         // them, so the bits still depend only on the thread count.
         let par = Parallelism::Pool(&self.pool);
-        let mut tape = Tape::with_quantized_linear(par, &self.ternary);
+        pool.trim();
+        let mut tape = Tape::with_quantized_linear(par, &self.ternary).with_pool(pool);
         let f = self.model.forward_with(
             &mut tape,
             inputs,
@@ -692,6 +720,7 @@ impl Trainer {
             return Ok(ShardOut {
                 loss: value,
                 grads: Vec::new(),
+                pool: tape.into_pool(),
             });
         }
         let seeded = tape.scale(loss, batch.seed)?;
@@ -699,6 +728,7 @@ impl Trainer {
         Ok(ShardOut {
             loss: value,
             grads: f.params.iter().map(|&v| g.take(v)).collect(),
+            pool: tape.into_pool(),
         })
     }
 
@@ -796,6 +826,15 @@ impl Trainer {
             let mut m = self.train_step()?;
             let s = self.state.step;
             let eval_now = (tc.eval_every > 0 && s.is_multiple_of(tc.eval_every)) || s == tc.steps;
+            let save_now =
+                (tc.checkpoint_every > 0 && s.is_multiple_of(tc.checkpoint_every)) || s == tc.steps;
+            if eval_now || save_now {
+                // The shards' buffers are a step's working set (a third of
+                // the process's memory on the bench config): freed before
+                // work of other shapes, not held beside it. The next step
+                // allocates them once again.
+                self.shard_pools.clear();
+            }
             if eval_now && !self.data.val().is_empty() {
                 let v = self.evaluate()?;
                 m.val_loss = Some(v);
@@ -810,10 +849,7 @@ impl Trainer {
             on_step(&m);
             self.history.push(m);
             let stop = tc.patience > 0 && self.bad_evals >= tc.patience;
-            if (tc.checkpoint_every > 0 && s.is_multiple_of(tc.checkpoint_every))
-                || s == tc.steps
-                || stop
-            {
+            if save_now || stop {
                 self.save_checkpoint()?;
                 self.write_loss_curve()?;
             }

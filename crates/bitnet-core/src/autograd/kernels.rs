@@ -236,15 +236,18 @@ fn head_view<'a>(
 }
 
 /// Forward: `out = softmax(q kᵀ · scale + causal) v` per head (GQA: head
-/// `h` reads kv head `h / (heads / kv_heads)`). Returns the output and the
-/// attention probabilities `[batch, heads, seq, seq]` kept for backward.
+/// `h` reads kv head `h / (heads / kv_heads)`). Writes every element of the
+/// output `out` (`q`'s shape) and of `probs`, the attention probabilities
+/// `[batch, heads, seq, seq]` kept for backward.
 pub(crate) fn attention_forward(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     d: AttnDims,
     par: Parallelism<'_>,
-) -> (Vec<f32>, Vec<f32>) {
+    out: &mut [f32],
+    probs: &mut [f32],
+) {
     let (t, hd) = (d.seq, d.head_dim);
     let group = d.heads / d.kv_heads;
     let (qw, kw) = (d.q_width(), d.kv_width());
@@ -293,31 +296,33 @@ pub(crate) fn attention_forward(
         );
         (p, o)
     });
-    let mut out = vec![0.0f32; d.batch * t * qw];
-    let mut probs = Vec::with_capacity(d.batch * d.heads * t * t);
-    for (task, (p, o)) in per_head.into_iter().enumerate() {
+    debug_assert_eq!(out.len(), d.batch * t * qw);
+    for ((task, (p, o)), dst) in per_head
+        .into_iter()
+        .enumerate()
+        .zip(probs.chunks_exact_mut(t * t))
+    {
         let (b, h) = (task / d.heads, task % d.heads);
         let off = head_off(&d, b, h, qw);
         for i in 0..t {
             out[off + i * qw..off + i * qw + hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
         }
-        probs.extend_from_slice(&p);
+        dst.copy_from_slice(&p);
     }
-    (out, probs)
 }
 
-/// Backward of [`attention_forward`]: gradients for q, k and v given the
-/// output gradient `dout` and the saved probabilities.
+/// Backward of [`attention_forward`]: writes every element of the
+/// gradients `(dq, dk, dv)` for `(q, k, v)`, given the output gradient
+/// `dout` and the saved probabilities.
 #[allow(clippy::type_complexity)] // three parallel gradient buffers
 pub(crate) fn attention_backward(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    (q, k, v): (&[f32], &[f32], &[f32]),
     probs: &[f32],
     dout: &[f32],
     d: AttnDims,
     par: Parallelism<'_>,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
+) {
     let (t, hd) = (d.seq, d.head_dim);
     let group = d.heads / d.kv_heads;
     let (qw, kw) = (d.q_width(), d.kv_width());
@@ -385,9 +390,7 @@ pub(crate) fn attention_backward(
         }
         (dqs, dk, dv)
     });
-    let mut dq = vec![0.0f32; q.len()];
-    let mut dk = vec![0.0f32; k.len()];
-    let mut dv = vec![0.0f32; v.len()];
+    debug_assert_eq!((dq.len(), dk.len(), dv.len()), (q.len(), k.len(), v.len()));
     for (task, (dqs, dkh, dvh)) in per_kv.into_iter().enumerate() {
         let (b, kvh) = (task / d.kv_heads, task % d.kv_heads);
         let koff = head_off(&d, b, kvh, kw);
@@ -402,5 +405,4 @@ pub(crate) fn attention_backward(
             }
         }
     }
-    (dq, dk, dv)
 }

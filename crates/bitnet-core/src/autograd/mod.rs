@@ -38,10 +38,12 @@
 //! ```
 
 mod kernels;
+mod pool;
 #[cfg(test)]
 mod tests;
 
 pub use kernels::AttnDims;
+pub use pool::BufferPool;
 
 use crate::error::{Error, Result};
 use crate::ops::{OpKind, exp_in_place, round_half_even_small};
@@ -265,6 +267,9 @@ pub struct Tape<'p> {
     /// RoPE angles by `(seq, head_dim, θ bits)`: every layer's queries and
     /// keys share one table instead of taking `cos`/`sin` again.
     rope_tables: Vec<((usize, usize, u32), Arc<RopeTable>)>,
+    /// Where the tape's buffers come from and, through
+    /// [`Tape::into_pool`], go back to.
+    pool: BufferPool,
 }
 
 /// `cos` and `sin` of RoPE's angles, `[seq, head_dim / 2]`.
@@ -381,6 +386,7 @@ impl<'p> Tape<'p> {
             par,
             quantized_linear: None,
             rope_tables: Vec::new(),
+            pool: BufferPool::new(),
         }
     }
 
@@ -392,7 +398,42 @@ impl<'p> Tape<'p> {
             par,
             quantized_linear: Some(kernel),
             rope_tables: Vec::new(),
+            pool: BufferPool::new(),
         }
+    }
+
+    /// This tape, taking its buffers from `pool` (one
+    /// [`into_pool`](Tape::into_pool) gave back after a step on the same
+    /// shapes) instead of allocating them.
+    pub fn with_pool(mut self, pool: BufferPool) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// Ends the tape, giving every buffer it owns (values, saved scratch,
+    /// spare gradients) to its pool for the next tape.
+    pub fn into_pool(self) -> BufferPool {
+        let mut pool = self.pool;
+        for node in self.nodes {
+            if let Cow::Owned(v) = node.value {
+                pool.give(v);
+            }
+            // Only what came from the pool goes back: other scratch (a
+            // scale per row, a teacher's logits) would sit there unasked.
+            match node.op {
+                Op::Attention { probs, .. } | Op::CrossEntropy { probs, .. } => pool.give(probs),
+                Op::Ste {
+                    codes:
+                        Some(QuantCodes {
+                            codes: Cow::Owned(c),
+                            ..
+                        }),
+                    ..
+                } => pool.give_i8(c),
+                _ => {}
+            }
+        }
+        pool
     }
 
     /// The codes behind `v` when it came from a quantizer at `λ = 1`.
@@ -465,9 +506,9 @@ impl<'p> Tape<'p> {
     }
 
     /// `f` over `a`'s elements, in parallel chunks when large.
-    fn map(&self, a: Var, f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
-        let va = self.value(a);
-        let mut out = vec![0.0f32; va.len()];
+    fn map(&mut self, a: Var, f: impl Fn(f32) -> f32 + Sync + Send) -> Vec<f32> {
+        let va = &self.nodes[a.0].value;
+        let mut out = self.pool.take(va.len());
         kernels::for_chunks(self.par, &mut out, |o, chunk| {
             for (d, &x) in chunk.iter_mut().zip(&va[o..]) {
                 *d = f(x);
@@ -477,9 +518,9 @@ impl<'p> Tape<'p> {
     }
 
     /// `f` over pairs of `a`'s and `b`'s elements (equal lengths).
-    fn zip_map(&self, a: Var, b: Var, f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
-        let (va, vb) = (self.value(a), self.value(b));
-        let mut out = vec![0.0f32; va.len()];
+    fn zip_map(&mut self, a: Var, b: Var, f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+        let (va, vb) = (&self.nodes[a.0].value, &self.nodes[b.0].value);
+        let mut out = self.pool.take(va.len());
         kernels::for_chunks(self.par, &mut out, |o, chunk| {
             for ((d, &x), &y) in chunk.iter_mut().zip(&va[o..]).zip(&vb[o..]) {
                 *d = f(x, y);
@@ -541,7 +582,7 @@ impl<'p> Tape<'p> {
                 "inner dimensions differ",
             ));
         }
-        let mut out = vec![0.0f32; m * n];
+        let mut out = self.pool.take(m * n);
         let (va, vb) = (&self.nodes[a.0].value, &self.nodes[b.0].value);
         self.par
             .run(|p| kernels::gemm(&mut out, va, false, vb, false, (m, k, n), false, p));
@@ -570,7 +611,8 @@ impl<'p> Tape<'p> {
                 "x width must equal weight in_features",
             ));
         }
-        let mut out = vec![0.0f32; m * n];
+        // Both paths write every element.
+        let mut out = self.pool.take(m * n);
         let integer = match (
             self.quantized_linear,
             self.codes(x, m, k),
@@ -648,8 +690,8 @@ impl<'p> Tape<'p> {
                 "weight must be [last dim of x]",
             ));
         }
-        let (vx, vw) = (self.value(x), self.value(w));
-        let mut out = vec![0.0f32; vx.len()];
+        let (vx, vw): (&[f32], &[f32]) = (&self.nodes[x.0].value, &self.nodes[w.0].value);
+        let mut out = self.pool.take(vx.len());
         let inv = kernels::for_rows(self.par, &mut out, h, |r0, chunk| {
             let mut inv = Vec::with_capacity(chunk.len() / h);
             for (row, dst) in vx[r0 * h..].chunks_exact(h).zip(chunk.chunks_exact_mut(h)) {
@@ -689,7 +731,7 @@ impl<'p> Tape<'p> {
         let half = head_dim / 2;
         let table = self.rope_table(seq, head_dim, theta);
         let (cos, sin) = (&table.cos, &table.sin);
-        let mut out = self.value(x).to_vec();
+        let mut out = self.pool.take_copy(&self.nodes[x.0].value);
         kernels::for_rows(self.par, &mut out, width, |r0, chunk| {
             for (r, row) in (r0..).zip(chunk.chunks_exact_mut(width)) {
                 let (c, s) = (
@@ -748,7 +790,7 @@ impl<'p> Tape<'p> {
     /// Softmax over the last dimension.
     pub fn softmax(&mut self, x: Var) -> Result<Var> {
         let (_, w) = self.rows_width(x);
-        let mut out = self.value(x).to_vec();
+        let mut out = self.pool.take_copy(&self.nodes[x.0].value);
         for row in out.chunks_exact_mut(w) {
             crate::ops::rows::softmax_in_place(row);
         }
@@ -777,8 +819,17 @@ impl<'p> Tape<'p> {
                 self.dims(v)
             ));
         }
-        let (out, probs) =
-            kernels::attention_forward(self.value(q), self.value(k), self.value(v), d, self.par);
+        let mut out = self.pool.take(self.nodes[q.0].value.len());
+        let mut probs = self.pool.take(d.batch * d.heads * d.seq * d.seq);
+        kernels::attention_forward(
+            &self.nodes[q.0].value,
+            &self.nodes[k.0].value,
+            &self.nodes[v.0].value,
+            d,
+            self.par,
+            &mut out,
+            &mut probs,
+        );
         let ng = self.ng(q) || self.ng(k) || self.ng(v);
         let shape = self.dims(q).to_vec();
         Ok(self.push(
@@ -818,18 +869,22 @@ impl<'p> Tape<'p> {
                 format!("table must be 2-D, got {dt:?}"),
             ));
         };
-        let tv = self.value(table);
-        let mut out = Vec::with_capacity(ids.len() * width);
-        for (position, &id) in ids.iter().enumerate() {
-            if id as usize >= vocab {
-                return Err(Error::TokenIdOutOfRange {
-                    op: OpKind::Embedding,
-                    id,
-                    position,
-                    vocab,
-                });
-            }
-            out.extend_from_slice(&tv[id as usize * width..][..width]);
+        if let Some((position, &id)) = ids
+            .iter()
+            .enumerate()
+            .find(|&(_, &id)| id as usize >= vocab)
+        {
+            return Err(Error::TokenIdOutOfRange {
+                op: OpKind::Embedding,
+                id,
+                position,
+                vocab,
+            });
+        }
+        let tv = &self.nodes[table.0].value;
+        let mut out = self.pool.take(ids.len() * width);
+        for (&id, dst) in ids.iter().zip(out.chunks_exact_mut(width.max(1))) {
+            dst.copy_from_slice(&tv[id as usize * width..][..width]);
         }
         let ng = self.ng(table);
         Ok(self.push(
@@ -866,8 +921,9 @@ impl<'p> Tape<'p> {
                 vocab,
             });
         }
-        let lv = self.value(logits);
-        let mut probs = vec![0.0f32; lv.len()];
+        let lv = &self.nodes[logits.0].value;
+        // Rows whose target is ignored are never read back.
+        let mut probs = self.pool.take_zeroed(lv.len());
         // Per-row losses, summed afterwards in row order: the same total
         // for every thread count.
         let losses = kernels::for_rows(self.par, &mut probs, vocab, |r0, chunk| {
@@ -971,11 +1027,11 @@ impl<'p> Tape<'p> {
     /// `x + λ (q(x) − x)` forward (exactly `q(x)` at `λ = 1`), identity backward.
     pub fn act_quant_ste(&mut self, x: Var, lambda: f32) -> Result<Var> {
         let (_, w) = self.rows_width(x);
-        let vx = self.value(x);
-        let mut out = vec![0.0f32; vx.len()];
+        let vx = &self.nodes[x.0].value;
+        let mut out = self.pool.take(vx.len());
         if lambda == 1.0 {
             // Keep the codes: a quantized linear can run on them.
-            let mut codes = vec![0i8; vx.len()];
+            let mut codes = self.pool.take_i8(vx.len());
             let scales = kernels::for_rows_zip(self.par, &mut out, &mut codes, w, |r0, o, c| {
                 vx[r0 * w..]
                     .chunks_exact(w)
@@ -1007,7 +1063,7 @@ impl<'p> Tape<'p> {
     /// Per-tensor absmean ternary fake quantization with a straight-through
     /// gradient: `w + λ (q(w) − w)` forward, identity backward.
     pub fn weight_quant_ste(&mut self, w: Var, lambda: f32) -> Result<Var> {
-        let vw = self.value(w);
+        let vw = &self.nodes[w.0].value;
         if lambda == 1.0 {
             let q = TernaryWeight::new(vw);
             let ng = self.ng(w);
@@ -1021,7 +1077,7 @@ impl<'p> Tape<'p> {
             };
             return Ok(self.push(q.value, self.dims(w).to_vec(), op, ng));
         }
-        let mut out = vec![0.0f32; vw.len()];
+        let mut out = self.pool.take(vw.len());
         weight_quant(vw, &mut out);
         self.ste(w, out, lambda)
     }
@@ -1069,8 +1125,9 @@ impl<'p> Tape<'p> {
         Ok(self.push(q, self.dims(x).to_vec(), Op::Ste { x, codes: None }, ng))
     }
 
-    /// Reverse pass from the one-element `loss` (seeded with 1).
-    pub fn backward(&self, loss: Var) -> Result<Grads> {
+    /// Reverse pass from the one-element `loss` (seeded with 1). Gradient
+    /// buffers come from, and dead ones go back to, the tape's pool.
+    pub fn backward(&mut self, loss: Var) -> Result<Grads> {
         if self.nodes[loss.0].value.len() != 1 {
             return Err(invalid(
                 OpKind::Backward,
@@ -1082,9 +1139,15 @@ impl<'p> Tape<'p> {
         }
         let mut grads = GradBufs {
             slots: (0..self.nodes.len()).map(|_| None).collect(),
-            spare: Vec::new(),
+            pool: std::mem::take(&mut self.pool),
         };
         grads.slots[loss.0] = Some(vec![1.0]);
+        self.reverse(loss, &mut grads);
+        self.pool = grads.pool;
+        Ok(Grads { grads: grads.slots })
+    }
+
+    fn reverse(&self, loss: Var, grads: &mut GradBufs) {
         for i in (0..=loss.0).rev() {
             let Some(g) = grads.slots[i].take() else {
                 continue;
@@ -1094,15 +1157,14 @@ impl<'p> Tape<'p> {
             }
             // Only leaves' gradients are returned: an intermediate one is
             // dead once pushed to its inputs, and its buffer goes to the
-            // spares the next nodes' gradients are made from, instead of
+            // pool the next nodes' gradients are taken from, instead of
             // holding every activation's gradient until the end.
             if matches!(self.nodes[i].op, Op::Leaf) {
                 grads.slots[i] = Some(g);
-            } else if let Some(done) = self.backward_node(i, g, &mut grads) {
-                grads.give(done);
+            } else if let Some(done) = self.backward_node(i, g, grads) {
+                grads.pool.give(done);
             }
         }
-        Ok(Grads { grads: grads.slots })
     }
 
     fn acc<'g>(&self, grads: &'g mut GradBufs, v: Var) -> Option<&'g mut Vec<f32>> {
@@ -1124,7 +1186,7 @@ impl<'p> Tape<'p> {
         let fresh = grads.slots[v.0].is_none();
         if fresh {
             let n = self.nodes[v.0].value.len();
-            grads.slots[v.0] = Some(grads.take_spare(n));
+            grads.slots[v.0] = Some(grads.pool.take(n));
         }
         grads.slots[v.0].as_mut().map(|b| (b, fresh))
     }
@@ -1136,7 +1198,7 @@ impl<'p> Tape<'p> {
             match &mut grads.slots[v.0] {
                 Some(buf) => {
                     add_into(self.par, buf, &d);
-                    grads.give(d);
+                    grads.pool.give(d);
                 }
                 slot @ None => *slot = Some(d),
             }
@@ -1191,14 +1253,14 @@ impl<'p> Tape<'p> {
                     // faer runs `gᵀ · x` with `g` read transposed well
                     // under its speed on row-major operands: transposing
                     // `g` first (a pass over [m, n]) costs less.
-                    let mut gt = grads.take_spare(m * n);
+                    let mut gt = grads.pool.take(m * n);
                     kernels::transpose_into(par, g, m, n, &mut gt);
                     if let Some((gw, fresh)) = self.acc_fresh(grads, w) {
                         self.par.run(|p| {
                             kernels::gemm(gw, &gt, false, vx, false, (n, m, k), !fresh, p)
                         });
                     }
-                    grads.give(gt);
+                    grads.pool.give(gt);
                 }
             }
             &Op::Add(a, b) => {
@@ -1344,14 +1406,17 @@ impl<'p> Tape<'p> {
                 probs,
                 dims,
             } => {
-                let (dq, dk, dv) = kernels::attention_backward(
-                    self.value(*q),
-                    self.value(*k),
-                    self.value(*v),
+                let (vq, vk, vv) = (self.value(*q), self.value(*k), self.value(*v));
+                let mut dq = grads.pool.take(vq.len());
+                let mut dk = grads.pool.take(vk.len());
+                let mut dv = grads.pool.take(vv.len());
+                kernels::attention_backward(
+                    (vq, vk, vv),
                     probs,
                     g,
                     *dims,
                     self.par,
+                    (&mut dq, &mut dk, &mut dv),
                 );
                 for (var, d) in [(*q, dq), (*k, dk), (*v, dv)] {
                     self.acc_vec(grads, var, d);
@@ -1437,36 +1502,14 @@ impl<'p> Tape<'p> {
     }
 }
 
-/// Gradient buffers of one reverse pass: a slot per node, and the spare
-/// buffers of gradients already pushed to their inputs. A new gradient
-/// reuses a spare of its length: most are one of a few activation shapes,
-/// so this takes neither a `malloc` (whose free-list walk was 2-4% of a
-/// training step) nor, for a GEMM's output, a zero-fill.
+/// Gradient buffers of one reverse pass: a slot per node, and the tape's
+/// pool, where the buffer of a gradient already pushed to its inputs goes
+/// and new ones come from. Most gradients are one of a few activation
+/// shapes, so a new one seldom takes a `malloc` (whose free-list walk was
+/// 2-4% of a training step) and, for a GEMM's output, never a zero-fill.
 struct GradBufs {
     slots: Vec<Option<Vec<f32>>>,
-    spare: Vec<Vec<f32>>,
-}
-
-impl GradBufs {
-    /// Spares kept at most: the newest, as the shapes of a layer's
-    /// gradients come round again in the next layer; older ones are freed
-    /// so a pass never holds more than a few dead buffers.
-    const MAX_SPARE: usize = 8;
-
-    fn give(&mut self, buf: Vec<f32>) {
-        if self.spare.len() == Self::MAX_SPARE {
-            self.spare.remove(0);
-        }
-        self.spare.push(buf);
-    }
-
-    /// A buffer of `n` elements with unspecified (finite or not) contents.
-    fn take_spare(&mut self, n: usize) -> Vec<f32> {
-        match self.spare.iter().rposition(|b| b.len() == n) {
-            Some(at) => self.spare.swap_remove(at),
-            None => vec![0.0; n],
-        }
-    }
+    pool: BufferPool,
 }
 
 /// `dst += src`, elementwise, in parallel chunks when large.

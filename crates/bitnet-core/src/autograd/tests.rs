@@ -29,7 +29,19 @@ fn loss_of(
     inputs: &[(Vec<f32>, Vec<usize>)],
     r: &[f32],
 ) -> (f64, Option<Grads>, Vec<Var>) {
-    let mut tape = Tape::new(Parallelism::Sequential);
+    let (loss, grads, vars, _) = loss_in_pool(build, inputs, r, BufferPool::new());
+    (loss, Some(grads), vars)
+}
+
+/// [`loss_of`] on a tape that takes its buffers from `pool`, and the pool
+/// it gives back.
+fn loss_in_pool(
+    build: &Build,
+    inputs: &[(Vec<f32>, Vec<usize>)],
+    r: &[f32],
+    pool: BufferPool,
+) -> (f64, Grads, Vec<Var>, BufferPool) {
+    let mut tape = Tape::new(Parallelism::Sequential).with_pool(pool);
     let vars: Vec<Var> = inputs
         .iter()
         .map(|(v, d)| tape.leaf(v.clone(), d, true).unwrap())
@@ -46,11 +58,44 @@ fn loss_of(
         tape.sum(m).unwrap()
     };
     let grads = tape.backward(loss).unwrap();
-    (tape.scalar(loss) as f64, Some(grads), vars)
+    (tape.scalar(loss) as f64, grads, vars, tape.into_pool())
+}
+
+/// Two more runs of `build`, each on the buffers the one before gave back
+/// (which debug builds fill with NaN), give the same bits as a tape that
+/// allocated its own: no op reads what it did not write.
+fn check_pool_reuse(build: &Build<'_>, inputs: &[(Vec<f32>, Vec<usize>)], r: &[f32]) {
+    let bits = |(loss, grads, vars): (f64, &Grads, &[Var])| {
+        let g: Vec<Vec<u32>> = vars
+            .iter()
+            .map(|&v| {
+                grads
+                    .get(v)
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
+            })
+            .collect();
+        (loss.to_bits(), g)
+    };
+    let (loss, grads, vars, mut pool) = loss_in_pool(build, inputs, r, BufferPool::new());
+    let fresh = bits((loss, &grads, &vars));
+    for round in 0..2 {
+        pool.trim();
+        let (loss, grads, vars, back) = loss_in_pool(build, inputs, r, pool);
+        assert_eq!(
+            bits((loss, &grads, &vars)),
+            fresh,
+            "round {round} on reused buffers"
+        );
+        pool = back;
+    }
 }
 
 fn check(build: &Build<'_>, inputs: Vec<(Vec<f32>, Vec<usize>)>, tol: f64) {
     let r = Rng(99).vec(1 << 16, 1.0);
+    check_pool_reuse(build, &inputs, &r);
     let (_, grads, vars) = loss_of(build, &inputs, &r);
     let grads = grads.unwrap();
     let h = 1e-2f32;
