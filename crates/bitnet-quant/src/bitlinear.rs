@@ -199,39 +199,22 @@ impl BitLinear {
         // `scratch` and writes a few sequential streams of `out`.
         const TOKENS_PER_TASK: usize = 16;
         let scratch = &scratch[..];
-        // Through a small transposed block, so the division runs 16 rows
-        // wide in vector registers (it is exact per element either way).
-        const ROWS_PER_BLOCK: usize = 16;
+        let simd = OutputPass::for_backend(self.kernel.backend());
         let scale_rows = |t0: usize, o: &mut [f32]| {
-            let nt = o.len() / rows;
-            let mut block = [[0i32; ROWS_PER_BLOCK]; TOKENS_PER_TASK];
-            let mut ws = [0.0f32; ROWS_PER_BLOCK];
-            for r0 in (0..rows).step_by(ROWS_PER_BLOCK) {
-                let nr = ROWS_PER_BLOCK.min(rows - r0);
-                for (i, w) in ws.iter_mut().enumerate().take(nr) {
-                    *w = self.scale.get(r0 + i);
-                    let dots = &scratch[(r0 + i) * tokens + t0..][..nt];
-                    for (j, &d) in dots.iter().enumerate() {
-                        block[j][i] = d;
-                    }
-                }
-                for (j, dots) in block.iter().enumerate().take(nt) {
-                    let sx = x.scale(t0 + j);
-                    let dst = &mut o[j * rows + r0..j * rows + r0 + nr];
-                    match self.convention {
-                        ScaleConvention::Multiply => {
-                            for ((y, &d), &w) in dst.iter_mut().zip(dots).zip(&ws) {
-                                *y = d as f32 / sx * w;
-                            }
-                        }
-                        ScaleConvention::Divide => {
-                            for ((y, &d), &w) in dst.iter_mut().zip(dots).zip(&ws) {
-                                *y = d as f32 / (w * sx);
-                            }
-                        }
-                    }
-                }
-            }
+            let sums = SumsView {
+                sums: scratch,
+                tokens,
+                t0,
+            };
+            scale_out(
+                &sums,
+                &self.scale,
+                self.convention,
+                x.scales(),
+                o,
+                rows,
+                simd,
+            );
         };
         match par {
             Parallelism::Pool(pool) if tokens > 1 => pool.install(|| {
@@ -248,10 +231,152 @@ impl BitLinear {
     }
 }
 
+/// Where [`BitLinear::forward_quantized`]'s output pass reads one task's
+/// integer sums: `sums[r * tokens + t0 + j]` is row `r`, token `t0 + j`.
+struct SumsView<'a> {
+    sums: &'a [i32],
+    tokens: usize,
+    t0: usize,
+}
+
+/// How the output pass turns 8 rows x 8 tokens of sums into floats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OutputPass {
+    /// Element by element (the reference).
+    Scalar,
+    /// Eight rows converted, transposed and scaled in AVX registers.
+    #[cfg(target_arch = "x86_64")]
+    Avx,
+}
+
+impl OutputPass {
+    /// AVX wherever the kernels run on x86-64 SIMD (every such CPU has
+    /// AVX), so detection stays the kernel's, made once.
+    fn for_backend(backend: crate::kernels::Backend) -> Self {
+        use crate::kernels::Backend;
+        match backend {
+            #[cfg(target_arch = "x86_64")]
+            Backend::Avx2 | Backend::Avx512Vnni | Backend::Amx => OutputPass::Avx,
+            _ => OutputPass::Scalar,
+        }
+    }
+}
+
+/// Writes `o` (`[nt, rows]` for tokens `t0..t0 + nt`) from the sums:
+/// `d / sx · w` ([`ScaleConvention::Multiply`]) or `d / (w · sx)`
+/// ([`ScaleConvention::Divide`]) for sum `d`, token scale `sx` and row
+/// scale `w`. Both passes compute each element with the same operations,
+/// so they agree bit for bit.
+fn scale_out(
+    s: &SumsView<'_>,
+    scale: &WeightScale,
+    convention: ScaleConvention,
+    token_scales: &[f32],
+    o: &mut [f32],
+    rows: usize,
+    pass: OutputPass,
+) {
+    const B: usize = 8;
+    let nt = o.len() / rows;
+    let sx = &token_scales[s.t0..s.t0 + nt];
+    for r0 in (0..rows).step_by(B) {
+        let nr = B.min(rows - r0);
+        let mut ws = [0.0f32; B];
+        for (i, w) in ws.iter_mut().enumerate().take(nr) {
+            *w = scale.get(r0 + i);
+        }
+        let mut j0 = 0;
+        #[cfg(target_arch = "x86_64")]
+        if pass == OutputPass::Avx && nr == B {
+            while j0 + B <= nt {
+                let from = r0 * s.tokens + s.t0 + j0;
+                let to = j0 * rows + r0;
+                // Last read: row r0 + 7, token t0 + j0 + 7; last write:
+                // token j0 + 7, row r0 + 7.
+                assert!(from + 7 * s.tokens + B <= s.sums.len() && to + 7 * rows + B <= o.len());
+                let sxb: &[f32; B] = sx[j0..j0 + B].try_into().expect("eight scales");
+                // SAFETY: the backend ran x86-64 SIMD kernels, so AVX is
+                // present; the assert bounds every load and store.
+                unsafe {
+                    crate::kernels::x86_64::avx2::scale_out_block8(
+                        s.sums.as_ptr().add(from),
+                        s.tokens,
+                        &ws,
+                        sxb,
+                        convention == ScaleConvention::Divide,
+                        o.as_mut_ptr().add(to),
+                        rows,
+                    )
+                };
+                j0 += B;
+            }
+        }
+        for (j, &sxj) in sx.iter().enumerate().skip(j0) {
+            let dst = &mut o[j * rows + r0..][..nr];
+            for (i, (y, &w)) in dst.iter_mut().zip(&ws).enumerate() {
+                let d = s.sums[(r0 + i) * s.tokens + s.t0 + j] as f32;
+                *y = match convention {
+                    ScaleConvention::Multiply => d / sxj * w,
+                    ScaleConvention::Divide => d / (w * sxj),
+                };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::quantize::ternary::quantize;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// The output pass this CPU's kernels use against the scalar
+        /// reference, bit for bit: both conventions, tensor and channel
+        /// scales, row and token counts with and without partial blocks,
+        /// tasks starting past token 0.
+        #[test]
+        fn output_passes_agree(
+            rows in 1usize..40,
+            tokens in 1usize..40,
+            t0_pick in 0usize..40,
+            channel in any::<bool>(),
+            divide in any::<bool>(),
+            seed in any::<u32>(),
+        ) {
+            let t0 = t0_pick % tokens;
+            let nt = (tokens - t0).min(16);
+            let mix = |i: usize| (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed);
+            let sums: Vec<i32> = (0..rows * tokens).map(|i| (mix(i) % 20_001) as i32 - 10_000).collect();
+            let token_scales: Vec<f32> = (0..tokens).map(|t| 1.0 + (mix(t + 7) % 1000) as f32 / 37.0).collect();
+            let scale = if channel {
+                WeightScale::Channel((0..rows).map(|r| 0.1 + (mix(r + 99) % 1000) as f32 / 333.0).collect())
+            } else {
+                WeightScale::Tensor(0.731)
+            };
+            let convention = if divide { ScaleConvention::Divide } else { ScaleConvention::Multiply };
+            let view = SumsView { sums: &sums, tokens, t0 };
+            let mut reference = vec![f32::NAN; nt * rows];
+            scale_out(&view, &scale, convention, &token_scales, &mut reference, rows, OutputPass::Scalar);
+            for j in 0..nt {
+                for r in 0..rows {
+                    let d = sums[r * tokens + t0 + j] as f32;
+                    let (w, sx) = (scale.get(r), token_scales[t0 + j]);
+                    let want = if divide { d / (w * sx) } else { d / sx * w };
+                    prop_assert_eq!(reference[j * rows + r].to_bits(), want.to_bits());
+                }
+            }
+            let mut fast = vec![f32::NAN; nt * rows];
+            let pass = OutputPass::for_backend(crate::kernels::Backend::detect());
+            scale_out(&view, &scale, convention, &token_scales, &mut fast, rows, pass);
+            prop_assert_eq!(
+                fast.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                reference.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+        }
+    }
 
     #[test]
     fn conventions_agree_on_the_same_weights() {

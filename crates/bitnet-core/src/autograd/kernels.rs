@@ -51,8 +51,9 @@ pub(crate) fn gemm(
 }
 
 /// Writes into `out` (`src.len()` elements, every one written) the
-/// `[cols, rows]` transpose of row-major `[rows, cols]` `src`, in tiles
-/// that stay in cache, output rows split over the pool.
+/// `[cols, rows]` transpose of row-major `[rows, cols]` `src`, in 8 x 8
+/// blocks that stay in cache, output rows split over the pool. Full blocks
+/// go through AVX shuffles where the CPU has them (detected once per call).
 pub(crate) fn transpose_into(
     par: Parallelism<'_>,
     src: &[f32],
@@ -60,11 +61,45 @@ pub(crate) fn transpose_into(
     cols: usize,
     out: &mut [f32],
 ) {
-    // 8 x 8 blocks: eight source rows are read into a block on the stack
-    // and written out as eight contiguous runs, so neither side strides
-    // through more than eight cache lines at a time.
+    transpose_with(par, src, rows, cols, out, Block8::detect());
+}
+
+/// How a full 8 x 8 block is transposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Block8 {
+    /// Element by element (the reference).
+    Scalar,
+    /// Eight loads, 24 shuffles, eight stores.
+    #[cfg(target_arch = "x86_64")]
+    Avx,
+}
+
+impl Block8 {
+    /// The fastest this CPU runs.
+    pub(crate) fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx") {
+            return Block8::Avx;
+        }
+        Block8::Scalar
+    }
+}
+
+/// [`transpose_into`] with full blocks on `block`.
+pub(crate) fn transpose_with(
+    par: Parallelism<'_>,
+    src: &[f32],
+    rows: usize,
+    cols: usize,
+    out: &mut [f32],
+    block: Block8,
+) {
+    // 8 x 8 blocks: eight source rows are read and written out as eight
+    // contiguous runs, so neither side strides through more than eight
+    // cache lines at a time.
     const B: usize = 8;
-    debug_assert_eq!(out.len(), src.len());
+    assert_eq!(out.len(), src.len());
+    assert_eq!(src.len(), rows * cols);
     if rows == 0 || cols == 0 {
         return;
     }
@@ -75,28 +110,87 @@ pub(crate) fn transpose_into(
             let cw = B.min(ncols - ct);
             for rt in (0..rows).step_by(B) {
                 let rh = B.min(rows - rt);
-                if cw == B && rh == B {
-                    let mut block = [[0.0f32; B]; B];
-                    for (i, line) in block.iter_mut().enumerate() {
-                        line.copy_from_slice(&src[(rt + i) * cols + c_first + ct..][..B]);
+                let from = rt * cols + c_first + ct;
+                let to = ct * rows + rt;
+                match block {
+                    #[cfg(target_arch = "x86_64")]
+                    Block8::Avx if cw == B && rh == B => {
+                        // Last source element read: row rt + 7, column
+                        // c_first + ct + 7; last written: row ct + 7 of the
+                        // chunk, column rt + 7. Both inside their slices.
+                        assert!(
+                            from + 7 * cols + B <= src.len() && to + 7 * rows + B <= chunk.len()
+                        );
+                        // SAFETY: AVX is present (detected); the asserts
+                        // above bound every load and store.
+                        unsafe {
+                            transpose8_avx(
+                                src.as_ptr().add(from),
+                                cols,
+                                chunk.as_mut_ptr().add(to),
+                                rows,
+                            )
+                        };
                     }
-                    for j in 0..B {
-                        let to = &mut chunk[(ct + j) * rows + rt..][..B];
-                        for (i, v) in to.iter_mut().enumerate() {
-                            *v = block[i][j];
-                        }
-                    }
-                } else {
-                    for i in 0..rh {
-                        for j in 0..cw {
-                            chunk[(ct + j) * rows + rt + i] =
-                                src[(rt + i) * cols + c_first + ct + j];
+                    _ => {
+                        for i in 0..rh {
+                            for j in 0..cw {
+                                chunk[to + j * rows + i] = src[from + i * cols + j];
+                            }
                         }
                     }
                 }
             }
         }
     });
+}
+
+/// Transposes the 8 x 8 block at `src` (rows `src_stride` apart) into `dst`
+/// (rows `dst_stride` apart).
+///
+/// # Safety
+/// AVX must be present; `src + r * src_stride + c` and
+/// `dst + r * dst_stride + c` must be in bounds for `r, c < 8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose8_avx(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: every pointer is in bounds (the caller's contract).
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * src_stride)));
+        // Pairs of rows interleaved: a0 b0 a1 b1 | a4 b4 a5 b5, ...
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        // Four rows' column c in each lane: a0 b0 c0 d0 | a4 b4 c4 d4, ...
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        // Lanes joined: whole columns.
+        let cols = [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ];
+        for (j, c) in cols.into_iter().enumerate() {
+            _mm256_storeu_ps(dst.add(j * dst_stride), c);
+        }
+    }
 }
 
 /// Maps `f` over `0..n`, on the pool's threads when there is one.

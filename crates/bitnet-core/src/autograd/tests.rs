@@ -396,6 +396,31 @@ fn transpose_on_a_pool_and_alone() {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The detected block transpose (AVX where present) against the scalar
+    /// reference and the definition, on shapes with and without partial
+    /// blocks.
+    #[test]
+    fn block_transposes_agree(rows in 1usize..40, cols in 1usize..40, seed in any::<u64>()) {
+        let src = Rng(seed).vec(rows * cols, 1.0);
+        let mut reference = vec![f32::NAN; src.len()];
+        kernels::transpose_with(Parallelism::Sequential, &src, rows, cols, &mut reference, kernels::Block8::Scalar);
+        for r in 0..rows {
+            for c in 0..cols {
+                prop_assert_eq!(reference[c * rows + r].to_bits(), src[r * cols + c].to_bits());
+            }
+        }
+        let mut fast = vec![f32::NAN; src.len()];
+        kernels::transpose_with(Parallelism::Sequential, &src, rows, cols, &mut fast, kernels::Block8::detect());
+        prop_assert_eq!(
+            fast.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            reference.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+    }
+}
+
 #[test]
 fn large_row_ops_agree_on_a_pool_and_alone() {
     // Past the parallel threshold: row chunks on two threads must give the

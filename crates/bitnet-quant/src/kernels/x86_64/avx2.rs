@@ -152,3 +152,67 @@ unsafe fn tile<const R: usize, const T: usize>(
         }
     }
 }
+
+/// The output pass of a layer for 8 rows x 8 tokens: sums `d` at
+/// `sums + i * sums_stride + j` (row `i`, token `j`) become
+/// `out[j * out_stride + i] = d / (w[i] · sx[j])` when `divide`, else
+/// `d / sx[j] · w[i]`: the scalar pass's operations, so the same bits.
+///
+/// # Safety
+/// AVX must be present; `sums + i * sums_stride + j` and
+/// `out + j * out_stride + i` must be in bounds for `i, j < 8`.
+#[target_feature(enable = "avx")]
+pub(crate) unsafe fn scale_out_block8(
+    sums: *const i32,
+    sums_stride: usize,
+    w: &[f32; 8],
+    sx: &[f32; 8],
+    divide: bool,
+    out: *mut f32,
+    out_stride: usize,
+) {
+    // SAFETY: every pointer is in bounds (the caller's contract).
+    unsafe {
+        let r: [__m256; 8] = std::array::from_fn(|i| {
+            _mm256_cvtepi32_ps(_mm256_loadu_si256(sums.add(i * sums_stride).cast()))
+        });
+        // The 8 x 8 transpose: rows interleaved in pairs, then fours,
+        // then 128-bit lanes joined into whole columns (one per token).
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let cols = [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ];
+        let wv = _mm256_loadu_ps(w.as_ptr());
+        for (j, c) in cols.into_iter().enumerate() {
+            let sxj = _mm256_set1_ps(sx[j]);
+            let y = if divide {
+                _mm256_div_ps(c, _mm256_mul_ps(wv, sxj))
+            } else {
+                _mm256_mul_ps(_mm256_div_ps(c, sxj), wv)
+            };
+            _mm256_storeu_ps(out.add(j * out_stride), y);
+        }
+    }
+}
