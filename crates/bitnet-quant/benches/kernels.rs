@@ -143,5 +143,33 @@ fn gemm_batch(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gemv, gemm, gemm_batch);
+/// Training's forwards (the bench config of `tools/bench_training.py`: a
+/// shard of 256 tokens, hidden 384, MLP 1024): K of 384 is one and a half
+/// blocks, so a tile's epilogue weighs as much as its loop.
+fn gemm_train(c: &mut Criterion) {
+    let pool = build_pool(1).expect("thread pool");
+    let tokens = 256;
+    let mut group = c.benchmark_group("gemm_train256");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(2));
+    for (rows, cols) in [(384, 384), (1024, 384), (384, 1024)] {
+        let w = matrix(rows, cols);
+        let x = activations(tokens, cols);
+        let mut out = vec![0i32; rows * tokens];
+        group.throughput(Throughput::Elements((rows * cols * tokens) as u64));
+        let k = TernaryKernel::detect();
+        let id = format!("{rows}x{cols}/{}/1t", k.backend());
+        group.bench_function(BenchmarkId::from_parameter(id), |b| {
+            b.iter(|| {
+                k.gemm(&w, &x, &mut out, Parallelism::Pool(&pool))
+                    .expect("shapes match");
+                black_box(&out);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, gemv, gemm, gemm_batch, gemm_train);
 criterion_main!(benches);

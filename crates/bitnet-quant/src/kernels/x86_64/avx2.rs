@@ -146,6 +146,25 @@ unsafe fn tile<const R: usize, const T: usize>(
             }
         }
     }
+    if T == 4 {
+        // A row's four tokens sit side by side in `out`: three `vphaddd`
+        // fold its four accumulators into one vector of four sums, stored
+        // at once. (K is short in training and prefill, 384 codes is two
+        // blocks, so one hsum per accumulator had been a large part of a
+        // tile.)
+        let sums = &task.sums[t0..t0 + 4];
+        // SAFETY: `sums` holds four i32.
+        let sums = unsafe { _mm_loadu_si128(sums.as_ptr().cast()) };
+        for i in 0..R {
+            let [a0, a1, a2, a3] = [acc[i][0], acc[i][1], acc[i][2], acc[i][3]];
+            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+            let v = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+            let dst = &mut out[(r0 + i) * tokens + t0..][..4];
+            // SAFETY: `dst` holds four i32.
+            unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), _mm_sub_epi32(v, sums)) };
+        }
+        return;
+    }
     for i in 0..R {
         for j in 0..T {
             out[(r0 + i) * tokens + t0 + j] = hsum(acc[i][j]) - task.sums[t0 + j];
