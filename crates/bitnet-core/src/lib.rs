@@ -29,6 +29,7 @@ pub mod linalg;
 pub mod ops;
 pub mod parallel;
 pub mod shape;
+pub mod simd;
 pub mod storage;
 pub mod system;
 pub mod tensor;
