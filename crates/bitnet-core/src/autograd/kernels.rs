@@ -177,6 +177,30 @@ pub(crate) fn par_map<T: Send>(
     }
 }
 
+/// Maps `f(index, chunk)` over `data` cut into chunks of `len`, one task
+/// per chunk on the pool's threads when there is one; results in order.
+pub(crate) fn par_chunks_map<T: Send>(
+    par: Parallelism<'_>,
+    data: &mut [f32],
+    len: usize,
+    f: impl Fn(usize, &mut [f32]) -> T + Sync + Send,
+) -> Vec<T> {
+    let len = len.max(1);
+    match par {
+        Parallelism::Sequential => data
+            .chunks_exact_mut(len)
+            .enumerate()
+            .map(|(i, c)| f(i, c))
+            .collect(),
+        Parallelism::Pool(pool) => pool.install(|| {
+            data.par_chunks_exact_mut(len)
+                .enumerate()
+                .map(|(i, c)| f(i, c))
+                .collect()
+        }),
+    }
+}
+
 /// Fewer elements than this run on the calling thread: splitting costs
 /// more than it saves.
 const PAR_MIN_ELEMS: usize = 1 << 15;
@@ -318,15 +342,16 @@ pub(crate) fn attention_forward(
     let group = d.heads / d.kv_heads;
     let (qw, kw) = (d.q_width(), d.kv_width());
     let scale = d.scale();
-    let per_head = par_map(par, d.batch * d.heads, |task| {
+    assert_eq!(probs.len(), d.batch * d.heads * t * t);
+    // Each head's probabilities are written where they are kept.
+    let per_head = par_chunks_map(par, probs, t * t, |task, p| {
         let (b, h) = (task / d.heads, task % d.heads);
         let kvh = h / group;
         let qh = head_view(q, &d, b, h, qw);
         let kh = head_view(k, &d, b, kvh, kw);
         let vh = head_view(v, &d, b, kvh, kw);
-        let mut p = vec![0.0f32; t * t];
         faer_matmul(
-            MatMut::from_row_major_slice_mut(&mut p, t, t),
+            MatMut::from_row_major_slice_mut(p, t, t),
             Accum::Replace,
             qh,
             kh.transpose(),
@@ -355,25 +380,20 @@ pub(crate) fn attention_forward(
         faer_matmul(
             MatMut::from_row_major_slice_mut(&mut o, t, hd),
             Accum::Replace,
-            MatRef::from_row_major_slice(&p, t, t),
+            MatRef::from_row_major_slice(p, t, t),
             vh,
             1.0f32,
             Par::Seq,
         );
-        (p, o)
+        o
     });
     debug_assert_eq!(out.len(), d.batch * t * qw);
-    for ((task, (p, o)), dst) in per_head
-        .into_iter()
-        .enumerate()
-        .zip(probs.chunks_exact_mut(t * t))
-    {
+    for (task, o) in per_head.into_iter().enumerate() {
         let (b, h) = (task / d.heads, task % d.heads);
         let off = head_off(&d, b, h, qw);
         for i in 0..t {
             out[off + i * qw..off + i * qw + hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
         }
-        dst.copy_from_slice(&p);
     }
 }
 
