@@ -145,7 +145,7 @@ fn gemm_batch(c: &mut Criterion) {
 
 /// Training's forwards (the bench config of `tools/bench_training.py`: a
 /// shard of 256 tokens, hidden 384, MLP 1024): K of 384 is one and a half
-/// blocks, so a tile's epilogue weighs as much as its loop.
+/// blocks, so a tile's loop is short beside its epilogue.
 fn gemm_train(c: &mut Criterion) {
     let pool = build_pool(1).expect("thread pool");
     let tokens = 256;

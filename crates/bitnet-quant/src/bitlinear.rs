@@ -253,10 +253,11 @@ impl OutputPass {
     /// AVX wherever the kernels run on x86-64 SIMD (every such CPU has
     /// AVX), so detection stays the kernel's, made once.
     fn for_backend(backend: crate::kernels::Backend) -> Self {
-        use crate::kernels::Backend;
         match backend {
             #[cfg(target_arch = "x86_64")]
-            Backend::Avx2 | Backend::Avx512Vnni | Backend::Amx => OutputPass::Avx,
+            crate::kernels::Backend::Avx2
+            | crate::kernels::Backend::Avx512Vnni
+            | crate::kernels::Backend::Amx => OutputPass::Avx,
             _ => OutputPass::Scalar,
         }
     }
@@ -285,32 +286,39 @@ fn scale_out(
         for (i, w) in ws.iter_mut().enumerate().take(nr) {
             *w = scale.get(r0 + i);
         }
-        let mut j0 = 0;
-        #[cfg(target_arch = "x86_64")]
-        if pass == OutputPass::Avx && nr == B {
-            while j0 + B <= nt {
-                let from = r0 * s.tokens + s.t0 + j0;
-                let to = j0 * rows + r0;
-                // Last read: row r0 + 7, token t0 + j0 + 7; last write:
-                // token j0 + 7, row r0 + 7.
-                assert!(from + 7 * s.tokens + B <= s.sums.len() && to + 7 * rows + B <= o.len());
-                let sxb: &[f32; B] = sx[j0..j0 + B].try_into().expect("eight scales");
-                // SAFETY: the backend ran x86-64 SIMD kernels, so AVX is
-                // present; the assert bounds every load and store.
-                unsafe {
-                    crate::kernels::x86_64::avx2::scale_out_block8(
-                        s.sums.as_ptr().add(from),
-                        s.tokens,
-                        &ws,
-                        sxb,
-                        convention == ScaleConvention::Divide,
-                        o.as_mut_ptr().add(to),
-                        rows,
-                    )
-                };
-                j0 += B;
+        // Tokens before `j0` went through whole 8 x 8 blocks.
+        let j0 = match pass {
+            #[cfg(target_arch = "x86_64")]
+            OutputPass::Avx if nr == B => {
+                let mut j0 = 0;
+                while j0 + B <= nt {
+                    let from = r0 * s.tokens + s.t0 + j0;
+                    let to = j0 * rows + r0;
+                    // Last read: row r0 + 7, token t0 + j0 + 7; last write:
+                    // token j0 + 7, row r0 + 7.
+                    assert!(
+                        from + 7 * s.tokens + B <= s.sums.len() && to + 7 * rows + B <= o.len()
+                    );
+                    let sxb: &[f32; B] = sx[j0..j0 + B].try_into().expect("eight scales");
+                    // SAFETY: the backend ran x86-64 SIMD kernels, so AVX
+                    // is present; the assert bounds every load and store.
+                    unsafe {
+                        crate::kernels::x86_64::avx2::scale_out_block8(
+                            s.sums.as_ptr().add(from),
+                            s.tokens,
+                            &ws,
+                            sxb,
+                            convention == ScaleConvention::Divide,
+                            o.as_mut_ptr().add(to),
+                            rows,
+                        )
+                    };
+                    j0 += B;
+                }
+                j0
             }
-        }
+            _ => 0,
+        };
         for (j, &sxj) in sx.iter().enumerate().skip(j0) {
             let dst = &mut o[j * rows + r0..][..nr];
             for (i, (y, &w)) in dst.iter_mut().zip(&ws).enumerate() {

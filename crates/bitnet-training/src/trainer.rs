@@ -829,10 +829,9 @@ impl Trainer {
             let save_now =
                 (tc.checkpoint_every > 0 && s.is_multiple_of(tc.checkpoint_every)) || s == tc.steps;
             if eval_now || save_now {
-                // The shards' buffers are a step's working set (a third of
-                // the process's memory on the bench config): freed before
-                // work of other shapes, not held beside it. The next step
-                // allocates them once again.
+                // The shards' buffers are a whole step's working set: freed
+                // before work of other shapes, not held beside it. The next
+                // step allocates them once again.
                 self.shard_pools.clear();
             }
             if eval_now && !self.data.val().is_empty() {

@@ -410,8 +410,9 @@ impl<'p> Tape<'p> {
         self
     }
 
-    /// Ends the tape, giving every buffer it owns (values, saved scratch,
-    /// spare gradients) to its pool for the next tape.
+    /// Ends the tape, giving the buffers it owns (values and saved scratch;
+    /// dead gradients went back during [`backward`](Tape::backward)) to its
+    /// pool for the next tape.
     pub fn into_pool(self) -> BufferPool {
         let mut pool = self.pool;
         for node in self.nodes {
@@ -922,8 +923,9 @@ impl<'p> Tape<'p> {
             });
         }
         let lv = &self.nodes[logits.0].value;
-        // Rows whose target is ignored are never read back.
-        let mut probs = self.pool.take_zeroed(lv.len());
+        // Rows whose target is ignored are left unwritten: backward skips
+        // them too.
+        let mut probs = self.pool.take(lv.len());
         // Per-row losses, summed afterwards in row order: the same total
         // for every thread count.
         let losses = kernels::for_rows(self.par, &mut probs, vocab, |r0, chunk| {

@@ -49,26 +49,7 @@ impl BufferPool {
     /// writes every element before reading any. (Debug builds fill a reused
     /// buffer with NaN, so a read of a stale value shows up in tests.)
     pub fn take(&mut self, n: usize) -> Vec<f32> {
-        match take_from(&mut self.f32s, n) {
-            Some(mut buf) => {
-                if cfg!(debug_assertions) {
-                    buf.fill(f32::NAN);
-                }
-                buf
-            }
-            None => vec![0.0; n],
-        }
-    }
-
-    /// A buffer of `n` zeros.
-    pub fn take_zeroed(&mut self, n: usize) -> Vec<f32> {
-        match take_from(&mut self.f32s, n) {
-            Some(mut buf) => {
-                buf.fill(0.0);
-                buf
-            }
-            None => vec![0.0; n],
-        }
+        take_stale(&mut self.f32s, n, f32::NAN)
     }
 
     /// A copy of `src` in a pooled buffer.
@@ -85,15 +66,7 @@ impl BufferPool {
     /// An `i8` buffer of `n` values with unspecified contents (as
     /// [`take`](Self::take); debug builds fill a reused one with `i8::MIN`).
     pub fn take_i8(&mut self, n: usize) -> Vec<i8> {
-        match take_from(&mut self.i8s, n) {
-            Some(mut buf) => {
-                if cfg!(debug_assertions) {
-                    buf.fill(i8::MIN);
-                }
-                buf
-            }
-            None => vec![0; n],
-        }
+        take_stale(&mut self.i8s, n, i8::MIN)
     }
 
     /// Keeps `buf` for a later [`take`](Self::take) of its length.
@@ -127,6 +100,24 @@ impl BufferPool {
     }
 }
 
+/// A reused buffer of length `n` (filled with `poison` in debug builds),
+/// else a new one of default values.
+fn take_stale<T: Copy + Default>(
+    map: &mut HashMap<usize, Class<T>>,
+    n: usize,
+    poison: T,
+) -> Vec<T> {
+    match take_from(map, n) {
+        Some(mut buf) => {
+            if cfg!(debug_assertions) {
+                buf.fill(poison);
+            }
+            buf
+        }
+        None => vec![T::default(); n],
+    }
+}
+
 fn take_from<T>(map: &mut HashMap<usize, Class<T>>, n: usize) -> Option<Vec<T>> {
     if n == 0 {
         return None;
@@ -137,7 +128,7 @@ fn take_from<T>(map: &mut HashMap<usize, Class<T>>, n: usize) -> Option<Vec<T>> 
 }
 
 fn give_to<T>(map: &mut HashMap<usize, Class<T>>, buf: Vec<T>) {
-    // Empty and borrowed-then-copied scraps are not worth a slot.
+    // `take` never reuses an empty buffer.
     if !buf.is_empty() {
         map.entry(buf.len()).or_default().free.push(buf);
     }
@@ -171,7 +162,10 @@ mod tests {
         assert_eq!(again.as_ptr(), ptr);
         assert_eq!(pool.bytes(), 0);
         pool.give(again);
-        assert!(pool.take_zeroed(4).iter().all(|&x| x == 0.0));
+        // Tests build with debug assertions: a reused buffer is poisoned.
+        let reused = pool.take(4);
+        assert_eq!(reused.as_ptr(), ptr);
+        assert!(reused.iter().all(|x| x.is_nan()) || !cfg!(debug_assertions));
     }
 
     #[test]

@@ -149,9 +149,9 @@ unsafe fn tile<const R: usize, const T: usize>(
     if T == 4 {
         // A row's four tokens sit side by side in `out`: three `vphaddd`
         // fold its four accumulators into one vector of four sums, stored
-        // at once. (K is short in training and prefill, 384 codes is two
-        // blocks, so one hsum per accumulator had been a large part of a
-        // tile.)
+        // at once. (K is short in training and prefill: 384 codes are a
+        // block and a half, so a tile's loop is short and one hsum per
+        // accumulator was a large share of it.)
         let sums = &task.sums[t0..t0 + 4];
         // SAFETY: `sums` holds four i32.
         let sums = unsafe { _mm_loadu_si128(sums.as_ptr().cast()) };
@@ -172,7 +172,8 @@ unsafe fn tile<const R: usize, const T: usize>(
     }
 }
 
-/// The output pass of a layer for 8 rows x 8 tokens: sums `d` at
+/// The output pass of a layer for 8 rows x 8 tokens (AVX only, so any
+/// backend of this module's CPUs can run it): sums `d` at
 /// `sums + i * sums_stride + j` (row `i`, token `j`) become
 /// `out[j * out_stride + i] = d / (w[i] · sx[j])` when `divide`, else
 /// `d / sx[j] · w[i]`: the scalar pass's operations, so the same bits.
