@@ -145,6 +145,39 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Sum with eight independent accumulators, like [`dot`].
+#[inline]
+pub fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let blocks = xs.chunks_exact(8);
+    let tail: f32 = blocks.remainder().iter().sum();
+    for x in blocks {
+        for k in 0..8 {
+            acc[k] += x[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Largest element (`-inf` for an empty slice), over eight lanes: a single
+/// running `max` is a latency-bound chain.
+#[inline]
+pub fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let blocks = xs.chunks_exact(8);
+    let tail = blocks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for x in blocks {
+        for k in 0..8 {
+            acc[k] = acc[k].max(x[k]);
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
