@@ -46,7 +46,7 @@ pub use kernels::AttnDims;
 pub use pool::BufferPool;
 
 use crate::error::{Error, Result};
-use crate::ops::{OpKind, exp_in_place, round_half_even_small};
+use crate::ops::{OpKind, exp_in_place, round_half_even_small, rows};
 use crate::parallel::Parallelism;
 use crate::shape::Shape;
 use std::any::Any;
@@ -333,7 +333,19 @@ fn act_quant_row_codes(row: &[f32], codes: &mut [i8], out: &mut [f32]) -> f32 {
 
 /// The per-token scale `127 / max(absmax, 1e-5)`.
 fn act_scale(row: &[f32]) -> f32 {
-    let absmax = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    // Eight lanes: one running max is a latency-bound chain.
+    let mut lanes = [0.0f32; 8];
+    let blocks = row.chunks_exact(8);
+    let tail = blocks
+        .remainder()
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs()));
+    for b in blocks {
+        for (l, v) in lanes.iter_mut().zip(b) {
+            *l = l.max(v.abs());
+        }
+    }
+    let absmax = lanes.iter().fold(tail, |m, &v| m.max(v));
     127.0 / absmax.max(1e-5)
 }
 
@@ -696,6 +708,9 @@ impl<'p> Tape<'p> {
         let inv = kernels::for_rows(self.par, &mut out, h, |r0, chunk| {
             let mut inv = Vec::with_capacity(chunk.len() / h);
             for (row, dst) in vx[r0 * h..].chunks_exact(h).zip(chunk.chunks_exact_mut(h)) {
+                // The inference engine's order (`rows::rms_norm_into`): an
+                // export's logits match the trainer's eval to rounding only
+                // when both sum alike, else an activation code can flip.
                 let ms = row.iter().map(|v| v * v).sum::<f32>() / h as f32;
                 let r = 1.0 / (ms + eps).sqrt();
                 inv.push(r);
@@ -1331,12 +1346,7 @@ impl<'p> Tape<'p> {
                         {
                             // d/dx of x·r·w with r = (mean x² + eps)^-1/2:
                             // r·(g⊙w) − x · r³/h · Σ(g⊙w⊙x)
-                            let dot: f32 = gr
-                                .iter()
-                                .zip(vw)
-                                .zip(row)
-                                .map(|((a, b), c)| a * b * c)
-                                .sum();
+                            let dot = kernels::dot3(gr, vw, row);
                             let c = r * r * r * dot / h as f32;
                             for (((d, &gv), &wv), &xv) in dst.iter_mut().zip(gr).zip(vw).zip(row) {
                                 *d += r * gv * wv - xv * c;
