@@ -355,6 +355,18 @@ fn act_code(v: f32, s: f32) -> f32 {
     round_half_even_small(v * s).clamp(-128.0, 127.0)
 }
 
+/// Writes `v` into a gradient buffer just taken from the pool (`fresh`:
+/// stale contents, every element written) or adds it to one that holds a
+/// partial sum: no zero-fill pass before the first contribution.
+#[inline(always)]
+fn put(d: &mut f32, v: f32, fresh: bool) {
+    if fresh {
+        *d = v;
+    } else {
+        *d += v;
+    }
+}
+
 /// The absmean scale `s = 1 / max(mean |W|, 1e-5)`.
 fn weight_scale(w: &[f32]) -> f32 {
     // Eight running sums, not one: a single f32 chain is latency-bound
@@ -1287,20 +1299,20 @@ impl<'p> Tape<'p> {
             &Op::Mul(a, b) => {
                 for (v, other) in [(a, b), (b, a)] {
                     let ov = self.value(other);
-                    if let Some(gv) = self.acc(grads, v) {
+                    if let Some((gv, fresh)) = self.acc_fresh(grads, v) {
                         kernels::for_chunks(par, gv, |o, chunk| {
                             for ((d, s), x) in chunk.iter_mut().zip(&g[o..]).zip(&ov[o..]) {
-                                *d += s * x;
+                                put(d, s * x, fresh);
                             }
                         });
                     }
                 }
             }
             &Op::Scale(a, s) => {
-                if let Some(ga) = self.acc(grads, a) {
+                if let Some((ga, fresh)) = self.acc_fresh(grads, a) {
                     kernels::for_chunks(par, ga, |o, chunk| {
                         for (d, x) in chunk.iter_mut().zip(&g[o..]) {
-                            *d += x * s;
+                            put(d, x * s, fresh);
                         }
                     });
                 }
@@ -1336,7 +1348,7 @@ impl<'p> Tape<'p> {
                         gw.iter_mut().zip(&p).for_each(|(d, s)| *d += s);
                     }
                 }
-                if let Some(gx) = self.acc(grads, *x) {
+                if let Some((gx, fresh)) = self.acc_fresh(grads, *x) {
                     kernels::for_rows(par, gx, h, |r0, chunk| {
                         for (((row, gr), dst), &r) in vx[r0 * h..]
                             .chunks_exact(h)
@@ -1349,7 +1361,7 @@ impl<'p> Tape<'p> {
                             let dot = kernels::dot3(gr, vw, row);
                             let c = r * r * r * dot / h as f32;
                             for (((d, &gv), &wv), &xv) in dst.iter_mut().zip(gr).zip(vw).zip(row) {
-                                *d += r * gv * wv - xv * c;
+                                put(d, r * gv * wv - xv * c, fresh);
                             }
                         }
                     });
@@ -1364,7 +1376,7 @@ impl<'p> Tape<'p> {
                 let (cos, sin) = (&table.cos, &table.sin);
                 let (_, width) = self.rows_width(*x);
                 let half = head_dim / 2;
-                if let Some(gx) = self.acc(grads, *x) {
+                if let Some((gx, fresh)) = self.acc_fresh(grads, *x) {
                     kernels::for_rows(par, gx, width, |r0, chunk| {
                         for (r, (dst, gr)) in (r0..).zip(
                             chunk
@@ -1388,8 +1400,8 @@ impl<'p> Tape<'p> {
                                     .zip(ghi)
                                     .zip(c.iter().zip(s))
                                 {
-                                    *d1 += g1 * c + g2 * s;
-                                    *d2 += g2 * c - g1 * s;
+                                    put(d1, g1 * c + g2 * s, fresh);
+                                    put(d2, g2 * c - g1 * s, fresh);
                                 }
                             }
                         }
@@ -1398,15 +1410,15 @@ impl<'p> Tape<'p> {
             }
             &Op::Softmax(x) => {
                 let (_, w) = self.rows_width(x);
-                if let Some(gx) = self.acc(grads, x) {
+                if let Some((gx, fresh)) = self.acc_fresh(grads, x) {
                     for ((dst, gr), y) in gx
                         .chunks_exact_mut(w)
                         .zip(g.chunks_exact(w))
                         .zip(node.value.chunks_exact(w))
                     {
-                        let dot: f32 = gr.iter().zip(y).map(|(a, b)| a * b).sum();
+                        let dot = rows::dot(gr, y);
                         for ((d, &gv), &yv) in dst.iter_mut().zip(gr).zip(y) {
-                            *d += yv * (gv - dot);
+                            put(d, yv * (gv - dot), fresh);
                         }
                     }
                 }
@@ -1436,22 +1448,22 @@ impl<'p> Tape<'p> {
             }
             &Op::Silu(x) => {
                 let vx = self.value(x);
-                if let Some(gx) = self.acc(grads, x) {
+                if let Some((gx, fresh)) = self.acc_fresh(grads, x) {
                     kernels::for_chunks(par, gx, |o, chunk| {
                         for ((d, &gv), &xv) in chunk.iter_mut().zip(&g[o..]).zip(&vx[o..]) {
                             let s = 1.0 / (1.0 + (-xv).exp());
-                            *d += gv * s * (1.0 + xv * (1.0 - s));
+                            put(d, gv * s * (1.0 + xv * (1.0 - s)), fresh);
                         }
                     });
                 }
             }
             &Op::Relu2(x) => {
                 let vx = self.value(x);
-                if let Some(gx) = self.acc(grads, x) {
+                if let Some((gx, fresh)) = self.acc_fresh(grads, x) {
                     kernels::for_chunks(par, gx, |o, chunk| {
                         for ((d, &gv), &xv) in chunk.iter_mut().zip(&g[o..]).zip(&vx[o..]) {
                             // A select, not a branch: the loop vectorizes.
-                            *d += if xv > 0.0 { gv * 2.0 * xv } else { 0.0 };
+                            put(d, if xv > 0.0 { gv * 2.0 * xv } else { 0.0 }, fresh);
                         }
                     });
                 }
