@@ -307,25 +307,6 @@ impl AttnDims {
     }
 }
 
-/// `Σ a ⊙ b ⊙ c` over eight lanes (vectorizes, unlike one running sum).
-pub(crate) fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb, cc) = (a.chunks_exact(8), b.chunks_exact(8), c.chunks_exact(8));
-    let tail: f32 = (ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .zip(cc.remainder()))
-    .map(|((x, y), z)| x * y * z)
-    .sum();
-    for ((x, y), z) in ca.zip(cb).zip(cc) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k] * z[k];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
 /// Query rows per block of the causal GEMMs. A block's rows attend only to
 /// the keys up to its last row, so blocking skips the masked upper
 /// triangle: 5/8 of the full `seq x seq` work at 128 tokens. Smaller blocks

@@ -333,19 +333,7 @@ fn act_quant_row_codes(row: &[f32], codes: &mut [i8], out: &mut [f32]) -> f32 {
 
 /// The per-token scale `127 / max(absmax, 1e-5)`.
 fn act_scale(row: &[f32]) -> f32 {
-    // Eight lanes: one running max is a latency-bound chain.
-    let mut lanes = [0.0f32; 8];
-    let blocks = row.chunks_exact(8);
-    let tail = blocks
-        .remainder()
-        .iter()
-        .fold(0.0f32, |m, v| m.max(v.abs()));
-    for b in blocks {
-        for (l, v) in lanes.iter_mut().zip(b) {
-            *l = l.max(v.abs());
-        }
-    }
-    let absmax = lanes.iter().fold(tail, |m, &v| m.max(v));
+    let absmax = rows::abs_max(row);
     127.0 / absmax.max(1e-5)
 }
 
@@ -1358,7 +1346,7 @@ impl<'p> Tape<'p> {
                         {
                             // d/dx of x·r·w with r = (mean x² + eps)^-1/2:
                             // r·(g⊙w) − x · r³/h · Σ(g⊙w⊙x)
-                            let dot = kernels::dot3(gr, vw, row);
+                            let dot = rows::dot3(gr, vw, row);
                             let c = r * r * r * dot / h as f32;
                             for (((d, &gv), &wv), &xv) in dst.iter_mut().zip(gr).zip(vw).zip(row) {
                                 put(d, r * gv * wv - xv * c, fresh);

@@ -178,6 +178,44 @@ pub fn max(xs: &[f32]) -> f32 {
     acc.iter().copied().fold(tail, f32::max)
 }
 
+/// The largest |v| (0 for an empty slice), over eight lanes like [`max`];
+/// exact, since max does not round. NaN is skipped, as `f32::max` skips it.
+#[inline]
+pub fn abs_max(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let blocks = xs.chunks_exact(8);
+    let tail = blocks
+        .remainder()
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs()));
+    for x in blocks {
+        for k in 0..8 {
+            acc[k] = acc[k].max(x[k].abs());
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
+/// `Σ a ⊙ b ⊙ c` with eight accumulators, like [`dot`].
+#[inline]
+pub fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb, cc) = (a.chunks_exact(8), b.chunks_exact(8), c.chunks_exact(8));
+    let tail: f32 = (ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .zip(cc.remainder()))
+    .map(|((x, y), z)| x * y * z)
+    .sum();
+    for ((x, y), z) in ca.zip(cb).zip(cc) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k] * z[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +255,26 @@ mod tests {
         assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
         let a: Vec<f32> = (0..19).map(|i| i as f32).collect();
         assert_eq!(dot(&a, &a), (0..19).map(|i| (i * i) as f32).sum::<f32>());
+    }
+
+    /// The lane reductions on lengths with and without a tail: integers,
+    /// so every order of summation gives the same exact result.
+    #[test]
+    fn lane_reductions() {
+        for n in [0usize, 3, 8, 19] {
+            let a: Vec<f32> = (0..n).map(|i| i as f32 - 9.5).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i % 5) as f32).collect();
+            let want_sum: f32 = a.iter().sum();
+            assert_eq!(sum(&a), want_sum, "sum of {n}");
+            let want_max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&a), want_max, "max of {n}");
+            let want_abs = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert_eq!(abs_max(&a), want_abs, "abs_max of {n}");
+            let want3: f32 = (0..n).map(|i| a[i] * b[i] * b[i]).sum();
+            assert_eq!(dot3(&a, &b, &b), want3, "dot3 of {n}");
+        }
+        assert_eq!(max(&[1.0, f32::NAN, 3.0]), 3.0);
+        assert_eq!(abs_max(&[-7.0; 9]), 7.0);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 /// The absmax scale `127 / max(absmax, 1e-5)` of a run of values.
 pub fn absmax_scale(values: &[f32]) -> f32 {
-    127.0 / super::absmax(values).max(EPS)
+    127.0 / bitnet_core::ops::rows::abs_max(values).max(EPS)
 }
 
 /// The int8 code of `x` under scale `s`.

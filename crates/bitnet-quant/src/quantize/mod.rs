@@ -64,23 +64,6 @@ pub(crate) fn check_finite(tensor: &str, data: &[f32], op: &'static str) -> Resu
     Ok(())
 }
 
-/// The largest |v|, over eight independent lanes so it vectorizes (the
-/// result is exact: max does not round). Input must be finite.
-pub(crate) fn absmax(values: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let chunks = values.chunks_exact(8);
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(0.0f32, |m, v| m.max(v.abs()));
-    for c in chunks {
-        for (l, v) in lanes.iter_mut().zip(c) {
-            *l = l.max(v.abs());
-        }
-    }
-    lanes.iter().fold(tail, |m, &v| m.max(v))
-}
-
 /// Checks that a `rows x cols` matrix matches `len` elements.
 pub(crate) fn check_matrix(op: &'static str, len: usize, rows: usize, cols: usize) -> Result<()> {
     if rows.checked_mul(cols) != Some(len) {
