@@ -104,3 +104,73 @@ fn serve_reads_file_env_and_flags_logs_json_and_stops_on_sigterm() {
         "{logs:?}"
     );
 }
+
+/// Starts `bitnet serve --device DEVICE` on the tiny model, asks for one
+/// greedy completion, stops it; returns the text and the stderr lines up
+/// to the listening one.
+#[cfg(unix)]
+fn complete_on(device: &str) -> (String, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bitnet"))
+        .args(["serve", "--port", "0", "-t", "1", "--max-batch", "2"])
+        .args(["--device", device, "-m"])
+        .arg(tiny("bitlinear_offline"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = Vec::new();
+    let mut addr = None;
+    for _ in 0..40 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            addr = rest.split_whitespace().next().map(str::to_string);
+        }
+        lines.push(line);
+        if addr.is_some() {
+            break;
+        }
+    }
+    let addr = addr.unwrap_or_else(|| panic!("no address in {lines:?}"));
+    let answer = post(
+        &addr,
+        "/v1/completions",
+        r#"{"model":"bitlinear_offline","prompt":"Hello","max_tokens":6,"temperature":0}"#,
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    let text = v["choices"][0]["text"].as_str().unwrap().to_string();
+    (text, lines)
+}
+
+#[cfg(unix)]
+#[test]
+fn serve_on_a_gpu_answers_as_the_cpu_does_or_says_why_it_cannot() {
+    let (cpu, _) = complete_on("cpu");
+    let (gpu, lines) = complete_on("wgpu");
+    assert_eq!(gpu, cpu);
+    let on_gpu = lines
+        .iter()
+        .any(|l| l.contains("listening") && l.contains("on wgpu:"));
+    let fell_back = lines
+        .iter()
+        .any(|l| l.starts_with("notice: --device wgpu") && l.contains("serving on the CPU"));
+    assert!(on_gpu != fell_back, "{lines:?}");
+    if std::env::var_os("BITNET_TEST_WGPU").is_some() {
+        assert!(on_gpu, "BITNET_TEST_WGPU is set: {lines:?}");
+    }
+    // CUDA serves no batches yet: a notice, then the CPU.
+    let (cuda, lines) = complete_on("cuda");
+    assert_eq!(cuda, cpu);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("notice: --device cuda:0") && l.contains("serving on the CPU")),
+        "{lines:?}"
+    );
+}

@@ -8,6 +8,15 @@
 //! trait, so generation ([`crate::generate::generate_on`]) and benchmarks
 //! run unchanged on any of them.
 //!
+//! Serving needs more than one sequence per pass: [`BatchForward`] holds
+//! several sequences at once, each in a *slot* with its own KV cache on
+//! the device, and runs the tokens of several slots in one pass (every
+//! decoding sequence's next token, and prompt chunks). The scheduler
+//! ([`crate::scheduler::Scheduler::start_slots`]) drives it for continuous
+//! batching. [`CpuSlots`] is the CPU's, the reference the GPU backends'
+//! tests compare with; [`plan_slot_passes`] and [`check_feeds`] are the
+//! pieces every backend shares.
+//!
 //! ```
 //! use bitnet_inference::DeviceSpec;
 //! assert_eq!("wgpu:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Wgpu(Some(1)));
@@ -15,13 +24,14 @@
 //! assert!("tpu".parse::<DeviceSpec>().is_err());
 //! ```
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::model::{BatchEntry, BitNetModel, Logits, Workspace};
 use bitnet_core::Parallelism;
 use bitnet_models::config::BitNetConfig;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The device a user asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -249,6 +259,243 @@ impl SequenceForward for CpuSequence<'_> {
     }
 }
 
+/// The tokens one slot runs in a batched pass.
+#[derive(Clone, Copy, Debug)]
+pub struct SlotFeed<'a> {
+    /// Which sequence (`0..slots()`).
+    pub slot: usize,
+    /// Ids to run after the positions the slot holds.
+    pub ids: &'a [u32],
+}
+
+/// Several sequences on one device, each in a slot with its own KV cache,
+/// run together: what continuous batching needs from a backend.
+///
+/// [`Self::forward_slots`] runs every feed's ids at the positions after
+/// those its slot holds, in as many device passes as the backend's limits
+/// ask for, and returns the logits of each feed's last token, one row of
+/// `vocab_size` per feed in feed order. An error leaves every slot's held
+/// positions as they were.
+///
+/// ```
+/// use bitnet_inference::device::{BatchForward, CpuSlots, SlotFeed};
+/// use bitnet_inference::BitNetModel;
+/// use bitnet_models::synth::{Preset, synthesize};
+/// use std::sync::Arc;
+/// let model = Arc::new(BitNetModel::new(synthesize(Preset::Tiny, 7)?)?);
+/// let mut slots = CpuSlots::new(model, 2, 64, 1)?;
+/// let logits = slots.forward_slots(&[
+///     SlotFeed { slot: 0, ids: &[1, 2, 3] },
+///     SlotFeed { slot: 1, ids: &[4] },
+/// ])?;
+/// assert_eq!(logits.len(), 2 * slots.config().vocab_size);
+/// assert_eq!((slots.slot_len(0), slots.slot_len(1)), (3, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait BatchForward: Send {
+    /// What runs it, for messages.
+    fn device_name(&self) -> String;
+    /// The model's configuration.
+    fn config(&self) -> &BitNetConfig;
+    /// Sequences it can hold at once.
+    fn slots(&self) -> usize;
+    /// Positions each slot can hold.
+    fn slot_capacity(&self) -> usize;
+    /// Positions `slot` holds.
+    fn slot_len(&self, slot: usize) -> usize;
+    /// Forgets every position of `slot`, making it free for a new sequence.
+    fn clear_slot(&mut self, slot: usize);
+    /// Runs `feeds`; see the trait's documentation.
+    fn forward_slots(&mut self, feeds: &[SlotFeed<'_>]) -> Result<Vec<f32>>;
+    /// Bytes of keys and values one slot takes.
+    fn kv_bytes_per_slot(&self) -> usize;
+    /// Bytes of device memory the model's buffers take, for devices with
+    /// memory of their own.
+    fn device_memory_bytes(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Checks a batched call before anything runs: at least one feed, slots
+/// in range and distinct, no empty feed, ids inside the vocabulary, and
+/// room in each slot (`len(slot)` held of `capacity`).
+pub fn check_feeds(
+    feeds: &[SlotFeed<'_>],
+    slots: usize,
+    vocab: usize,
+    capacity: usize,
+    len: impl Fn(usize) -> usize,
+) -> Result<()> {
+    if feeds.is_empty() {
+        return Err(Error::EmptyInput);
+    }
+    let mut seen = vec![false; slots];
+    for f in feeds {
+        if f.slot >= slots {
+            return Err(Error::InvalidArgument(format!(
+                "slot {} does not exist: the model holds {slots} sequences",
+                f.slot
+            )));
+        }
+        if std::mem::replace(&mut seen[f.slot], true) {
+            return Err(Error::InvalidArgument(format!(
+                "slot {} is fed twice in one pass",
+                f.slot
+            )));
+        }
+        check_ids(f.ids, vocab, len(f.slot), capacity)?;
+    }
+    Ok(())
+}
+
+/// Part of one feed in one device pass: `len` of its ids from `start`,
+/// with logits for the last of them when `logits` (the feed's end).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PassPiece {
+    /// Index of the feed.
+    pub feed: usize,
+    /// Its slot.
+    pub slot: usize,
+    /// First id of the piece within the feed.
+    pub start: usize,
+    /// Ids in the piece.
+    pub len: usize,
+    /// Whether the piece ends the feed (its last token gets logits).
+    pub logits: bool,
+}
+
+/// Splits `feeds` into device passes of at most `max_tokens` tokens and
+/// `max_logit_rows` logit rows, feed after feed. A feed longer than the
+/// room left continues in the next pass (its later positions after its
+/// earlier ones, so the KV cache fills in order); only its last piece
+/// asks for logits. Each slot appears at most once per pass.
+pub fn plan_slot_passes(
+    feeds: &[SlotFeed<'_>],
+    max_tokens: usize,
+    max_logit_rows: usize,
+) -> Vec<Vec<PassPiece>> {
+    let (max_tokens, max_rows) = (max_tokens.max(1), max_logit_rows.max(1));
+    let mut passes = Vec::new();
+    let mut pass: Vec<PassPiece> = Vec::new();
+    let (mut tokens, mut rows) = (0, 0);
+    for (i, f) in feeds.iter().enumerate() {
+        let mut start = 0;
+        while start < f.ids.len() {
+            if tokens == max_tokens || rows == max_rows {
+                passes.push(std::mem::take(&mut pass));
+                (tokens, rows) = (0, 0);
+            }
+            let len = (f.ids.len() - start).min(max_tokens - tokens);
+            let logits = start + len == f.ids.len();
+            pass.push(PassPiece {
+                feed: i,
+                slot: f.slot,
+                start,
+                len,
+                logits,
+            });
+            tokens += len;
+            rows += usize::from(logits);
+            start += len;
+        }
+    }
+    if !pass.is_empty() {
+        passes.push(pass);
+    }
+    passes
+}
+
+/// The CPU's [`BatchForward`]: a [`BitNetModel`], a KV cache per slot and
+/// the forward buffers, on a thread pool of its own. The reference the
+/// GPU backends' batched passes are tested against.
+pub struct CpuSlots {
+    model: Arc<BitNetModel>,
+    caches: Vec<KvCache>,
+    ws: Workspace,
+    pool: rayon::ThreadPool,
+}
+
+impl fmt::Debug for CpuSlots {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CpuSlots")
+            .field("slots", &self.caches.len())
+            .field("threads", &self.pool.current_num_threads())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CpuSlots {
+    /// `slots` sequences of up to `capacity` positions each (at most the
+    /// model's context), on `threads` kernel threads.
+    pub fn new(
+        model: Arc<BitNetModel>,
+        slots: usize,
+        capacity: usize,
+        threads: usize,
+    ) -> Result<Self> {
+        if slots == 0 {
+            return Err(Error::InvalidArgument("slots must be at least 1".into()));
+        }
+        let pool = bitnet_core::build_pool(threads)
+            .map_err(|e| Error::InvalidArgument(format!("kernel thread pool: {e}")))?;
+        let caches = (0..slots).map(|_| model.new_cache(capacity)).collect();
+        Ok(CpuSlots {
+            model,
+            caches,
+            ws: Workspace::new(),
+            pool,
+        })
+    }
+}
+
+impl BatchForward for CpuSlots {
+    fn device_name(&self) -> String {
+        format!("cpu ({} threads)", self.pool.current_num_threads())
+    }
+    fn config(&self) -> &BitNetConfig {
+        self.model.config()
+    }
+    fn slots(&self) -> usize {
+        self.caches.len()
+    }
+    fn slot_capacity(&self) -> usize {
+        self.caches[0].capacity()
+    }
+    fn slot_len(&self, slot: usize) -> usize {
+        self.caches[slot].len()
+    }
+    fn clear_slot(&mut self, slot: usize) {
+        self.caches[slot].clear();
+    }
+    fn kv_bytes_per_slot(&self) -> usize {
+        let c = self.model.config();
+        crate::KvPool::block_bytes_for(c.num_layers, c.kv_dim(), self.slot_capacity())
+    }
+    fn forward_slots(&mut self, feeds: &[SlotFeed<'_>]) -> Result<Vec<f32>> {
+        let c = self.model.config();
+        check_feeds(
+            feeds,
+            self.caches.len(),
+            c.vocab_size,
+            self.slot_capacity(),
+            |s| self.caches[s].len(),
+        )?;
+        let mut by_slot: Vec<Option<&mut KvCache>> = self.caches.iter_mut().map(Some).collect();
+        let mut entries: Vec<BatchEntry<'_>> = feeds
+            .iter()
+            .map(|f| BatchEntry {
+                ids: f.ids,
+                cache: by_slot[f.slot].take().expect("check_feeds: distinct slots"),
+            })
+            .collect();
+        let par = Parallelism::Pool(&self.pool);
+        Ok(self
+            .model
+            .forward_batch(&mut entries, Logits::Last, &mut self.ws, par)?
+            .to_vec())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,5 +513,80 @@ mod tests {
         for bad in ["", "cpu:1", "auto:0", "cuda:x", "wgpu:-1", "metal", "cuda:"] {
             assert!(bad.parse::<DeviceSpec>().is_err(), "{bad}");
         }
+    }
+
+    fn feed(slot: usize, ids: &[u32]) -> SlotFeed<'_> {
+        SlotFeed { slot, ids }
+    }
+
+    #[test]
+    fn passes_split_long_feeds_and_keep_every_token_once() {
+        let a: Vec<u32> = (0..10).collect();
+        let (b, c) = ([7u32], [8u32, 9]);
+        let feeds = [feed(2, &a), feed(0, &b), feed(1, &c)];
+        let passes = plan_slot_passes(&feeds, 4, 8);
+        let lens: Vec<Vec<(usize, usize, usize, bool)>> = passes
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .map(|x| (x.slot, x.start, x.len, x.logits))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            lens,
+            vec![
+                vec![(2, 0, 4, false)],
+                vec![(2, 4, 4, false)],
+                vec![(2, 8, 2, true), (0, 0, 1, true), (1, 0, 1, false)],
+                vec![(1, 1, 1, true)],
+            ]
+        );
+        // Logit rows cap a pass too.
+        let passes = plan_slot_passes(&[feed(0, &b), feed(1, &b), feed(2, &b)], 16, 2);
+        assert_eq!(passes.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1]);
+        // Every feed ends with exactly one logits piece, in feed order.
+        for (max_t, max_r) in [(1, 1), (3, 2), (5, 1), (64, 64)] {
+            let passes = plan_slot_passes(&feeds, max_t, max_r);
+            let ends: Vec<usize> = passes
+                .iter()
+                .flatten()
+                .filter(|p| p.logits)
+                .map(|p| p.feed)
+                .collect();
+            assert_eq!(ends, [0, 1, 2]);
+            for p in &passes {
+                assert!(p.iter().map(|x| x.len).sum::<usize>() <= max_t);
+                assert!(p.iter().filter(|x| x.logits).count() <= max_r);
+            }
+        }
+    }
+
+    #[test]
+    fn feeds_are_checked_before_anything_runs() {
+        let ids = [1u32, 2];
+        let len = |_| 0;
+        assert!(check_feeds(&[feed(0, &ids), feed(1, &ids)], 2, 10, 8, len).is_ok());
+        for (bad, why) in [
+            (vec![], "at least one token"),
+            (vec![feed(2, &ids)], "does not exist"),
+            (vec![feed(0, &ids), feed(0, &ids)], "twice"),
+            (vec![feed(0, &[])], "at least one token"),
+            (vec![feed(1, &[10])], "vocabulary"),
+        ] {
+            let e = check_feeds(&bad, 2, 10, 8, len).unwrap_err().to_string();
+            assert!(e.to_lowercase().contains(why), "{e}");
+        }
+        let full = check_feeds(&[feed(1, &ids)], 2, 10, 8, |_| 7).unwrap_err();
+        assert!(
+            matches!(
+                full,
+                Error::ContextFull {
+                    needed: 9,
+                    capacity: 8
+                }
+            ),
+            "{full}"
+        );
     }
 }

@@ -16,6 +16,12 @@
 //! [`EventSink`] of each request, so an async server never runs model code
 //! on its executor.
 //!
+//! The same engine drives a device that holds its sequences itself
+//! ([`Scheduler::start_slots`] over a [`BatchForward`], e.g. a GPU model
+//! with a KV cache per slot in device memory): a request is then admitted
+//! when a slot is free, and [`Scheduler::kv_stats`] counts slots as blocks
+//! of a whole context each.
+//!
 //! ```no_run
 //! use std::sync::{Arc, mpsc};
 //! use bitnet_inference::scheduler::{Event, Request, Scheduler, SchedulerConfig};
@@ -35,6 +41,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use crate::device::{BatchForward, SlotFeed};
 use crate::error::{Error, Result};
 use crate::generate::{
     Emitted, FinishReason, GenerateParams, PieceDecoder, Sequence, TokenLogprobs,
@@ -261,7 +268,7 @@ enum Command {
 pub struct Scheduler {
     tx: Option<mpsc::Sender<Command>>,
     shared: Arc<Shared>,
-    pool: Arc<KvPool>,
+    memory: Memory,
     config: SchedulerConfig,
     context: usize,
     vocab: usize,
@@ -278,14 +285,11 @@ impl std::fmt::Debug for Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the engine thread for `model`.
+    /// Starts the engine thread for `model` on the CPU, with a paged KV
+    /// pool under `config`'s budget.
     pub fn start(model: Arc<BitNetModel>, config: SchedulerConfig) -> Result<Self> {
+        check_config(&config)?;
         let c = model.config();
-        if config.max_batch == 0 || config.step_tokens == 0 {
-            return Err(Error::InvalidArgument(
-                "max_batch and step_tokens must be at least 1".into(),
-            ));
-        }
         let pool = KvPool::new(
             c.num_layers,
             c.kv_dim(),
@@ -293,7 +297,6 @@ impl Scheduler {
             config.kv_budget_bytes,
         )?;
         let context = config.context.min(c.max_position_embeddings);
-        let vocab = c.vocab_size;
         let threads = if config.threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -301,32 +304,79 @@ impl Scheduler {
         };
         let kernels = bitnet_core::build_pool(threads)
             .map_err(|e| Error::InvalidArgument(format!("kernel thread pool: {e}")))?;
+        let (vocab, eos) = (c.vocab_size, c.eos_token_ids.clone());
+        let backend = Backend::Paged {
+            model,
+            pool: Arc::clone(&pool),
+            ws: Box::new(Workspace::new()),
+            kernels,
+        };
+        Self::spawn(backend, Memory::Pool(pool), config, context, vocab, eos)
+    }
+
+    /// Starts the engine thread for a model that holds its sequences
+    /// itself, one per slot (a GPU model, or [`crate::device::CpuSlots`]).
+    /// A request is admitted when a slot is free; `config`'s KV pool
+    /// settings and `threads` do not apply (the model owns its memory and
+    /// its compute).
+    pub fn start_slots(model: Box<dyn BatchForward>, config: SchedulerConfig) -> Result<Self> {
+        check_config(&config)?;
+        let c = model.config();
+        let context = config
+            .context
+            .min(c.max_position_embeddings)
+            .min(model.slot_capacity());
+        let (vocab, eos) = (c.vocab_size, c.eos_token_ids.clone());
+        let slots = model.slots();
+        let usage = Arc::new(SlotUse {
+            total: slots,
+            in_use: AtomicUsize::new(0),
+            capacity: model.slot_capacity(),
+            bytes: model.kv_bytes_per_slot(),
+        });
+        let backend = Backend::Slots {
+            model,
+            free: (0..slots).rev().collect(),
+            usage: Arc::clone(&usage),
+            logits: Vec::new(),
+        };
+        Self::spawn(backend, Memory::Slots(usage), config, context, vocab, eos)
+    }
+
+    fn spawn(
+        backend: Backend,
+        memory: Memory,
+        config: SchedulerConfig,
+        context: usize,
+        vocab: usize,
+        eos: Vec<u32>,
+    ) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared::default());
-        let (engine_config, engine_pool, engine_shared) =
-            (config.clone(), Arc::clone(&pool), Arc::clone(&shared));
+        let (engine_config, engine_shared) = (config.clone(), Arc::clone(&shared));
         // The engine is built on its thread: its sequences hold decoders
         // that need not be `Send` once there.
         let thread = std::thread::Builder::new()
             .name("bitnet-engine".into())
             .spawn(move || {
                 Engine {
-                    model,
+                    backend,
                     config: engine_config,
-                    pool: engine_pool,
                     shared: engine_shared,
                     context,
+                    vocab,
+                    eos,
                     waiting: VecDeque::new(),
                     running: Vec::new(),
                     drain_deadline: None,
                 }
-                .run(rx, &kernels)
+                .run(rx)
             })
             .map_err(|e| Error::InvalidArgument(format!("cannot start the engine thread: {e}")))?;
         Ok(Scheduler {
             tx: Some(tx),
             shared,
-            pool,
+            memory,
             config,
             context,
             vocab,
@@ -349,9 +399,10 @@ impl Scheduler {
         self.shared.running.load(Ordering::Relaxed)
     }
 
-    /// The KV pool's blocks now.
+    /// The KV pool's blocks now (for a slot model: its slots, each a
+    /// block of a whole context).
     pub fn kv_stats(&self) -> KvPoolStats {
-        self.pool.stats()
+        self.memory.stats()
     }
 
     /// Whether [`Self::drain`] was called.
@@ -414,9 +465,9 @@ impl Scheduler {
                 capacity: self.context,
             });
         }
-        let blocks = self.pool.blocks_for(needed);
-        if blocks > self.pool.total_blocks() {
-            let s = self.pool.stats();
+        let blocks = self.memory.blocks_for(needed);
+        if blocks > self.memory.total_blocks() {
+            let s = self.memory.stats();
             return Err(Error::KvBudgetExhausted {
                 needed: blocks,
                 available: s.total,
@@ -461,6 +512,175 @@ impl Drop for Scheduler {
     }
 }
 
+fn check_config(config: &SchedulerConfig) -> Result<()> {
+    if config.max_batch == 0 || config.step_tokens == 0 {
+        return Err(Error::InvalidArgument(
+            "max_batch and step_tokens must be at least 1".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Where the sequences' keys and values live, as callers see it.
+#[derive(Debug)]
+enum Memory {
+    /// The CPU engine's paged pool.
+    Pool(Arc<KvPool>),
+    /// A slot model's slots.
+    Slots(Arc<SlotUse>),
+}
+
+/// A slot model's slots, counted by the engine.
+#[derive(Debug)]
+struct SlotUse {
+    total: usize,
+    in_use: AtomicUsize,
+    capacity: usize,
+    bytes: usize,
+}
+
+impl SlotUse {
+    fn stats(&self) -> KvPoolStats {
+        let in_use = self.in_use.load(Ordering::Relaxed).min(self.total);
+        KvPoolStats {
+            total: self.total,
+            in_use,
+            reserved: 0,
+            free: self.total - in_use,
+            largest_free_run: self.total - in_use,
+            block_size: self.capacity,
+            block_bytes: self.bytes,
+        }
+    }
+}
+
+impl Memory {
+    fn stats(&self) -> KvPoolStats {
+        match self {
+            Memory::Pool(p) => p.stats(),
+            Memory::Slots(u) => u.stats(),
+        }
+    }
+
+    fn blocks_for(&self, positions: usize) -> usize {
+        match self {
+            Memory::Pool(p) => p.blocks_for(positions),
+            Memory::Slots(_) => 1,
+        }
+    }
+
+    fn total_blocks(&self) -> usize {
+        match self {
+            Memory::Pool(p) => p.total_blocks(),
+            Memory::Slots(u) => u.total,
+        }
+    }
+}
+
+/// What runs the passes, with the memory it hands out.
+enum Backend {
+    /// The CPU model over a paged pool, on the engine's kernel threads.
+    Paged {
+        model: Arc<BitNetModel>,
+        pool: Arc<KvPool>,
+        ws: Box<Workspace>,
+        kernels: rayon::ThreadPool,
+    },
+    /// A model that keeps a sequence per slot.
+    Slots {
+        model: Box<dyn BatchForward>,
+        /// Slots no sequence holds (popped from the end).
+        free: Vec<usize>,
+        usage: Arc<SlotUse>,
+        logits: Vec<f32>,
+    },
+}
+
+/// A running sequence's keys and values.
+enum SeqCache {
+    Paged(KvCache),
+    Slot {
+        slot: usize,
+        len: usize,
+        capacity: usize,
+    },
+}
+
+impl SeqCache {
+    fn len(&self) -> usize {
+        match self {
+            SeqCache::Paged(c) => c.len(),
+            SeqCache::Slot { len, .. } => *len,
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        match self {
+            SeqCache::Paged(c) => c.capacity(),
+            SeqCache::Slot { capacity, .. } => *capacity,
+        }
+    }
+}
+
+impl Backend {
+    /// Whether a sequence of `needed` positions can be admitted now.
+    fn has_room(&self, needed: usize) -> bool {
+        match self {
+            Backend::Paged { pool, .. } => pool.can_reserve(pool.blocks_for(needed)),
+            Backend::Slots { free, .. } => !free.is_empty(),
+        }
+    }
+
+    /// Memory for a sequence of up to `needed` positions, `first` of them
+    /// allocated at once (after [`Self::has_room`]).
+    fn open(&mut self, first: usize, needed: usize) -> Result<SeqCache> {
+        match self {
+            Backend::Paged { pool, .. } => {
+                Ok(SeqCache::Paged(KvCache::paged(pool, first, needed)?))
+            }
+            Backend::Slots {
+                model, free, usage, ..
+            } => {
+                let slot = free.pop().ok_or_else(|| {
+                    Error::InvalidArgument("no free slot for the sequence".into())
+                })?;
+                model.clear_slot(slot);
+                usage.in_use.fetch_add(1, Ordering::Relaxed);
+                Ok(SeqCache::Slot {
+                    slot,
+                    len: 0,
+                    capacity: needed.min(model.slot_capacity()),
+                })
+            }
+        }
+    }
+
+    /// Gives a finished sequence's memory back.
+    fn release(&mut self, cache: SeqCache) {
+        match (self, cache) {
+            (
+                Backend::Slots {
+                    model, free, usage, ..
+                },
+                SeqCache::Slot { slot, .. },
+            ) => {
+                model.clear_slot(slot);
+                free.push(slot);
+                usage.in_use.fetch_sub(1, Ordering::Relaxed);
+            }
+            // Paged blocks go back to the pool when the cache drops.
+            (_, cache) => drop(cache),
+        }
+    }
+
+    fn stats(&self) -> KvPoolStats {
+        match self {
+            Backend::Paged { pool, .. } => pool.stats(),
+            Backend::Slots { usage, .. } => usage.stats(),
+        }
+    }
+}
+
 /// A request in the engine: waiting, or running with its cache.
 struct Slot {
     request: Box<Request>,
@@ -468,7 +688,7 @@ struct Slot {
     admitted: Instant,
     first_token: Option<Instant>,
     seq: Sequence<'static>,
-    cache: KvCache,
+    cache: SeqCache,
     /// Prompt tokens not yet run.
     prompt_left: usize,
     /// Tokens to run at the next step.
@@ -478,20 +698,19 @@ struct Slot {
 }
 
 struct Engine {
-    model: Arc<BitNetModel>,
+    backend: Backend,
     config: SchedulerConfig,
-    pool: Arc<KvPool>,
     shared: Arc<Shared>,
     context: usize,
+    vocab: usize,
+    eos: Vec<u32>,
     waiting: VecDeque<(Box<Request>, Instant)>,
     running: Vec<Slot>,
     drain_deadline: Option<Instant>,
 }
 
 impl Engine {
-    fn run(mut self, rx: mpsc::Receiver<Command>, kernels: &rayon::ThreadPool) {
-        let par = Parallelism::Pool(kernels);
-        let mut ws = Workspace::new();
+    fn run(mut self, rx: mpsc::Receiver<Command>) {
         let mut connected = true;
         loop {
             // Wait for work when idle; otherwise take what arrived.
@@ -527,14 +746,18 @@ impl Engine {
                 continue;
             }
             let started = Instant::now();
-            let (prefill, decoded) = match self.step(&mut ws, par) {
+            let (prefill, decoded) = match self.step() {
                 Ok(counts) => counts,
                 Err(e) => {
                     // A failed pass leaves the caches as they were, but which
                     // sequence caused it is unknown: fail them all.
                     let msg = e.to_string();
-                    for mut slot in self.running.drain(..) {
-                        slot.request
+                    for slot in std::mem::take(&mut self.running) {
+                        let Slot {
+                            mut request, cache, ..
+                        } = slot;
+                        self.backend.release(cache);
+                        request
                             .sink
                             .send(Event::Failed(Error::InvalidArgument(msg.clone())));
                     }
@@ -552,7 +775,7 @@ impl Engine {
                     elapsed: started.elapsed(),
                     queue_depth: self.waiting.len(),
                     running: self.running.len(),
-                    kv: self.pool.stats(),
+                    kv: self.backend.stats(),
                 });
             }
             self.retire();
@@ -564,7 +787,7 @@ impl Engine {
             )));
         }
         for slot in std::mem::take(&mut self.running) {
-            Self::finish(slot, FinishReason::Cancelled);
+            Self::finish(&mut self.backend, slot, FinishReason::Cancelled);
         }
         self.shared.waiting.store(0, Ordering::Relaxed);
         self.shared.running.store(0, Ordering::Relaxed);
@@ -622,7 +845,7 @@ impl Engine {
                 None
             };
             match reason {
-                Some(reason) => Self::finish(self.running.remove(i), reason),
+                Some(reason) => Self::finish(&mut self.backend, self.running.remove(i), reason),
                 None => i += 1,
             }
         }
@@ -636,12 +859,12 @@ impl Engine {
                 break;
             };
             let needed = r.prompt.len() + r.params.max_tokens;
-            if !self.pool.can_reserve(self.pool.blocks_for(needed)) {
+            if !self.backend.has_room(needed) {
                 break;
             }
             let (mut request, submitted) = self.waiting.pop_front().expect("checked");
             self.shared.waiting.fetch_sub(1, Ordering::Relaxed);
-            let cache = match KvCache::paged(&self.pool, self.context.min(needed), needed) {
+            let cache = match self.backend.open(self.context.min(needed), needed) {
                 Ok(c) => c,
                 Err(e) => {
                     request.sink.send(Event::Failed(e));
@@ -652,8 +875,8 @@ impl Engine {
                 .decoder
                 .take()
                 .map(|d| d as Box<dyn PieceDecoder + 'static>);
-            let seq = Sequence::new(
-                &self.model,
+            let seq = Sequence::with_eos(
+                &self.eos,
                 &request.prompt,
                 &request.params,
                 decoder,
@@ -671,7 +894,7 @@ impl Engine {
                 request,
             };
             if slot.request.params.max_tokens == 0 {
-                Self::finish(slot, FinishReason::Length);
+                Self::finish(&mut self.backend, slot, FinishReason::Length);
                 continue;
             }
             self.running.push(slot);
@@ -684,7 +907,7 @@ impl Engine {
     /// One forward pass: every decoding sequence advances a token, and the
     /// token budget left over goes to prompt chunks in admission order.
     /// Returns (prompt tokens run, tokens generated).
-    fn step(&mut self, ws: &mut Workspace, par: Parallelism<'_>) -> Result<(usize, usize)> {
+    fn step(&mut self) -> Result<(usize, usize)> {
         let decoding = self.running.iter().filter(|s| s.prompt_left == 0).count();
         let mut budget = self.config.step_tokens.saturating_sub(decoding).max(1);
         let mut prefill = 0;
@@ -702,23 +925,54 @@ impl Engine {
                 prefill += take;
             }
         }
-        let mut entries: Vec<BatchEntry<'_>> = self
-            .running
-            .iter_mut()
-            .filter(|s| !s.feed.is_empty())
-            .map(|s| BatchEntry {
-                ids: &s.feed,
-                cache: &mut s.cache,
-            })
-            .collect();
-        self.model
-            .forward_batch(&mut entries, Logits::Last, ws, par)?;
-        drop(entries);
-        let vocab = self.model.config().vocab_size;
+        let all_logits: &mut [f32] = match &mut self.backend {
+            Backend::Paged {
+                model, ws, kernels, ..
+            } => {
+                let mut entries: Vec<BatchEntry<'_>> = self
+                    .running
+                    .iter_mut()
+                    .filter(|s| !s.feed.is_empty())
+                    .map(|s| BatchEntry {
+                        ids: &s.feed,
+                        cache: match &mut s.cache {
+                            SeqCache::Paged(c) => c,
+                            SeqCache::Slot { .. } => {
+                                unreachable!("a paged engine opens paged caches")
+                            }
+                        },
+                    })
+                    .collect();
+                model.forward_batch(&mut entries, Logits::Last, ws, Parallelism::Pool(kernels))?;
+                ws.logits_mut()
+            }
+            Backend::Slots { model, logits, .. } => {
+                let feeds: Vec<SlotFeed<'_>> = self
+                    .running
+                    .iter()
+                    .filter(|s| !s.feed.is_empty())
+                    .map(|s| SlotFeed {
+                        slot: match s.cache {
+                            SeqCache::Slot { slot, .. } => slot,
+                            SeqCache::Paged(_) => unreachable!("a slot engine opens slots"),
+                        },
+                        ids: &s.feed,
+                    })
+                    .collect();
+                *logits = model.forward_slots(&feeds)?;
+                for s in &mut self.running {
+                    if let SeqCache::Slot { len, .. } = &mut s.cache {
+                        *len += s.feed.len();
+                    }
+                }
+                logits
+            }
+        };
+        let vocab = self.vocab;
         let mut generated = 0;
         let fed = self.running.iter_mut().filter(|s| !s.feed.is_empty());
         for (row, s) in fed.enumerate() {
-            let logits = &mut ws.logits_mut()[row * vocab..(row + 1) * vocab];
+            let logits = &mut all_logits[row * vocab..(row + 1) * vocab];
             if s.prompt_left > 0 {
                 s.prompt_left -= s.feed.len();
                 if s.prompt_left > 0 {
@@ -762,11 +1016,15 @@ impl Engine {
             if s.prompt_left == 0 && s.feed.is_empty() {
                 let mut slot = self.running.remove(i);
                 if let Some(e) = slot.failed.take() {
-                    slot.request.sink.send(Event::Failed(e));
+                    let Slot {
+                        mut request, cache, ..
+                    } = slot;
+                    self.backend.release(cache);
+                    request.sink.send(Event::Failed(e));
                     continue;
                 }
                 let finish = slot.seq.generation.finish.clone();
-                Self::finish(slot, finish);
+                Self::finish(&mut self.backend, slot, finish);
             } else {
                 i += 1;
             }
@@ -776,7 +1034,7 @@ impl Engine {
             .store(self.running.len(), Ordering::Relaxed);
     }
 
-    fn finish(slot: Slot, finish: FinishReason) {
+    fn finish(backend: &mut Backend, slot: Slot, finish: FinishReason) {
         let Slot {
             mut request,
             cache,
@@ -788,7 +1046,7 @@ impl Engine {
         } = slot;
         // The blocks go back before the client hears the end, so a client
         // that looks at the pool next sees them free.
-        drop(cache);
+        backend.release(cache);
         let now = Instant::now();
         let completion = Completion {
             finish,

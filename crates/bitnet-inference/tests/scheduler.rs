@@ -5,6 +5,7 @@
 //! drain deadline all end cleanly.
 
 use bitnet_core::Parallelism;
+use bitnet_inference::device::CpuSlots;
 use bitnet_inference::generate::{Session, generate};
 use bitnet_inference::scheduler::{
     Completion, Event, EventSink, Request, Scheduler, SchedulerConfig, StepReport, SubmitError,
@@ -123,6 +124,83 @@ fn a_request_gives_the_same_tokens_alone_and_inside_a_batch_of_16_others() {
     );
     let kv = scheduler.kv_stats();
     assert_eq!((kv.in_use, kv.reserved), (0, 0), "every block came back");
+}
+
+#[test]
+fn a_slot_model_gives_the_same_tokens_and_queues_requests_past_its_slots() {
+    let model = model();
+    let alone: Vec<Vec<u32>> = (0..9)
+        .map(|i| {
+            let mut s = Session::new(&model, 128);
+            generate(
+                &model,
+                &mut s,
+                &prompt(i),
+                &params(i),
+                None,
+                Parallelism::Sequential,
+                |_, _| true,
+            )
+            .unwrap()
+            .tokens
+        })
+        .collect();
+    // Three slots of 64 positions for nine requests: six wait for a slot.
+    let slots = CpuSlots::new(Arc::clone(&model), 3, 64, 2).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let scheduler = Scheduler::start_slots(
+        Box::new(slots),
+        SchedulerConfig {
+            on_step: Some(Arc::new(move |r: &StepReport| {
+                log.lock()
+                    .unwrap()
+                    .push((r.running, r.kv.in_use, r.kv.total));
+            })),
+            ..config()
+        },
+    )
+    .unwrap();
+    assert_eq!(scheduler.context(), 64);
+    let kv = scheduler.kv_stats();
+    assert_eq!((kv.total, kv.free, kv.block_size), (3, 3, 64));
+    let c = model.config();
+    assert_eq!(
+        kv.block_bytes,
+        KvPool::block_bytes_for(c.num_layers, c.kv_dim(), 64)
+    );
+    let receivers: Vec<_> = (0..9)
+        .map(|i| {
+            let (tx, rx) = mpsc::channel();
+            scheduler
+                .submit(Request::new(prompt(i), params(i), Box::new(tx)))
+                .unwrap();
+            rx
+        })
+        .collect();
+    for (i, rx) in receivers.iter().enumerate() {
+        let (tokens, done) = wait(rx);
+        assert_eq!(tokens, alone[i], "request {i}");
+        assert_eq!(done.unwrap().finish, FinishReason::Length);
+    }
+    let steps = seen.lock().unwrap().clone();
+    assert!(
+        steps
+            .iter()
+            .all(|&(running, in_use, total)| running <= 3 && in_use == running && total == 3)
+    );
+    assert!(
+        steps.iter().any(|&(running, ..)| running == 3),
+        "slots were shared"
+    );
+    assert_eq!(scheduler.kv_stats().in_use, 0, "every slot came back");
+    // A request longer than a slot is refused up front.
+    let (tx, _rx) = mpsc::channel();
+    let long = Request::new(vec![1; 64], params(0), Box::new(tx));
+    assert!(matches!(
+        scheduler.submit(long),
+        Err(SubmitError::Invalid(_))
+    ));
 }
 
 #[test]

@@ -44,4 +44,4 @@ pub use error::ApiError;
 pub use openapi::document as openapi_document;
 pub use routes::router;
 pub use serve::{serve, shutdown_signal};
-pub use state::{AppState, StartError};
+pub use state::{AppState, DeviceOpener, ModelRunner, StartError};

@@ -5,6 +5,7 @@
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use bitnet_inference::BitNetModel;
+use bitnet_inference::device::BatchForward;
 use bitnet_inference::scheduler::{Scheduler, SchedulerConfig};
 use bitnet_models::chat::ChatTemplate;
 use bitnet_models::tokenizer::TextTokenizer;
@@ -41,6 +42,29 @@ pub enum StartError {
     },
 }
 
+/// What runs the served model's passes.
+pub enum ModelRunner {
+    /// The CPU engine, with a paged KV pool under the configured budget.
+    Cpu(Arc<BitNetModel>),
+    /// A model that holds its sequences itself, one per slot: a GPU model
+    /// (`--device`), whose KV cache lives in device memory.
+    Slots(Box<dyn BatchForward>),
+}
+
+impl std::fmt::Debug for ModelRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelRunner::Cpu(_) => f.write_str("Cpu"),
+            ModelRunner::Slots(m) => write!(f, "Slots({}, {} slots)", m.device_name(), m.slots()),
+        }
+    }
+}
+
+/// Opens the model on a device once it is loaded; `None` runs it on the
+/// CPU (the opener says why, when a device was asked for).
+pub type DeviceOpener =
+    Box<dyn FnOnce(&BitNetModel) -> Option<Box<dyn BatchForward>> + Send + 'static>;
+
 /// The state behind every route.
 pub struct AppState {
     /// The engine.
@@ -63,6 +87,8 @@ pub struct AppState {
     pub fingerprint: String,
     /// Tenants, keys, limits and metering (none: the API is open).
     pub platform: Option<Arc<bitnet_platform::Platform>>,
+    /// What runs the model (`cpu (N threads)`, or the GPU's name).
+    pub device: String,
     next_id: AtomicU64,
     seed_base: u64,
 }
@@ -113,6 +139,18 @@ impl AppState {
         path: &Path,
         platform: Option<Arc<bitnet_platform::Platform>>,
     ) -> Result<Arc<Self>, StartError> {
+        Self::with_runner(config, ModelRunner::Cpu(model), tokenizer, path, platform)
+    }
+
+    /// [`Self::with_platform`] with the model on any runner, a GPU
+    /// included.
+    pub fn with_runner(
+        config: ServerConfig,
+        runner: ModelRunner,
+        tokenizer: TextTokenizer,
+        path: &Path,
+        platform: Option<Arc<bitnet_platform::Platform>>,
+    ) -> Result<Arc<Self>, StartError> {
         config.validate()?;
         let template = match &config.chat_template {
             Some(file) => {
@@ -128,23 +166,35 @@ impl AppState {
         };
         let metrics = Arc::new(Metrics::new());
         let observer = Arc::clone(&metrics);
-        let scheduler = Scheduler::start(
-            model,
-            SchedulerConfig {
-                max_batch: config.max_batch,
-                max_queue: config.max_queue,
-                step_tokens: config.step_tokens,
-                kv_block_size: config.kv_block_size,
-                kv_budget_bytes: config.kv_budget_mib.saturating_mul(1 << 20),
-                context: if config.context == 0 {
-                    usize::MAX
-                } else {
-                    config.context
-                },
-                threads: config.threads,
-                on_step: Some(Arc::new(move |r| observer.step(r))),
+        let scheduler_config = SchedulerConfig {
+            max_batch: config.max_batch,
+            max_queue: config.max_queue,
+            step_tokens: config.step_tokens,
+            kv_block_size: config.kv_block_size,
+            kv_budget_bytes: config.kv_budget_mib.saturating_mul(1 << 20),
+            context: if config.context == 0 {
+                usize::MAX
+            } else {
+                config.context
             },
-        )?;
+            threads: config.threads,
+            on_step: Some(Arc::new(move |r| observer.step(r))),
+        };
+        let (scheduler, device) = match runner {
+            ModelRunner::Cpu(model) => {
+                let threads = if config.threads == 0 {
+                    std::thread::available_parallelism().map_or(1, |n| n.get())
+                } else {
+                    config.threads
+                };
+                let device = format!("cpu ({threads} threads)");
+                (Scheduler::start(model, scheduler_config)?, device)
+            }
+            ModelRunner::Slots(model) => {
+                let device = model.device_name();
+                (Scheduler::start_slots(model, scheduler_config)?, device)
+            }
+        };
         metrics.gauges(0, 0, &scheduler.kv_stats());
         let model_id = config.model_id.clone().unwrap_or_else(|| {
             let name = path
@@ -168,6 +218,7 @@ impl AppState {
             stop_ids,
             fingerprint: format!("bitnet-rust-{}", env!("CARGO_PKG_VERSION")),
             platform,
+            device,
             next_id: AtomicU64::new(1),
             seed_base: random_seed(created),
         }))
@@ -176,6 +227,15 @@ impl AppState {
     /// Loads the model as [`AppState::load`] does, and connects the
     /// platform when the configuration names a database.
     pub async fn load_with_platform(config: ServerConfig) -> Result<Arc<Self>, StartError> {
+        Self::load_on_device(config, Box::new(|_| None)).await
+    }
+
+    /// [`Self::load_with_platform`], then `open` puts the model on a
+    /// device (the CPU when it returns `None`).
+    pub async fn load_on_device(
+        config: ServerConfig,
+        open: DeviceOpener,
+    ) -> Result<Arc<Self>, StartError> {
         config.validate()?;
         let platform = match &config.platform.database_url {
             Some(_) => {
@@ -187,17 +247,21 @@ impl AppState {
         };
         let path = config.model.clone().ok_or(StartError::NoModel)?;
         let c = config.clone();
-        let (model, tokenizer) = tokio::task::spawn_blocking(move || {
+        let (runner, tokenizer) = tokio::task::spawn_blocking(move || {
             let model = BitNetModel::load(&path)?;
             let tokenizer = TextTokenizer::for_model(&path)?;
-            Ok::<_, StartError>((model, tokenizer))
+            let runner = match open(&model) {
+                Some(device) => ModelRunner::Slots(device),
+                None => ModelRunner::Cpu(Arc::new(model)),
+            };
+            Ok::<_, StartError>((runner, tokenizer))
         })
         .await
         .map_err(|e| {
             StartError::Platform(bitnet_platform::PlatformError::Config(e.to_string()))
         })??;
         let path = c.model.clone().unwrap_or_default();
-        Self::with_platform(c, Arc::new(model), tokenizer, &path, platform)
+        Self::with_runner(c, runner, tokenizer, &path, platform)
     }
 
     /// A fresh id with `prefix` (`chatcmpl`, `cmpl`).

@@ -3,6 +3,7 @@
 //! batched answers equal to lone ones, every bad-input case, a full queue,
 //! a client that leaves, and a graceful shutdown in the middle of a stream.
 
+use bitnet_inference::BitNetModel;
 use bitnet_server::ServerConfig;
 use bitnet_server::loadgen::stream_chat;
 use serde_json::{Value, json};
@@ -295,6 +296,62 @@ async fn a_request_answers_the_same_alone_and_among_16_others() {
     }
     assert_eq!(alone["choices"], batched["choices"]);
     s.stop().await;
+}
+
+/// The engine over a model that holds its sequences in slots (as a GPU
+/// model does; the CPU's slot model here) answers as the paged CPU engine
+/// does, with more concurrent requests than slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_model_serves_the_same_answers_with_more_clients_than_slots() {
+    use bitnet_inference::device::CpuSlots;
+    let paged = TestServer::start(ServerConfig::default()).await;
+    let open: bitnet_server::DeviceOpener = Box::new(|m| {
+        let model = std::sync::Arc::new(BitNetModel::new(m.weights().clone()).unwrap());
+        Some(Box::new(CpuSlots::new(model, 3, 128, 1).unwrap()))
+    });
+    let slots = TestServer::start_on(ServerConfig::default(), Some(open)).await;
+    assert!(
+        slots.state.device.starts_with("cpu"),
+        "{}",
+        slots.state.device
+    );
+    let bodies: Vec<Value> = (0..7)
+        .map(|i| {
+            chat(
+                &"lorem ipsum ".repeat(1 + i % 4),
+                json!({"max_tokens": 4 + i % 5}),
+            )
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for body in bodies.clone() {
+        let (client, base) = (slots.client.clone(), slots.base.clone());
+        tasks.push(tokio::spawn(async move {
+            bitnet_server::loadgen::post_json(
+                &client,
+                &format!("{base}/v1/chat/completions"),
+                &body,
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    for (body, task) in bodies.iter().zip(tasks) {
+        let (status, _, got) = task.await.unwrap();
+        assert_eq!(status, 200);
+        let got: Value = serde_json::from_slice(&got).unwrap();
+        let (_, _, want) = paged.post("/v1/chat/completions", body).await;
+        assert_eq!(got["choices"], want["choices"]);
+        assert_eq!(got["usage"], want["usage"]);
+    }
+    let (_, metrics) = slots.get("/metrics").await;
+    let total = metrics
+        .lines()
+        .find(|l| l.starts_with("bitnet_kv_blocks{") && l.contains("\"total\""))
+        .unwrap_or_default();
+    assert!(total.ends_with(" 3"), "{metrics}");
+    paged.stop().await;
+    slots.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,13 +1,19 @@
-//! The BitNet forward pass on a wgpu device, one sequence at a time.
+//! The BitNet forward pass on a wgpu device, for one sequence or several.
 //!
 //! Everything a pass needs is built once at load: weights uploaded into
 //! device buffers in the kernels' layouts, activation buffers for up to
-//! `max_batch_tokens` tokens, the KV cache for the whole context, and a
-//! bind group per dispatch. A pass then writes the token embeddings (a
-//! row lookup, done on the host) and one small uniform (tokens, start
-//! position), records the ~15 dispatches per layer into a single compute
-//! pass, and reads back only the logits and a status word. No host round
-//! trip per layer.
+//! `max_batch_tokens` tokens, the KV cache for the whole context of each
+//! of `sequences` slots, and a bind group per dispatch. A pass then
+//! writes the token embeddings (a row lookup, done on the host), each
+//! token's position and KV cache row, the rows that want logits and one
+//! small uniform, records the ~15 dispatches per layer into a single
+//! compute pass, and reads back only the logits and a status word. No
+//! host round trip per layer.
+//!
+//! The tokens of one pass may belong to different sequences
+//! ([`BatchForward`]): the linear layers see them as one matrix, and each
+//! token's attention reads only its own slot of the cache. That is how
+//! the server batches decode steps of many clients on one GPU.
 //!
 //! Numerics follow the CPU engine: RMSNorm then per-token absmax int8
 //! codes (round half to even), ternary x int8 dot products summed exactly
@@ -26,6 +32,7 @@ use crate::kernels::{
     storage_with, u32_bytes, uniform,
 };
 use bitnet_core::ops::rows::RopeTable;
+use bitnet_inference::device::{BatchForward, SlotFeed, check_feeds, plan_slot_passes};
 use bitnet_inference::{Logits, SequenceForward};
 use bitnet_models::config::{Activation, BitNetConfig};
 use bitnet_models::float_matrix::{FloatEncoding, FloatMatrix};
@@ -39,6 +46,9 @@ pub struct GpuOptions {
     pub context: usize,
     /// Tokens one pass runs at most; longer prompts run in several passes.
     pub max_batch_tokens: usize,
+    /// Sequences held at once (slots of the KV cache, each of `context`
+    /// positions); 1 for `bitnet run`, the batch size for a server.
+    pub sequences: usize,
     /// Refuse to load when the model's buffers would exceed this many
     /// bytes (`None`: only the device's own limits apply).
     pub memory_budget: Option<u64>,
@@ -49,6 +59,7 @@ impl Default for GpuOptions {
         GpuOptions {
             context: 4096,
             max_batch_tokens: 256,
+            sequences: 1,
             memory_budget: None,
         }
     }
@@ -59,7 +70,7 @@ impl Default for GpuOptions {
 pub struct GpuMemory {
     /// Ternary layers, norms and the output layer.
     pub weights: u64,
-    /// Keys and values for the whole context.
+    /// Keys and values for the whole context of every slot.
     pub kv_cache: u64,
     /// Activations, logits, tables and parameter blocks.
     pub scratch: u64,
@@ -72,7 +83,8 @@ impl GpuMemory {
     }
 }
 
-/// A BitNet model loaded on a GPU, holding one sequence.
+/// A BitNet model loaded on a GPU, holding `sequences` sequences (one
+/// through [`SequenceForward`], slot 0; several through [`BatchForward`]).
 ///
 /// ```no_run
 /// use bitnet_inference::{BitNetModel, Logits, SequenceForward};
@@ -93,10 +105,13 @@ pub struct WgpuModel {
     memory: GpuMemory,
     /// Logit rows one pass can return (the logits buffer's binding limit).
     logit_rows: usize,
-    len: usize,
+    /// Positions held, per slot.
+    lens: Vec<usize>,
     layers: Vec<Dispatch>,
     head: Vec<Dispatch>,
     step: wgpu::Buffer,
+    tokens: wgpu::Buffer,
+    rows: wgpu::Buffer,
     x: wgpu::Buffer,
     logits: wgpu::Buffer,
     status: wgpu::Buffer,
@@ -105,6 +120,9 @@ pub struct WgpuModel {
     _buffers: Vec<wgpu::Buffer>,
     host_x: Vec<f32>,
     host_out: Vec<f32>,
+    host_ids: Vec<u32>,
+    host_tokens: Vec<u32>,
+    host_rows: Vec<u32>,
 }
 
 /// One ternary layer's upload: words `[cols_pad / 16, rows]` and a
@@ -257,6 +275,7 @@ impl WgpuModel {
         }
         let context = options.context.min(c.max_position_embeddings).max(1);
         let tokens = options.max_batch_tokens.clamp(1, context);
+        let sequences = options.sequences.max(1);
         let max_binding = ctx.max_binding();
         let out = weights.output_weight();
         let head_plan = HeadPlan::new(out, max_binding)?;
@@ -289,9 +308,9 @@ impl WgpuModel {
         } else {
             4 * (out.rows() * h) as u64
         };
-        let kv_bytes = 2 * 4 * (c.num_layers * context * kv) as u64;
-        let act_bytes = 4 * (tokens * (3 * h + 2 * f + stride_words + 2)) as u64
-            + 4 * (logit_rows * (h + 2 * c.vocab_size)) as u64
+        let kv_bytes = 2 * 4 * (c.num_layers * sequences * context * kv) as u64;
+        let act_bytes = 4 * (tokens * (3 * h + 2 * f + stride_words + 4)) as u64
+            + 4 * (logit_rows * (h + 2 * c.vocab_size + 1)) as u64
             + 4 * (context * d) as u64;
         let memory = GpuMemory {
             weights: linear_bytes + norm_bytes + head_bytes,
@@ -309,7 +328,7 @@ impl WgpuModel {
             });
         }
         let biggest = [
-            4 * (context * kv) as u64,
+            4 * (sequences * context * kv) as u64,
             4 * (tokens * f) as u64,
             4 * (logit_rows * c.vocab_size) as u64,
         ]
@@ -327,7 +346,8 @@ impl WgpuModel {
                 context,
                 limit: format!(
                     "one of its buffers needs {biggest} bytes, over the device's {max_binding}-byte \
-                     storage binding limit"
+                     storage binding limit (a layer's KV cache holds {sequences} x {context} \
+                     positions: fewer sequences or a shorter context shrink it)"
                 ),
             });
         }
@@ -342,6 +362,7 @@ impl WgpuModel {
                 packed: &packed,
                 head_plan: &head_plan,
                 context,
+                sequences,
                 tokens,
                 logit_rows,
                 stride_words,
@@ -353,6 +374,8 @@ impl WgpuModel {
             layers,
             head,
             step,
+            tokens: token_buf,
+            rows,
             x,
             logits,
             status,
@@ -367,14 +390,17 @@ impl WgpuModel {
             options: GpuOptions {
                 context,
                 max_batch_tokens: tokens,
+                sequences,
                 ..options
             },
             memory,
             logit_rows,
-            len: 0,
+            lens: vec![0; sequences],
             layers,
             head,
             step,
+            tokens: token_buf,
+            rows,
             x,
             logits,
             status,
@@ -382,6 +408,9 @@ impl WgpuModel {
             _buffers: buffers,
             host_x: Vec::new(),
             host_out: Vec::new(),
+            host_ids: Vec::new(),
+            host_tokens: Vec::new(),
+            host_rows: Vec::new(),
         })
     }
 
@@ -400,23 +429,24 @@ impl WgpuModel {
         &self.ctx
     }
 
-    /// One pass of at most `max_batch_tokens` tokens; returns logits when
-    /// `logits` is `Some`.
-    fn pass(&mut self, ids: &[u32], logits: Option<Logits>) -> Result<Option<Vec<f32>>> {
+    /// One pass over `host_ids`, each token at the (position, cache row)
+    /// pair in `host_tokens`, with logits for the tokens `host_rows` lists
+    /// (`None` when it lists none). Held positions are the caller's.
+    fn pass(&mut self) -> Result<Option<Vec<f32>>> {
         let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
-        let n = ids.len();
+        let (n, m) = (self.host_ids.len(), self.host_rows.len());
+        debug_assert!(n <= self.options.max_batch_tokens && m <= self.logit_rows);
         self.host_x.resize(n * h, 0.0);
-        for (&id, row) in ids.iter().zip(self.host_x.chunks_exact_mut(h)) {
+        for (&id, row) in self.host_ids.iter().zip(self.host_x.chunks_exact_mut(h)) {
             self.embed.row_into(id as usize, row);
         }
-        let (m, first) = match logits {
-            None => (0, 0),
-            Some(Logits::Last) => (1, n - 1),
-            Some(Logits::All) => (n, 0),
-        };
         let q = self.ctx.queue();
         q.write_buffer(&self.x, 0, &f32_bytes(&self.host_x));
-        let step = [n as u32, self.len as u32, m as u32, first as u32];
+        q.write_buffer(&self.tokens, 0, &u32_bytes(&self.host_tokens));
+        if m > 0 {
+            q.write_buffer(&self.rows, 0, &u32_bytes(&self.host_rows));
+        }
+        let step = [n as u32, m as u32, 0, 0];
         q.write_buffer(&self.step, 0, &u32_bytes(&step));
         q.write_buffer(&self.status, 0, &[0u8; 16]);
         let mut enc = self
@@ -447,13 +477,13 @@ impl WgpuModel {
             .read_f32(&self.staging, logit_bytes + 16, &mut self.host_out)?;
         let status = self.host_out[m * vocab].to_bits();
         if status != 0 {
+            let positions: Vec<u32> = self.host_tokens.iter().step_by(2).copied().collect();
             return Err(Error::NonFinite(format!(
-                "a layer input held NaN or infinity in the pass at positions {}..{}",
-                self.len,
-                self.len + n
+                "a layer input held NaN or infinity in a pass of {n} tokens at positions {}..={}",
+                positions.iter().min().unwrap_or(&0),
+                positions.iter().max().unwrap_or(&0),
             )));
         }
-        self.len += n;
         if m == 0 {
             return Ok(None);
         }
@@ -464,19 +494,76 @@ impl WgpuModel {
         Ok(Some(out))
     }
 
+    /// Sets the next pass's tokens: `ids` of `slot` from position `pos`.
+    fn push_tokens(&mut self, slot: usize, pos: usize, ids: &[u32]) {
+        let base = slot * self.options.context;
+        for (i, &id) in ids.iter().enumerate() {
+            self.host_ids.push(id);
+            self.host_tokens
+                .extend([(pos + i) as u32, (base + pos + i) as u32]);
+        }
+    }
+
+    fn clear_pass(&mut self) {
+        self.host_ids.clear();
+        self.host_tokens.clear();
+        self.host_rows.clear();
+    }
+
     fn forward_inner(&mut self, ids: &[u32], which: Logits) -> Result<Vec<f32>> {
         bitnet_inference::device::check_ids(
             ids,
             self.config.vocab_size,
-            self.len,
+            self.lens[0],
             self.options.context,
         )?;
-        let start = self.len;
+        let start = self.lens[0];
         let (max_tokens, max_rows) = (self.options.max_batch_tokens, self.logit_rows);
         bitnet_inference::device::run_in_passes(ids, which, max_tokens, max_rows, |chunk, want| {
-            self.pass(chunk, want)
+            self.clear_pass();
+            self.push_tokens(0, self.lens[0], chunk);
+            let n = chunk.len() as u32;
+            match want {
+                None => {}
+                Some(Logits::Last) => self.host_rows.push(n - 1),
+                Some(Logits::All) => self.host_rows.extend(0..n),
+            }
+            let out = self.pass()?;
+            self.lens[0] += chunk.len();
+            Ok(out)
         })
-        .inspect_err(|_| self.len = start)
+        .inspect_err(|_| self.lens[0] = start)
+    }
+
+    fn forward_slots_inner(&mut self, feeds: &[SlotFeed<'_>]) -> Result<Vec<f32>> {
+        check_feeds(
+            feeds,
+            self.lens.len(),
+            self.config.vocab_size,
+            self.options.context,
+            |s| self.lens[s],
+        )?;
+        let passes = plan_slot_passes(feeds, self.options.max_batch_tokens, self.logit_rows);
+        let mut out = Vec::with_capacity(feeds.len() * self.config.vocab_size);
+        for pieces in &passes {
+            self.clear_pass();
+            for p in pieces {
+                let ids = &feeds[p.feed].ids[p.start..p.start + p.len];
+                self.push_tokens(p.slot, self.lens[p.slot] + p.start, ids);
+                if p.logits {
+                    self.host_rows.push(self.host_ids.len() as u32 - 1);
+                }
+            }
+            if let Some(l) = self.pass()? {
+                out.extend_from_slice(&l);
+            }
+        }
+        // Only now: a failed pass leaves every slot as it was (positions
+        // written past a slot's length are overwritten by its next pass).
+        for f in feeds {
+            self.lens[f.slot] += f.ids.len();
+        }
+        Ok(out)
     }
 }
 
@@ -492,16 +579,46 @@ impl SequenceForward for WgpuModel {
         &self.config
     }
     fn len(&self) -> usize {
-        self.len
+        self.lens[0]
     }
     fn capacity(&self) -> usize {
         self.options.context
     }
     fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+        self.lens[0] = self.lens[0].min(len);
     }
     fn forward(&mut self, ids: &[u32], which: Logits) -> bitnet_inference::Result<Vec<f32>> {
         Ok(self.forward_inner(ids, which)?)
+    }
+}
+
+impl BatchForward for WgpuModel {
+    fn device_name(&self) -> String {
+        SequenceForward::device_name(self)
+    }
+    fn config(&self) -> &BitNetConfig {
+        &self.config
+    }
+    fn slots(&self) -> usize {
+        self.lens.len()
+    }
+    fn slot_capacity(&self) -> usize {
+        self.options.context
+    }
+    fn slot_len(&self, slot: usize) -> usize {
+        self.lens[slot]
+    }
+    fn clear_slot(&mut self, slot: usize) {
+        self.lens[slot] = 0;
+    }
+    fn forward_slots(&mut self, feeds: &[SlotFeed<'_>]) -> bitnet_inference::Result<Vec<f32>> {
+        Ok(self.forward_slots_inner(feeds)?)
+    }
+    fn kv_bytes_per_slot(&self) -> usize {
+        (self.memory.kv_cache / self.lens.len() as u64) as usize
+    }
+    fn device_memory_bytes(&self) -> Option<u64> {
+        Some(self.memory.total())
     }
 }
 
@@ -513,6 +630,7 @@ struct Build<'a> {
     packed: &'a [&'a BitLinear],
     head_plan: &'a HeadPlan,
     context: usize,
+    sequences: usize,
     tokens: usize,
     logit_rows: usize,
     stride_words: usize,
@@ -522,6 +640,8 @@ struct Built {
     layers: Vec<Dispatch>,
     head: Vec<Dispatch>,
     step: wgpu::Buffer,
+    tokens: wgpu::Buffer,
+    rows: wgpu::Buffer,
     x: wgpu::Buffer,
     logits: wgpu::Buffer,
     status: wgpu::Buffer,
@@ -543,6 +663,8 @@ impl Build<'_> {
             mapped_at_creation: false,
         });
         let f4 = |n: usize| 4 * n as u64;
+        let tokens = storage(ctx, "tokens", f4(2 * t));
+        let rows = storage(ctx, "logit rows", f4(self.logit_rows));
         let x = storage(ctx, "x", f4(t * h));
         let codes = storage(ctx, "codes", f4(t * self.stride_words));
         let scales = storage(ctx, "scales", f4(t));
@@ -587,7 +709,7 @@ impl Build<'_> {
                 let bind = k.bind(
                     ctx,
                     Kernel::Matmul,
-                    &[&p, &step, &wb, &sb, &codes, &scales, &sums, out],
+                    &[&p, &step, &wb, &sb, &codes, &scales, &sums, out, &tokens],
                 );
                 keep.extend([p, wb, sb]);
                 Dispatch {
@@ -604,7 +726,7 @@ impl Build<'_> {
                              stride: usize,
                              flags: u32| {
             let p = rope_params(ctx, heads, d, stride, flags);
-            let bind = k.bind(ctx, Kernel::Rope, &[&p, &step, &cos, &sin, buf]);
+            let bind = k.bind(ctx, Kernel::Rope, &[&p, &step, &cos, &sin, buf, &tokens]);
             keep.push(p);
             Dispatch {
                 kernel: Kernel::Rope,
@@ -620,8 +742,9 @@ impl Build<'_> {
         let mut layers = Vec::new();
         for (l, layer) in self.weights.layers.iter().enumerate() {
             let lin = &self.packed[7 * l..7 * l + 7];
-            let kc = storage(ctx, "k cache", f4(self.context * kv));
-            let vc = storage(ctx, "v cache", f4(self.context * kv));
+            let cache = self.sequences * self.context * kv;
+            let kc = storage(ctx, "k cache", f4(cache));
+            let vc = storage(ctx, "v cache", f4(cache));
             layers.push(norm_quant(&mut keep, &x, &layer.input_layernorm));
             layers.push(matmul(&mut keep, lin[0], &qb, 0));
             layers.push(matmul(&mut keep, lin[1], &kc, INTO_CACHE));
@@ -629,7 +752,11 @@ impl Build<'_> {
             layers.push(rope_dispatch(&mut keep, &qb, c.num_heads, h, 0));
             layers.push(rope_dispatch(&mut keep, &kc, c.num_kv_heads, kv, 1));
             let p = attention_params(ctx, c.num_heads, c.num_kv_heads, d, h, kv);
-            let bind = k.bind(ctx, Kernel::Attention, &[&p, &step, &qb, &kc, &vc, &ob]);
+            let bind = k.bind(
+                ctx,
+                Kernel::Attention,
+                &[&p, &step, &qb, &kc, &vc, &ob, &tokens],
+            );
             keep.push(p);
             layers.push(Dispatch {
                 kernel: Kernel::Attention,
@@ -666,7 +793,7 @@ impl Build<'_> {
         let mut head = Vec::new();
         let p = uniform(ctx, "rms_norm", &[Word::U(h as u32), eps]);
         let nb = storage_with(ctx, "final norm", &f32_bytes(&self.weights.norm));
-        let bind = k.bind(ctx, Kernel::RmsNorm, &[&p, &step, &x, &nb, &normed]);
+        let bind = k.bind(ctx, Kernel::RmsNorm, &[&p, &step, &x, &nb, &normed, &rows]);
         keep.extend([p, nb]);
         head.push(Dispatch {
             kernel: Kernel::RmsNorm,
@@ -704,6 +831,8 @@ impl Build<'_> {
             layers,
             head,
             step,
+            tokens,
+            rows,
             x,
             logits,
             status,

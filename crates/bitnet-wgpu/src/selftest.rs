@@ -102,12 +102,17 @@ impl Lcg {
     }
 }
 
-fn step(ctx: &GpuContext, n: u32, start: u32, m: u32, first: u32) -> wgpu::Buffer {
-    uniform(
-        ctx,
-        "step",
-        &[Word::U(n), Word::U(start), Word::U(m), Word::U(first)],
-    )
+fn step(ctx: &GpuContext, n: u32, m: u32) -> wgpu::Buffer {
+    uniform(ctx, "step", &[Word::U(n), Word::U(m)])
+}
+
+/// The kernels' per-token (position, cache row) pairs: `n` tokens from
+/// position `start`, in the cache slot whose position 0 is row `base`.
+fn token_rows(ctx: &GpuContext, n: usize, start: usize, base: usize) -> wgpu::Buffer {
+    let pairs: Vec<u32> = (start..start + n)
+        .flat_map(|pos| [pos as u32, (base + pos) as u32])
+        .collect();
+    storage_with(ctx, "tokens", &u32_bytes(&pairs))
 }
 
 /// Every kernel once against the CPU engine's code.
@@ -145,7 +150,7 @@ fn check_norm_quant(ctx: &GpuContext, k: &Kernels, rng: &mut Lcg) -> Result<Kern
     let want = QuantizedActivations::quantize("check", &normed, n, cols)?;
 
     let p = norm_quant_params(ctx, cols, eps);
-    let st = step(ctx, n as u32, 0, 0, 0);
+    let st = step(ctx, n as u32, 0);
     let xb = storage_with(ctx, "x", &f32_bytes(&x));
     let wb = storage_with(ctx, "w", &f32_bytes(&w));
     let codes = storage(ctx, "codes", 4 * (n * stride) as u64);
@@ -227,7 +232,8 @@ fn check_matmul(
         })
         .collect();
     let p = matmul_params(ctx, rows, cols, packed.flags);
-    let st = step(ctx, n as u32, 0, 0, 0);
+    let st = step(ctx, n as u32, 0);
+    let tb = token_rows(ctx, n, 0, 0);
     let wb = storage_with(ctx, "w", &u32_bytes(&packed.words));
     let sb = storage_with(ctx, "ws", &f32_bytes(&packed.scales));
     let cb = storage_with(ctx, "codes", &u32_bytes(&words));
@@ -238,7 +244,7 @@ fn check_matmul(
         ctx,
         k,
         Kernel::Matmul,
-        &[&p, &st, &wb, &sb, &cb, &xs, &sm, &out],
+        &[&p, &st, &wb, &sb, &cb, &xs, &sm, &out, &tb],
         Grid::Matmul {
             x: (rows as u32).div_ceil(WG_ROWS),
         },
@@ -258,7 +264,8 @@ fn check_matmul(
 
 /// RoPE on queries and cached keys, then causal GQA attention of `n` new
 /// tokens after `start` cached ones, against the CPU's RoPE table and a
-/// softmax computed in f64.
+/// softmax computed in f64. The sequence sits in the second slot of the
+/// cache, so the kernels' slot offsets are checked too.
 fn check_rope_attention(ctx: &GpuContext, k: &Kernels, rng: &mut Lcg) -> Result<KernelCheck> {
     let (heads, kv_heads, d) = (4usize, 2usize, 48usize);
     let (start, n) = (67usize, 5usize);
@@ -310,12 +317,20 @@ fn check_rope_attention(ctx: &GpuContext, k: &Kernels, rng: &mut Lcg) -> Result<
         }
     }
     let (cos, sin) = table.tables();
-    let st = step(ctx, n as u32, start as u32, 0, 0);
+    let st = step(ctx, n as u32, 0);
+    // Slot 1 of a cache of 100-position slots; slot 0 holds noise.
+    let base = 100;
+    let tb = token_rows(ctx, n, start, base);
+    let slotted = |v: &[f32]| {
+        let mut all: Vec<f32> = (0..base * kv).map(|i| (i % 7) as f32 - 3.0).collect();
+        all.extend_from_slice(v);
+        all
+    };
     let cosb = storage_with(ctx, "cos", &f32_bytes(cos));
     let sinb = storage_with(ctx, "sin", &f32_bytes(sin));
     let qb = storage_with(ctx, "q", &f32_bytes(&q));
-    let kb = storage_with(ctx, "k", &f32_bytes(&kc));
-    let vb = storage_with(ctx, "v", &f32_bytes(&vc));
+    let kb = storage_with(ctx, "k", &f32_bytes(&slotted(&kc)));
+    let vb = storage_with(ctx, "v", &f32_bytes(&slotted(&vc)));
     let ob = storage(ctx, "o", 4 * (n * h) as u64);
     for (buf, hs, stride, flags) in [(&qb, heads, h, 0u32), (&kb, kv_heads, kv, 1)] {
         let p = rope_params(ctx, hs, d, stride, flags);
@@ -323,7 +338,7 @@ fn check_rope_attention(ctx: &GpuContext, k: &Kernels, rng: &mut Lcg) -> Result<
             ctx,
             k,
             Kernel::Rope,
-            &[&p, &st, &cosb, &sinb, buf],
+            &[&p, &st, &cosb, &sinb, buf, &tb],
             Grid::PerToken {
                 x: ((hs * d / 2) as u32).div_ceil(WG_ROWS),
             },
@@ -336,7 +351,7 @@ fn check_rope_attention(ctx: &GpuContext, k: &Kernels, rng: &mut Lcg) -> Result<
         ctx,
         k,
         Kernel::Attention,
-        &[&p, &st, &qb, &kb, &vb, &ob],
+        &[&p, &st, &qb, &kb, &vb, &ob, &tb],
         Grid::Attention {
             heads: heads as u32,
         },
@@ -359,7 +374,7 @@ fn check_glu(ctx: &GpuContext, k: &Kernels, rng: &mut Lcg) -> Result<KernelCheck
     for (act, f) in [(0u32, relu2 as fn(f32) -> f32), (1, silu)] {
         let want: Vec<f32> = g.iter().zip(&u).map(|(&a, &b)| f(a) * b).collect();
         let p = uniform(ctx, "glu", &[Word::U(cols as u32), Word::U(act)]);
-        let st = step(ctx, n as u32, 0, 0, 0);
+        let st = step(ctx, n as u32, 0);
         let gb = storage_with(ctx, "gate", &f32_bytes(&g));
         let ub = storage_with(ctx, "up", &f32_bytes(&u));
         run_once(
@@ -390,7 +405,8 @@ fn check_rms_norm(ctx: &GpuContext, k: &Kernels, rng: &mut Lcg) -> Result<Kernel
     let mut want = vec![0.0; cols];
     rms_norm_into(&x[(n - 1) * cols..], &w, 1e-6, &mut want);
     let p = uniform(ctx, "p", &[Word::U(cols as u32), Word::F(1e-6)]);
-    let st = step(ctx, n as u32, 0, 1, (n - 1) as u32);
+    let st = step(ctx, n as u32, 1);
+    let rows = storage_with(ctx, "logit rows", &u32_bytes(&[(n - 1) as u32]));
     let xb = storage_with(ctx, "x", &f32_bytes(&x));
     let wb = storage_with(ctx, "w", &f32_bytes(&w));
     let ob = storage(ctx, "out", 4 * cols as u64);
@@ -398,7 +414,7 @@ fn check_rms_norm(ctx: &GpuContext, k: &Kernels, rng: &mut Lcg) -> Result<Kernel
         ctx,
         k,
         Kernel::RmsNorm,
-        &[&p, &st, &xb, &wb, &ob],
+        &[&p, &st, &xb, &wb, &ob, &rows],
         Grid::LogitRows,
         n as u32,
         1,
@@ -431,7 +447,7 @@ fn check_lm_head(ctx: &GpuContext, k: &Kernels, rng: &mut Lcg, f16: bool) -> Res
     }
     // Two slices, so the offset path runs too.
     let plan = crate::model::HeadPlan::with_slice_rows(&matrix, 70);
-    let st = step(ctx, m as u32, 0, m as u32, 0);
+    let st = step(ctx, m as u32, m as u32);
     let xb = storage_with(ctx, "x", &f32_bytes(&x));
     let lb = storage(ctx, "logits", 4 * (m * vocab) as u64);
     let kernel = if f16 {
@@ -477,6 +493,7 @@ pub fn run(ctx: GpuContext) -> Result<SelfTestReport> {
         context: 64,
         // Small passes so that the prompt takes several (the chunked path).
         max_batch_tokens: 8,
+        sequences: 1,
         memory_budget: None,
     };
     let mut gpu = WgpuModel::new(ctx, model.weights(), options)?;

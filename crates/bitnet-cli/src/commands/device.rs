@@ -1,9 +1,10 @@
-//! `--device` for the commands that run a model (`run`, `bench`): which
-//! device, and the GPU model when one opens. Every failure to use a GPU
+//! `--device` for the commands that run a model (`run`, `bench`, `serve`):
+//! which device, and the GPU model when one opens. Every failure to use a GPU
 //! (none built in, no driver, no adapter, a kernel that does not compile,
 //! a model that does not fit) prints one line saying why and leaves the
 //! CPU path, which always works.
 
+use bitnet_inference::device::BatchForward;
 use bitnet_inference::{DeviceSpec, SequenceForward};
 use bitnet_models::weights::BitNetWeights;
 
@@ -91,6 +92,77 @@ impl DeviceArgs {
         Err("this build has no CUDA backend (rebuild with the `cuda` feature)".into())
     }
 
+    /// Opens the GPU the arguments ask for holding up to `sequences`
+    /// sequences of `context` positions at once, for the server's batches;
+    /// fewer (down to one, with a notice) when that many do not fit. `None`
+    /// (after a notice when a GPU was asked for) means: serve on the CPU.
+    pub(crate) fn open_slots(
+        &self,
+        weights: &BitNetWeights,
+        context: usize,
+        sequences: usize,
+    ) -> Option<Box<dyn BatchForward>> {
+        let fallback = |why: String| {
+            eprintln!("notice: {why}; serving on the CPU");
+            None
+        };
+        match self.device {
+            DeviceSpec::Cpu => None,
+            // `run` and `bench` hold one sequence on CUDA; the server needs
+            // the batched seam, which only the wgpu backend has so far.
+            DeviceSpec::Cuda(i) => fallback(format!(
+                "--device cuda:{i}: the CUDA backend runs one sequence (`bitnet run`, `bitnet \
+                 bench`) and does not serve batches yet; `--device wgpu` serves on the same card \
+                 through Vulkan"
+            )),
+            spec => match self.wgpu_slots(spec, weights, context, sequences) {
+                Ok(model) => Some(model),
+                Err(e) => fallback(format!("--device {spec}: {e}")),
+            },
+        }
+    }
+
+    #[cfg(feature = "wgpu")]
+    fn wgpu_slots(
+        &self,
+        spec: DeviceSpec,
+        weights: &BitNetWeights,
+        context: usize,
+        sequences: usize,
+    ) -> Result<Box<dyn BatchForward>, String> {
+        let mut n = sequences.max(1);
+        loop {
+            match self.wgpu_model(spec, weights, context, n) {
+                Ok(model) => {
+                    if n < sequences {
+                        eprintln!(
+                            "notice: the GPU holds {n} sequences of {context} positions, not \
+                             {sequences} (--max-batch): that many do not fit"
+                        );
+                    }
+                    let mem = model.memory();
+                    announce(&model, mem.weights, mem.kv_cache, mem.scratch);
+                    return Ok(Box::new(model));
+                }
+                Err(bitnet_wgpu::Error::OutOfMemory { .. }) if n > 1 => n /= 2,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    #[cfg(not(feature = "wgpu"))]
+    fn wgpu_slots(
+        &self,
+        spec: DeviceSpec,
+        _weights: &BitNetWeights,
+        _context: usize,
+        _sequences: usize,
+    ) -> Result<Box<dyn BatchForward>, String> {
+        Err(format!(
+            "--device {spec}: this build has no wgpu backend (rebuild with the `wgpu` feature)"
+        ))
+    }
+
     #[cfg(feature = "wgpu")]
     fn open_wgpu(
         &self,
@@ -98,6 +170,23 @@ impl DeviceArgs {
         weights: &BitNetWeights,
         context: usize,
     ) -> Result<Option<GpuSequence>, String> {
+        let model = self
+            .wgpu_model(spec, weights, context, 1)
+            .map_err(|e| e.to_string())?;
+        let mem = model.memory();
+        announce(&model, mem.weights, mem.kv_cache, mem.scratch);
+        Ok(Some(Box::new(model)))
+    }
+
+    /// The wgpu model on the adapter `spec` names, with `sequences` slots.
+    #[cfg(feature = "wgpu")]
+    fn wgpu_model(
+        &self,
+        spec: DeviceSpec,
+        weights: &BitNetWeights,
+        context: usize,
+        sequences: usize,
+    ) -> bitnet_wgpu::Result<bitnet_wgpu::WgpuModel> {
         use bitnet_wgpu::{AdapterChoice, GpuContext, GpuOptions, WgpuModel};
         let choice = match spec {
             DeviceSpec::Wgpu(Some(i)) => AdapterChoice::Index(i),
@@ -110,16 +199,14 @@ impl DeviceArgs {
                 allow_software: false,
             },
         };
-        let ctx = GpuContext::open(choice).map_err(|e| e.to_string())?;
+        let ctx = GpuContext::open(choice)?;
         let options = GpuOptions {
             context,
+            sequences,
             memory_budget: self.gpu_memory_mib.map(|m| m << 20),
             ..GpuOptions::default()
         };
-        let model = WgpuModel::new(ctx, weights, options).map_err(|e| e.to_string())?;
-        let mem = model.memory();
-        announce(&model, mem.weights, mem.kv_cache, mem.scratch);
-        Ok(Some(Box::new(model)))
+        WgpuModel::new(ctx, weights, options)
     }
 
     #[cfg(not(feature = "wgpu"))]

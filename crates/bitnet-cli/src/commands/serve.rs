@@ -3,8 +3,9 @@
 //! variables, then flags; logs are JSON lines on stderr (`--log-format
 //! text` for people), each carrying the request id inside a request.
 
+use super::device::DeviceArgs;
 use anyhow::Context;
-use bitnet_server::{AppState, ServerConfig, serve, shutdown_signal};
+use bitnet_server::{AppState, DeviceOpener, ServerConfig, serve, shutdown_signal};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -84,6 +85,11 @@ pub(crate) struct Args {
     /// Purge usage rows older than this many days (0: keep them).
     #[arg(long, env = "BITNET_RETENTION_DAYS", value_name = "DAYS")]
     retention_days: Option<u32>,
+    /// Where the model runs. On a GPU, `--max-batch` sequences of
+    /// `--context` positions each keep their KV cache in GPU memory (fewer
+    /// when that many do not fit); the KV pool settings apply to the CPU.
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 impl Args {
@@ -167,8 +173,18 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let model = config.model.clone();
+    let (device, context, sequences) = (args.device.clone(), config.context, config.max_batch);
+    let open: DeviceOpener = Box::new(move |m| {
+        let positions = m.config().max_position_embeddings;
+        let context = if context == 0 {
+            positions
+        } else {
+            context.min(positions)
+        };
+        device.open_slots(m.weights(), context, sequences)
+    });
     runtime.block_on(async move {
-        let state = AppState::load_with_platform(config)
+        let state = AppState::load_on_device(config, open)
             .await
             .with_context(|| match &model {
                 Some(p) => format!("loading {}", p.display()),
@@ -195,11 +211,12 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             address = %local,
             model = %state.model_id,
             context = state.scheduler.context(),
+            device = %state.device,
             "serving"
         );
         eprintln!(
-            "bitnet serve: listening on http://{local} (model `{}`)",
-            state.model_id
+            "bitnet serve: listening on http://{local} (model `{}` on {})",
+            state.model_id, state.device
         );
         serve(state, listener, shutdown_signal()).await?;
         anyhow::Ok(())

@@ -4,7 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use bitnet_server::loadgen::{HttpClient, client, post_json};
-use bitnet_server::{AppState, ServerConfig, serve};
+use bitnet_server::{AppState, DeviceOpener, ServerConfig, serve};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
@@ -28,6 +28,11 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: ServerConfig) -> TestServer {
+        Self::start_on(config, None).await
+    }
+
+    /// A server whose model `open` puts on a device of its own.
+    pub async fn start_on(config: ServerConfig, open: Option<DeviceOpener>) -> TestServer {
         // The tiny model's byte-level vocabulary spells Llama-3's special
         // tokens out byte by byte, too long for its 128 positions; a short
         // template keeps prompts small.
@@ -47,7 +52,9 @@ impl TestServer {
             threads: 1,
             ..config
         };
-        let state = if config.platform.database_url.is_some() {
+        let state = if let Some(open) = open {
+            AppState::load_on_device(config, open).await.unwrap()
+        } else if config.platform.database_url.is_some() {
             AppState::load_with_platform(config).await.unwrap()
         } else {
             AppState::load(config).unwrap()

@@ -16,7 +16,8 @@ struct Params {
     stride: u32,
     // bit 0: add into `out` (the residual stream); bit 1: the scale
     // multiplies (autobitlinear) instead of dividing (bitlinear);
-    // bit 2: output rows start at `step.start` (writing into a KV cache).
+    // bit 2: token t's output row is its KV cache row (writing into a
+    // KV cache).
     flags: u32,
 }
 
@@ -28,6 +29,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read> scales: array<f32>;
 @group(0) @binding(6) var<storage, read> sums: array<i32>;
 @group(0) @binding(7) var<storage, read_write> out: array<f32>;
+// (position, cache row) per token.
+@group(0) @binding(8) var<storage, read> tokens: array<u32>;
 
 // Tokens per invocation: each weight word is read once for all of them.
 const TOK: u32 = 4u;
@@ -58,10 +61,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
     let ws = wscale[r];
-    var row0 = t0;
-    if (p.flags & 4u) != 0u {
-        row0 += step.start;
-    }
     for (var tt = 0u; tt < nt; tt++) {
         let t = t0 + tt;
         let d = f32(acc[tt] - sums[t]);
@@ -72,7 +71,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         } else {
             y = d / (ws * sx);
         }
-        let idx = (row0 + tt) * p.rows + r;
+        var row = t;
+        if (p.flags & 4u) != 0u {
+            row = tokens[2u * t + 1u];
+        }
+        let idx = row * p.rows + r;
         if (p.flags & 1u) != 0u {
             out[idx] += y;
         } else {

@@ -1,5 +1,5 @@
 // The final RMSNorm, to floats, over the `step.m` rows that get logits
-// (residual rows step.first..).
+// (the residual rows `logit_rows` lists).
 
 struct Params {
     cols: u32,
@@ -13,6 +13,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> weight: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read> logit_rows: array<u32>;
 
 const WG: u32 = 256u;
 var<workgroup> red: array<f32, 256>;
@@ -20,7 +21,10 @@ var<workgroup> red: array<f32, 256>;
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = wg.x;
-    let src = (step.first + row) * p.cols;
+    if row >= step.m {
+        return;
+    }
+    let src = logit_rows[row] * p.cols;
     var ss = 0.0;
     for (var i = lid; i < p.cols; i += WG) {
         let v = x[src + i];

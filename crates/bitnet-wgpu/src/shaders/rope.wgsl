@@ -1,12 +1,12 @@
-// Rotate-half RoPE in place on `heads` head vectors per row, at positions
-// step.start + t, from the CPU's own cos/sin table.
+// Rotate-half RoPE in place on `heads` head vectors per row, at each
+// token's position, from the CPU's own cos/sin table.
 
 struct Params {
     heads: u32,
     d: u32,
     // Floats per row of `x`.
     row_stride: u32,
-    // bit 0: rows start at `step.start` (keys in the KV cache).
+    // bit 0: token t's row is its KV cache row (keys in the cache).
     flags: u32,
 }
 
@@ -15,6 +15,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> cos_t: array<f32>;
 @group(0) @binding(3) var<storage, read> sin_t: array<f32>;
 @group(0) @binding(4) var<storage, read_write> x: array<f32>;
+// (position, cache row) per token.
+@group(0) @binding(5) var<storage, read> tokens: array<u32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -26,10 +28,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let head = i / half;
     let j = i % half;
-    let pos = step.start + t;
+    let pos = tokens[2u * t];
     var row = t;
     if (p.flags & 1u) != 0u {
-        row = pos;
+        row = tokens[2u * t + 1u];
     }
     let base = row * p.row_stride + head * p.d;
     let c = cos_t[pos * half + j];
