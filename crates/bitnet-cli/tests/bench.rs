@@ -185,3 +185,48 @@ fn parallel_sequences_get_one_tg_row_per_count() {
     let (ok, _, err) = bitnet(&["bench", "-m", model, "--parallel", "0"]);
     assert!(!ok && err.contains("--parallel"), "{err}");
 }
+
+/// `--parallel` on a GPU: the sequences decode together in the GPU's slots
+/// (lavapipe in CI), or a notice says why and the CPU runs them.
+#[test]
+fn parallel_sequences_decode_in_gpu_slots_or_on_the_cpu_with_a_notice() {
+    let dir = tiny("bitlinear_offline");
+    let model = dir.to_str().unwrap();
+    let (ok, out, err) = bitnet(&[
+        "bench",
+        "-m",
+        model,
+        "-p",
+        "4",
+        "-n",
+        "3",
+        "--parallel",
+        "1,3",
+        "-t",
+        "1",
+        "-r",
+        "1",
+        "--device",
+        "wgpu",
+        "-o",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let rows = rows.as_array().expect("rows");
+    let parallel: Vec<u64> = rows
+        .iter()
+        .map(|r| r["n_parallel"].as_u64().unwrap())
+        .collect();
+    assert_eq!(parallel, [1, 1, 3]);
+    let on_gpu = rows.iter().all(|r| r["backends"] == "wgpu");
+    let fell_back =
+        err.contains("notice: --device wgpu") && rows.iter().all(|r| r["backends"] == "CPU");
+    assert!(on_gpu != fell_back, "{err} {rows:?}");
+    if std::env::var_os("BITNET_TEST_WGPU").is_some() {
+        assert!(on_gpu, "BITNET_TEST_WGPU is set: {err}");
+    }
+    for r in rows {
+        assert!(r["avg_ts"].as_f64().unwrap() > 0.0, "{r}");
+    }
+}

@@ -159,18 +159,18 @@ fn serve_on_a_gpu_answers_as_the_cpu_does_or_says_why_it_cannot() {
         .any(|l| l.contains("listening") && l.contains("on wgpu:"));
     let fell_back = lines
         .iter()
-        .any(|l| l.starts_with("notice: --device wgpu") && l.contains("serving on the CPU"));
+        .any(|l| l.starts_with("notice: --device wgpu") && l.contains("running on the CPU"));
     assert!(on_gpu != fell_back, "{lines:?}");
     if std::env::var_os("BITNET_TEST_WGPU").is_some() {
         assert!(on_gpu, "BITNET_TEST_WGPU is set: {lines:?}");
     }
-    // CUDA serves no batches yet: a notice, then the CPU.
+    // CUDA batches no sequences yet: a notice, then the CPU.
     let (cuda, lines) = complete_on("cuda");
     assert_eq!(cuda, cpu);
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("notice: --device cuda:0") && l.contains("serving on the CPU")),
+            .any(|l| l.starts_with("notice: --device cuda:0") && l.contains("running on the CPU")),
         "{lines:?}"
     );
 }

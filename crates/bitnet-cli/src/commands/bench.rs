@@ -34,7 +34,8 @@
 use crate::commands::device::DeviceArgs;
 use anyhow::{Context, bail};
 use bitnet_core::{Parallelism, build_pool, system};
-use bitnet_inference::{BatchEntry, BitNetModel, Logits, Workspace};
+use bitnet_inference::device::SlotFeed;
+use bitnet_inference::{BatchEntry, BitNetModel, DeviceSpec, Logits, Workspace};
 use bitnet_models::weights::{BitNetWeights, Linear};
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -185,12 +186,32 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         bail!("a test needs {longest} positions; the model's context is {context}");
     }
     let widest = args.parallel.iter().copied().max().unwrap_or(1);
-    let mut gpu = args.device.open(model.weights(), longest);
-    if gpu.is_some() && widest > 1 {
-        bail!("--parallel above 1 runs on the CPU only; the GPU path holds one sequence");
+    // Several sequences decoding together on a GPU need a model that holds
+    // them all (one slot each); one sequence takes the single-sequence path.
+    let (mut gpu, mut slots) = if widest > 1 && args.device.device != DeviceSpec::Cpu {
+        (
+            None,
+            args.device.open_slots(model.weights(), longest, widest),
+        )
+    } else {
+        (args.device.open(model.weights(), longest), None)
+    };
+    if let Some(m) = &slots
+        && m.slots() < widest
+    {
+        bail!(
+            "--parallel {widest}: the GPU holds only {} sequences of {longest} positions",
+            m.slots()
+        );
     }
-    let device = gpu.as_ref().map(|g| g.device_name());
-    let device_memory = gpu.as_ref().and_then(|g| g.device_memory_bytes());
+    let device = gpu
+        .as_ref()
+        .map(|g| g.device_name())
+        .or_else(|| slots.as_ref().map(|m| m.device_name()));
+    let device_memory = gpu
+        .as_ref()
+        .and_then(|g| g.device_memory_bytes())
+        .or_else(|| slots.as_ref().and_then(|m| m.device_memory_bytes()));
     let mut caches: Vec<_> = (0..widest).map(|_| model.new_cache(longest)).collect();
     let mut ws = Workspace::new();
     let mut rng = SplitMix(0x5eed);
@@ -231,6 +252,28 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 let prompt = random_ids(p);
                 let steps = random_ids(g * n_parallel);
                 let t0 = Instant::now();
+                if let Some(m) = slots.as_mut() {
+                    (0..n_parallel).for_each(|s| m.clear_slot(s));
+                    if p > 0 {
+                        let feed = [SlotFeed {
+                            slot: 0,
+                            ids: &prompt,
+                        }];
+                        std::hint::black_box(m.forward_slots(&feed)?);
+                    }
+                    for ids in steps.chunks_exact(n_parallel) {
+                        let feeds: Vec<SlotFeed<'_>> = ids
+                            .iter()
+                            .enumerate()
+                            .map(|(slot, id)| SlotFeed {
+                                slot,
+                                ids: std::slice::from_ref(id),
+                            })
+                            .collect();
+                        std::hint::black_box(m.forward_slots(&feeds)?);
+                    }
+                    return Ok(t0.elapsed().as_nanos() as u64);
+                }
                 if let Some(seq) = gpu.as_mut() {
                     seq.truncate(0);
                     if p > 0 {
@@ -308,6 +351,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 for (part, us) in seq.decode_profile()? {
                     eprintln!("  {part:<48} {us:>9.1} us");
                 }
+            }
+            None if slots.is_some() => {
+                eprintln!("--profile: times one sequence's decode step; run it with --parallel 1")
             }
             None => eprintln!("--profile: only a GPU device times its own kernels"),
         }

@@ -93,9 +93,10 @@ impl DeviceArgs {
     }
 
     /// Opens the GPU the arguments ask for holding up to `sequences`
-    /// sequences of `context` positions at once, for the server's batches;
-    /// fewer (down to one, with a notice) when that many do not fit. `None`
-    /// (after a notice when a GPU was asked for) means: serve on the CPU.
+    /// sequences of `context` positions at once, for batches of sequences
+    /// (the server, `bench --parallel`); fewer (down to one, with a notice)
+    /// when that many do not fit. `None` (after a notice when a GPU was
+    /// asked for) means: run on the CPU.
     pub(crate) fn open_slots(
         &self,
         weights: &BitNetWeights,
@@ -103,17 +104,16 @@ impl DeviceArgs {
         sequences: usize,
     ) -> Option<Box<dyn BatchForward>> {
         let fallback = |why: String| {
-            eprintln!("notice: {why}; serving on the CPU");
+            eprintln!("notice: {why}; running on the CPU");
             None
         };
         match self.device {
             DeviceSpec::Cpu => None,
-            // `run` and `bench` hold one sequence on CUDA; the server needs
-            // the batched seam, which only the wgpu backend has so far.
+            // `run` and `bench` hold one sequence on CUDA; batches of
+            // sequences need the slot seam, which only wgpu has so far.
             DeviceSpec::Cuda(i) => fallback(format!(
-                "--device cuda:{i}: the CUDA backend runs one sequence (`bitnet run`, `bitnet \
-                 bench`) and does not serve batches yet; `--device wgpu` serves on the same card \
-                 through Vulkan"
+                "--device cuda:{i}: the CUDA backend runs one sequence at a time and does not \
+                 batch several yet; `--device wgpu` does, on the same card through Vulkan"
             )),
             spec => match self.wgpu_slots(spec, weights, context, sequences) {
                 Ok(model) => Some(model),
@@ -137,7 +137,7 @@ impl DeviceArgs {
                     if n < sequences {
                         eprintln!(
                             "notice: the GPU holds {n} sequences of {context} positions, not \
-                             {sequences} (--max-batch): that many do not fit"
+                             {sequences}: that many do not fit"
                         );
                     }
                     let mem = model.memory();
