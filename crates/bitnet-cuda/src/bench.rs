@@ -139,7 +139,7 @@ pub fn gemv_bandwidth(
     };
     let kmax = shapes.iter().map(|s| pad64(s.2)).max().unwrap_or(64);
     let rmax = shapes.iter().map(|s| s.1).max().unwrap_or(2);
-    let step = a.upload(&[tokens as u32, 0, 0, 0])?;
+    let step = a.upload(&crate::kernels::step_for(tokens, 0, 0, &[]))?;
     let acts = [
         a.upload(&vec![1i8; tokens * kmax])?,
         a.upload(&vec![1.0f32; tokens])?,

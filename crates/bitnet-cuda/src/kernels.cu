@@ -5,16 +5,31 @@
 // in i32 and scaled once per output, rotate-half RoPE from the CPU's own
 // cos/sin table, causal softmax attention in f32, ReLU² or SiLU gating.
 //
-// Every kernel reads the pass's token count and start position from a
-// device-side Step block rather than from its arguments, so one captured
-// CUDA graph replays every decode step unchanged.
+// Every kernel reads the pass's token count, and where each token goes,
+// from a device-side Step block rather than from its arguments, so one
+// captured CUDA graph replays every decode step of that many tokens
+// unchanged. The tokens of one pass may belong to several sequences, each
+// in its own slot of the KV cache: after the header come (position, cache
+// row) pairs, one per token (cache row = slot * context + position), then
+// the residual rows that get logits.
 
 struct Step {
     unsigned n;      // tokens in this pass
-    unsigned start;  // position of the first (tokens already cached)
-    unsigned m;      // rows that get logits (1 or n)
-    unsigned first;  // residual row of the first logit row
+    unsigned _pad0;
+    unsigned m;      // rows that get logits
+    unsigned _pad1;
+    // unsigned tok[2 * n]: position, cache row; unsigned rows[m]
 };
+
+__device__ __forceinline__ unsigned tok_pos(const Step* s, int t) {
+    return reinterpret_cast<const unsigned*>(s)[4 + 2 * t];
+}
+__device__ __forceinline__ unsigned tok_row(const Step* s, int t) {
+    return reinterpret_cast<const unsigned*>(s)[5 + 2 * t];
+}
+__device__ __forceinline__ unsigned logit_row(const Step* s, int r) {
+    return reinterpret_cast<const unsigned*>(s)[4 + 2 * s->n + r];
+}
 
 #define FULL 0xffffffffu
 
@@ -132,8 +147,8 @@ extern "C" __global__ void norm_quant(const Step* step, const float* x, const fl
 //
 // pairs[p] = {segment | 256 if row a's scale multiplies | 512 for row b's,
 // output row a, output row b (-1: none), RoPE index j}. Segment flags:
-// 1 add into the output; 4 output rows start at step->start (KV cache);
-// 8 rotate the pair (RoPE at position step->start + t); 16 gate the pair
+// 1 add into the output; 4 token t's output row is its cache row (KV
+// cache); 8 rotate the pair (RoPE at token t's position); 16 gate the pair
 // (out[a] = act(row a) * row b), 32 with SiLU instead of ReLU².
 #define F_ADD 1
 #define F_CACHE 4
@@ -231,17 +246,16 @@ __device__ __forceinline__ void matmul_impl(const Step* step, const uint4* __res
     int ostride = s == 0 ? seg.stride[0] : (s == 1 ? seg.stride[1] : seg.stride[2]);
     int flags = s == 0 ? seg.flags[0] : (s == 1 ? seg.flags[1] : seg.flags[2]);
     bool mul_a = (pr.x & 256) != 0, mul_b = (pr.x & 512) != 0;
-    int start = (int)step->start;
-    int row0 = t0 + ((flags & F_CACHE) ? start : 0);
 #pragma unroll
     for (int t = 0; t < TOK; t++) {
         if (t < nt) {
+            size_t orow = (flags & F_CACHE) ? tok_row(step, t0 + t) : (size_t)(t0 + t);
             float da = (float)(acc[t] - sm[t]), db = (float)(other[t] - sm[t]);
             float ya = mul_a ? da / sx[t] * ws_a : da / (ws_a * sx[t]);
             float yb = mul_b ? db / sx[t] * ws_b : db / (ws_b * sx[t]);
-            float* o = out + (size_t)(row0 + t) * ostride;
+            float* o = out + orow * ostride;
             if (flags & F_ROPE) {
-                size_t at = (size_t)(start + t0 + t) * half + pr.w;
+                size_t at = (size_t)tok_pos(step, t0 + t) * half + pr.w;
                 float c = cos_t[at], sn = sin_t[at];
                 float ra = ya * c - yb * sn;
                 float rb = yb * c + ya * sn;
@@ -291,7 +305,7 @@ MATMUL(matmul_1, 1, MATMUL_MIN_BLOCKS)
 MATMUL(matmul_8, 8, 1)
 
 // Causal attention of one query (token t = blockIdx.x, head = blockIdx.y)
-// over the KV cache, in tiles of ATT_TILE positions with a running max and
+// over its sequence's slot of the KV cache (positions 0..=its own), in tiles of ATT_TILE positions with a running max and
 // sum: no score matrix in memory, so only the cache bounds the context.
 // A thread computes each score; thread `dim` accumulates the values (head
 // dims up to twice the block size).
@@ -305,7 +319,10 @@ extern "C" __global__ void attention(const Step* step, const float* q, const flo
     int t = blockIdx.x, head = blockIdx.y;
     if (t >= (int)step->n) return;
     int kvh = head / (heads / kv_heads);
-    int ctx = (int)step->start + t + 1;
+    int pos = (int)tok_pos(step, t);
+    int ctx = pos + 1;
+    // The sequence's position 0 in the cache.
+    size_t first = (size_t)tok_row(step, t) - (size_t)pos;
     const float* qr = q + (size_t)t * q_stride + head * d;
     for (int i = threadIdx.x; i < d; i += blockDim.x) qs[i] = qr[i];
     __syncthreads();
@@ -315,7 +332,7 @@ extern "C" __global__ void attention(const Step* step, const float* q, const flo
         int cnt = min(ATT_TILE, ctx - base);
         // A thread per position: independent loads, no reduction per score.
         for (int j = threadIdx.x; j < cnt; j += blockDim.x) {
-            const float* kr = kc + (size_t)(base + j) * kv_stride + kvh * d;
+            const float* kr = kc + (first + base + j) * kv_stride + kvh * d;
             float dot = 0.0f;
             if ((d & 3) == 0) {
                 const float4* k4 = reinterpret_cast<const float4*>(kr);
@@ -347,7 +364,7 @@ extern "C" __global__ void attention(const Step* step, const float* q, const flo
         }
         l += block_sum(ls, red);
         __syncthreads();
-        const float* vb = vc + (size_t)base * kv_stride + kvh * d;
+        const float* vb = vc + (first + base) * kv_stride + kvh * d;
         if (d0 < d) {
             float a = 0.0f;
 #pragma unroll 8
@@ -368,13 +385,13 @@ extern "C" __global__ void attention(const Step* step, const float* q, const flo
 }
 
 // The final RMSNorm, to floats, over the step->m rows that get logits
-// (residual rows step->first..).
+// (the residual rows the step block lists).
 extern "C" __global__ void rms_norm(const Step* step, const float* x, const float* weight,
                                     float* out, int cols, float eps) {
     __shared__ float sh[32];
     int row = blockIdx.x;
     if (row >= (int)step->m) return;
-    const float* src = x + (size_t)(step->first + row) * cols;
+    const float* src = x + (size_t)logit_row(step, row) * cols;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) {
         float v = src[i];

@@ -293,3 +293,30 @@ pub(crate) fn pad64(n: usize) -> usize {
 pub(crate) fn attention_block(d: usize) -> u32 {
     (d.div_ceil(32) * 32).clamp(64, 256) as u32
 }
+
+/// Words of a step block (`Step` in `kernels.cu`) for up to `tokens`
+/// tokens and `rows` logit rows.
+pub(crate) fn step_words(tokens: usize, rows: usize) -> usize {
+    4 + 2 * tokens + rows
+}
+
+/// The step block `kernels.cu` reads: the header, each token's (position,
+/// cache row) pair from `pairs` (flattened), then the residual rows that
+/// get logits.
+pub(crate) fn step_block(pairs: &[u32], rows: &[u32]) -> Vec<u32> {
+    debug_assert!(pairs.len().is_multiple_of(2));
+    let mut b = Vec::with_capacity(4 + pairs.len() + rows.len());
+    b.extend([(pairs.len() / 2) as u32, 0, rows.len() as u32, 0]);
+    b.extend_from_slice(pairs);
+    b.extend_from_slice(rows);
+    b
+}
+
+/// A step block for `n` tokens of one sequence from position `start`, in
+/// the cache slot whose position 0 is row `base`, with logits for `rows`.
+pub(crate) fn step_for(n: usize, start: usize, base: usize, rows: &[u32]) -> Vec<u32> {
+    let pairs: Vec<u32> = (start..start + n)
+        .flat_map(|p| [p as u32, (base + p) as u32])
+        .collect();
+    step_block(&pairs, rows)
+}

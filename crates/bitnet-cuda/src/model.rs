@@ -1,16 +1,23 @@
-//! The BitNet forward pass on a CUDA device, one sequence at a time.
+//! The BitNet forward pass on a CUDA device, for one sequence or several.
 //!
 //! Everything a pass needs is built once at load: weights uploaded in the
 //! kernels' layouts, activation buffers for up to `max_batch_tokens`
-//! tokens, the KV cache for the whole context, and the list of launches
-//! with their arguments. A pass writes the token embeddings (a row lookup
-//! on the host) and a 16-byte step block, launches 9 kernels per layer on
+//! tokens, the KV cache for the whole context of each of `sequences`
+//! slots, and the list of launches with their arguments. A pass writes the
+//! token embeddings (a row lookup on the host) and a step block (each
+//! token's position and KV cache row, the rows that get logits), launches
+//! 9 kernels per layer on
 //! one stream (layers that read the same activations share a launch, with
 //! RoPE, the KV-cache write, the gate and the residual add fused into the
 //! matmul's write), and reads back only the logits and a status word: no
-//! host round trip per layer. Decode steps (one token, one logit row)
-//! replay a CUDA graph captured on the first such step, which removes the
-//! host's cost for the ~270 launches of a 2B-4T step.
+//! host round trip per layer. Decode steps (a token and its logits for
+//! each of up to 16 sequences) replay a CUDA graph captured on the first
+//! step of that many tokens, which removes the host's cost for the ~270
+//! launches of a 2B-4T step.
+//!
+//! The tokens of one pass may belong to different sequences
+//! ([`BatchForward`]): the matmuls see them as one matrix, and each token's
+//! attention reads only its own slot of the cache.
 //!
 //! Numerics are the wgpu backend's and the CPU engine's (see
 //! `kernels.cu`). The output layer runs in the file's own f32, f16 or
@@ -20,8 +27,10 @@ use crate::context::CudaDevice;
 use crate::error::{Error, Result};
 use crate::kernels::{
     Arg, Grid, HEAD_BLOCK, Kernel, Kernels, Launch, MATMUL_BLOCK, attention_block, pad64, ptr,
+    step_block, step_words,
 };
 use bitnet_core::ops::rows::RopeTable;
+use bitnet_inference::device::{BatchForward, SlotFeed, check_feeds, plan_slot_passes};
 use bitnet_inference::{Logits, SequenceForward};
 use bitnet_models::config::{Activation, BitNetConfig};
 use bitnet_models::float_matrix::{FloatEncoding, FloatMatrix};
@@ -37,6 +46,9 @@ pub struct CudaOptions {
     pub context: usize,
     /// Tokens one pass runs at most; longer prompts run in several passes.
     pub max_batch_tokens: usize,
+    /// Sequences held at once (slots of the KV cache, each of `context`
+    /// positions); 1 for `bitnet run`, the batch size for a server.
+    pub sequences: usize,
     /// Refuse to load when the model's buffers would exceed this many
     /// bytes (`None`: the device's free memory is the limit).
     pub memory_budget: Option<u64>,
@@ -44,11 +56,27 @@ pub struct CudaOptions {
     pub graphs: bool,
 }
 
+/// Decode steps of up to this many tokens (one per sequence) replay a
+/// graph captured for their token count.
+const GRAPH_TOKENS: usize = 16;
+
+/// A captured graph owned by one model, so that the model can move to the
+/// server's engine thread.
+struct OwnedGraph(CudaGraph);
+
+// SAFETY: CUDA forbids touching one graph from two threads at once; it
+// allows using it from any thread with its context current. The model owns
+// its graphs and is used through `&mut self` (never shared: `CudaModel` is
+// not `Sync`), so moving it only changes which one thread touches them, and
+// `CudaGraph::launch` binds the context to the calling thread first.
+unsafe impl Send for OwnedGraph {}
+
 impl Default for CudaOptions {
     fn default() -> Self {
         CudaOptions {
             context: 4096,
             max_batch_tokens: 512,
+            sequences: 1,
             memory_budget: None,
             graphs: true,
         }
@@ -325,7 +353,8 @@ pub struct CudaModel {
     options: CudaOptions,
     memory: CudaMemory,
     logit_rows: usize,
-    len: usize,
+    /// Positions held, per slot.
+    lens: Vec<usize>,
     layers: Vec<Launch>,
     head: Vec<Launch>,
     step: CudaSlice<u32>,
@@ -334,11 +363,15 @@ pub struct CudaModel {
     status: CudaSlice<u32>,
     /// Kept alive for the launches that point into them.
     _buffers: Vec<CudaSlice<u8>>,
-    /// The decode step (one token, one logit row), once captured.
-    graph: Option<CudaGraph>,
+    /// Decode steps by token count (a token and its logits per
+    /// sequence), each once captured.
+    graphs: Vec<Option<OwnedGraph>>,
     /// Why capturing failed, if it did (decode then launches directly).
     graph_error: Option<String>,
     host_x: Vec<f32>,
+    host_ids: Vec<u32>,
+    host_pairs: Vec<u32>,
+    host_rows: Vec<u32>,
 }
 
 impl std::fmt::Debug for CudaModel {
@@ -347,7 +380,7 @@ impl std::fmt::Debug for CudaModel {
             .field("device", &self.dev.info())
             .field("options", &self.options)
             .field("memory", &self.memory)
-            .field("len", &self.len)
+            .field("lens", &self.lens)
             .finish_non_exhaustive()
     }
 }
@@ -382,6 +415,7 @@ impl CudaModel {
         let context = options.context.min(c.max_position_embeddings).max(1);
         let tokens = options.max_batch_tokens.clamp(1, context);
         let logit_rows = tokens;
+        let sequences = options.sequences.max(1);
         let out = weights.output_weight();
 
         let mut lins = Vec::with_capacity(c.num_layers * 7);
@@ -406,8 +440,9 @@ impl CudaModel {
             .sum();
         let norm_bytes = 4 * (c.num_layers * (3 * h + f) + h) as u64;
         let head_bytes_n = head_elem_bytes(out) * (out.rows() * out.cols()) as u64;
-        let kv_bytes = 2 * 4 * (c.num_layers * context * kv) as u64;
+        let kv_bytes = 2 * 4 * (c.num_layers * sequences * context * kv) as u64;
         let scratch = 4 * (tokens * (3 * h + f + 2) + tokens * stride / 4 + 8) as u64
+            + 4 * step_words(tokens, logit_rows) as u64
             + 4 * (logit_rows * (h + c.vocab_size)) as u64
             + 4 * (context * d) as u64;
         let memory = CudaMemory {
@@ -442,6 +477,7 @@ impl CudaModel {
             weights,
             lins: &lins,
             context,
+            sequences,
             tokens,
             logit_rows,
             stride,
@@ -455,11 +491,12 @@ impl CudaModel {
             options: CudaOptions {
                 context,
                 max_batch_tokens: tokens,
+                sequences,
                 ..options
             },
             memory,
             logit_rows,
-            len: 0,
+            lens: vec![0; sequences],
             layers: built.layers,
             head: built.head,
             step: built.step,
@@ -467,9 +504,12 @@ impl CudaModel {
             logits: built.logits,
             status: built.status,
             _buffers: built.buffers,
-            graph: None,
+            graphs: (0..=GRAPH_TOKENS).map(|_| None).collect(),
             graph_error: None,
             host_x: Vec::new(),
+            host_ids: Vec::new(),
+            host_pairs: Vec::new(),
+            host_rows: Vec::new(),
             dev,
         })
     }
@@ -494,7 +534,7 @@ impl CudaModel {
     pub fn graph_status(&self) -> std::result::Result<bool, &str> {
         match &self.graph_error {
             Some(e) => Err(e),
-            None => Ok(self.graph.is_some()),
+            None => Ok(self.graphs.iter().any(Option::is_some)),
         }
     }
 
@@ -504,7 +544,7 @@ impl CudaModel {
     /// (device time from CUDA events, mean of 20 replays, microseconds).
     pub fn profile(&mut self) -> Result<Vec<(String, f64)>> {
         let what = "profiling a decode step";
-        let len = self.len;
+        let len = self.lens[0];
         if len + 1 > self.options.context {
             return Err(bitnet_inference::Error::ContextFull {
                 needed: len + 1,
@@ -516,16 +556,16 @@ impl CudaModel {
         let t0 = std::time::Instant::now();
         for _ in 0..rounds {
             self.forward_inner(&[1], Logits::Last)?;
-            self.len = len;
+            self.lens[0] = len;
         }
         let mut rows = vec![(
             "decode step, host to logits (forward)".to_string(),
             t0.elapsed().as_secs_f64() * 1e6 / rounds as f64,
         )];
-        let step = [1u32, len as u32, 1, 0];
+        let step = crate::kernels::step_for(1, len, 0, &[0]);
         self.dev
             .stream()
-            .memcpy_htod(&step, &mut self.step)
+            .memcpy_htod(&step, &mut self.step.slice_mut(..step.len()))
             .map_err(|e| Error::driver(what, e))?;
         let kinds: [(&str, &dyn Fn(Kernel) -> bool); 6] = [
             ("all launches (the decode graph)", &|_| true),
@@ -552,7 +592,7 @@ impl CudaModel {
         }
         // The replays wrote keys and values at `len`; nothing reads them
         // before a real step overwrites them.
-        self.len = len;
+        self.lens[0] = len;
         Ok(rows)
     }
 
@@ -568,13 +608,14 @@ impl CudaModel {
         Ok(())
     }
 
-    /// Captures the decode step's launches into a graph.
-    fn capture(&mut self) -> Result<CudaGraph> {
+    /// Captures the launches of a decode step of `n` tokens (each with
+    /// its logits) into a graph.
+    fn capture(&mut self, n: u32) -> Result<CudaGraph> {
         let s = self.dev.stream().clone();
         let what = "capturing the decode step as a CUDA graph";
         s.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(|e| Error::driver(what, e))?;
-        let launched = self.launch_all(1, 1);
+        let launched = self.launch_all(n, n);
         let graph = s.end_capture(sys::CUgraphInstantiate_flags(0));
         launched?;
         graph
@@ -582,38 +623,36 @@ impl CudaModel {
             .ok_or_else(|| Error::driver(what, "the capture recorded nothing"))
     }
 
-    /// One pass of at most `max_batch_tokens` tokens; returns logits when
-    /// `logits` is `Some`.
-    fn pass(&mut self, ids: &[u32], logits: Option<Logits>) -> Result<Option<Vec<f32>>> {
+    /// One pass over `host_ids`, each token at the (position, cache row)
+    /// pair in `host_pairs`, with logits for the residual rows `host_rows`
+    /// lists (`None` when it lists none). Held positions are the caller's.
+    fn pass(&mut self) -> Result<Option<Vec<f32>>> {
         let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
-        let n = ids.len();
+        let (n, m) = (self.host_ids.len(), self.host_rows.len());
+        debug_assert!(n <= self.options.max_batch_tokens && m <= self.logit_rows);
         self.host_x.resize(n * h, 0.0);
-        for (&id, row) in ids.iter().zip(self.host_x.chunks_exact_mut(h)) {
+        for (&id, row) in self.host_ids.iter().zip(self.host_x.chunks_exact_mut(h)) {
             self.embed.row_into(id as usize, row);
         }
-        let (m, first) = match logits {
-            None => (0, 0),
-            Some(Logits::Last) => (1, n - 1),
-            Some(Logits::All) => (n, 0),
-        };
         let s = self.dev.stream().clone();
         let what = "running the forward pass";
-        let step = [n as u32, self.len as u32, m as u32, first as u32, 0];
-        s.memcpy_htod(&step[..4], &mut self.step)
+        let step = step_block(&self.host_pairs, &self.host_rows);
+        s.memcpy_htod(&step, &mut self.step.slice_mut(..step.len()))
             .map_err(|e| Error::driver(what, e))?;
         s.memcpy_htod(&self.host_x, &mut self.x.slice_mut(..n * h))
             .map_err(|e| Error::driver(what, e))?;
         s.memset_zeros(&mut self.status)
             .map_err(|e| Error::driver(what, e))?;
-        let decode = n == 1 && m == 1 && self.options.graphs;
-        if decode && self.graph.is_none() && self.graph_error.is_none() {
-            match self.capture() {
-                Ok(g) => self.graph = Some(g),
+        // A decode step: a token and its logits per sequence.
+        let decode = n == m && n <= GRAPH_TOKENS && self.options.graphs;
+        if decode && self.graphs[n].is_none() && self.graph_error.is_none() {
+            match self.capture(n as u32) {
+                Ok(g) => self.graphs[n] = Some(OwnedGraph(g)),
                 Err(e) => self.graph_error = Some(e.to_string()),
             }
         }
-        match (&self.graph, decode) {
-            (Some(g), true) => g.launch().map_err(|e| Error::driver(what, e))?,
+        match (&self.graphs.get(n), decode) {
+            (Some(Some(g)), true) => g.0.launch().map_err(|e| Error::driver(what, e))?,
             _ => self.launch_all(n as u32, m as u32)?,
         }
         // Straight into the Vec that is returned: no staging copy.
@@ -627,13 +666,13 @@ impl CudaModel {
             .map_err(|e| Error::driver(what, e))?;
         s.synchronize().map_err(|e| Error::driver(what, e))?;
         if status[0] != 0 {
+            let positions = self.host_pairs.iter().step_by(2);
             return Err(Error::NonFinite(format!(
-                "a layer input held NaN or infinity in the pass at positions {}..{}",
-                self.len,
-                self.len + n
+                "a layer input held NaN or infinity in a pass of {n} tokens at positions {}..={}",
+                positions.clone().min().unwrap_or(&0),
+                positions.max().unwrap_or(&0),
             )));
         }
-        self.len += n;
         if m == 0 {
             return Ok(None);
         }
@@ -643,19 +682,76 @@ impl CudaModel {
         Ok(Some(out))
     }
 
+    /// Sets the next pass's tokens: `ids` of `slot` from position `pos`.
+    fn push_tokens(&mut self, slot: usize, pos: usize, ids: &[u32]) {
+        let base = slot * self.options.context;
+        for (i, &id) in ids.iter().enumerate() {
+            self.host_ids.push(id);
+            self.host_pairs
+                .extend([(pos + i) as u32, (base + pos + i) as u32]);
+        }
+    }
+
+    fn clear_pass(&mut self) {
+        self.host_ids.clear();
+        self.host_pairs.clear();
+        self.host_rows.clear();
+    }
+
     fn forward_inner(&mut self, ids: &[u32], which: Logits) -> Result<Vec<f32>> {
         bitnet_inference::device::check_ids(
             ids,
             self.config.vocab_size,
-            self.len,
+            self.lens[0],
             self.options.context,
         )?;
-        let start = self.len;
+        let start = self.lens[0];
         let (max_tokens, max_rows) = (self.options.max_batch_tokens, self.logit_rows);
         bitnet_inference::device::run_in_passes(ids, which, max_tokens, max_rows, |chunk, want| {
-            self.pass(chunk, want)
+            self.clear_pass();
+            self.push_tokens(0, self.lens[0], chunk);
+            let n = chunk.len() as u32;
+            match want {
+                None => {}
+                Some(Logits::Last) => self.host_rows.push(n - 1),
+                Some(Logits::All) => self.host_rows.extend(0..n),
+            }
+            let out = self.pass()?;
+            self.lens[0] += chunk.len();
+            Ok(out)
         })
-        .inspect_err(|_| self.len = start)
+        .inspect_err(|_| self.lens[0] = start)
+    }
+
+    fn forward_slots_inner(&mut self, feeds: &[SlotFeed<'_>]) -> Result<Vec<f32>> {
+        check_feeds(
+            feeds,
+            self.lens.len(),
+            self.config.vocab_size,
+            self.options.context,
+            |s| self.lens[s],
+        )?;
+        let passes = plan_slot_passes(feeds, self.options.max_batch_tokens, self.logit_rows);
+        let mut out = Vec::with_capacity(feeds.len() * self.config.vocab_size);
+        for pieces in &passes {
+            self.clear_pass();
+            for p in pieces {
+                let ids = &feeds[p.feed].ids[p.start..p.start + p.len];
+                self.push_tokens(p.slot, self.lens[p.slot] + p.start, ids);
+                if p.logits {
+                    self.host_rows.push(self.host_ids.len() as u32 - 1);
+                }
+            }
+            if let Some(l) = self.pass()? {
+                out.extend_from_slice(&l);
+            }
+        }
+        // Only now: a failed pass leaves every slot as it was (positions
+        // written past a slot's length are overwritten by its next pass).
+        for f in feeds {
+            self.lens[f.slot] += f.ids.len();
+        }
+        Ok(out)
     }
 }
 
@@ -674,13 +770,13 @@ impl SequenceForward for CudaModel {
         &self.config
     }
     fn len(&self) -> usize {
-        self.len
+        self.lens[0]
     }
     fn capacity(&self) -> usize {
         self.options.context
     }
     fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+        self.lens[0] = self.lens[0].min(len);
     }
     fn forward(&mut self, ids: &[u32], which: Logits) -> bitnet_inference::Result<Vec<f32>> {
         Ok(self.forward_inner(ids, which)?)
@@ -690,12 +786,43 @@ impl SequenceForward for CudaModel {
     }
 }
 
+impl BatchForward for CudaModel {
+    fn device_name(&self) -> String {
+        SequenceForward::device_name(self)
+    }
+    fn config(&self) -> &BitNetConfig {
+        &self.config
+    }
+    fn slots(&self) -> usize {
+        self.lens.len()
+    }
+    fn slot_capacity(&self) -> usize {
+        self.options.context
+    }
+    fn slot_len(&self, slot: usize) -> usize {
+        self.lens[slot]
+    }
+    fn clear_slot(&mut self, slot: usize) {
+        self.lens[slot] = 0;
+    }
+    fn forward_slots(&mut self, feeds: &[SlotFeed<'_>]) -> bitnet_inference::Result<Vec<f32>> {
+        Ok(self.forward_slots_inner(feeds)?)
+    }
+    fn kv_bytes_per_slot(&self) -> usize {
+        (self.memory.kv_cache / self.lens.len() as u64) as usize
+    }
+    fn device_memory_bytes(&self) -> Option<u64> {
+        Some(self.memory.total())
+    }
+}
+
 struct Build<'a> {
     dev: &'a CudaDevice,
     c: &'a BitNetConfig,
     weights: &'a BitNetWeights,
     lins: &'a [&'a BitLinear],
     context: usize,
+    sequences: usize,
     tokens: usize,
     logit_rows: usize,
     stride: usize,
@@ -767,7 +894,7 @@ impl Build<'_> {
         let s = self.dev.stream();
         let what = "allocating device memory";
         let step = s
-            .alloc_zeros::<u32>(4)
+            .alloc_zeros::<u32>(step_words(t, self.logit_rows))
             .map_err(|e| Error::driver(what, e))?;
         let x = s
             .alloc_zeros::<f32>(t * h)
@@ -827,8 +954,8 @@ impl Build<'_> {
         let mut layers = Vec::new();
         for (l, layer) in self.weights.layers.iter().enumerate() {
             let lin = &self.lins[7 * l..7 * l + 7];
-            let kc = a.zeros(4 * self.context * kv)?;
-            let vc = a.zeros(4 * self.context * kv)?;
+            let kc = a.zeros(4 * self.sequences * self.context * kv)?;
+            let vc = a.zeros(4 * self.sequences * self.context * kv)?;
             layers.push(norm_quant(&mut a, xp, &layer.input_layernorm)?);
             // q, k and v in one launch, rotated, k and v straight into the cache.
             let qkv = fuse(&[

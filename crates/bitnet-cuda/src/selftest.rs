@@ -25,12 +25,14 @@ use crate::model::{
 };
 use bitnet_core::Parallelism;
 use bitnet_core::ops::rows::{RopeTable, relu2, rms_norm_into, silu};
+use bitnet_inference::device::{CpuSlots, compare_slots};
 use bitnet_inference::{BitNetModel, CpuSequence, Logits, SequenceForward};
 use bitnet_models::float_matrix::{FloatEncoding, FloatMatrix};
 use bitnet_models::synth::{Preset, synthesize};
 use bitnet_quant::bitlinear::{BitLinear, ScaleConvention, WeightScale};
 use bitnet_quant::formats::runtime::PackedTernary;
 use bitnet_quant::quantize::int8::QuantizedActivations;
+use std::sync::Arc;
 
 /// Float outputs of a kernel must be within this of the CPU's, relative
 /// to the largest CPU output.
@@ -70,6 +72,10 @@ pub struct SelfTestReport {
     pub greedy_equal: bool,
     /// Tokens compared in the greedy continuation.
     pub greedy_tokens: usize,
+    /// Several sequences in one pass (three slots, prompts of different
+    /// lengths, then batched decode steps): the median logit row's
+    /// difference from the CPU's, relative to its largest |CPU logit|.
+    pub slots_median_rel_diff: f32,
     /// Whether the decode steps ran from a captured CUDA graph.
     pub graph: bool,
 }
@@ -80,6 +86,7 @@ impl SelfTestReport {
     pub fn passed(&self) -> bool {
         self.kernels.iter().all(KernelCheck::passed)
             && self.model_median_rel_diff <= KERNEL_TOLERANCE
+            && self.slots_median_rel_diff <= KERNEL_TOLERANCE
             && self.greedy_equal
     }
 }
@@ -110,8 +117,12 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    fn step(&mut self, n: u32, start: u32, m: u32, first: u32) -> Result<u64> {
-        self.a.upload(&[n, start, m, first])
+    /// A step block: `n` tokens from position `start` in the cache slot
+    /// whose position 0 is row `base`, logits for rows `first..first + m`.
+    fn step(&mut self, n: u32, start: u32, base: u32, m: u32, first: u32) -> Result<u64> {
+        let rows: Vec<u32> = (first..first + m).collect();
+        let block = crate::kernels::step_for(n as usize, start as usize, base as usize, &rows);
+        self.a.upload(&block)
     }
     fn run(&self, l: &Launch, n: u32, m: u32) -> Result<()> {
         self.k.launch(l, n, m)?;
@@ -187,7 +198,7 @@ fn check_norm_quant(b: &mut Bench, rng: &mut Lcg, cols: usize) -> Result<KernelC
     rms_norm_into(&x, &w, eps, &mut normed);
     let want = QuantizedActivations::quantize("check", &normed, n, cols)?;
 
-    let st = b.step(n as u32, 0, 0, 0)?;
+    let st = b.step(n as u32, 0, 0, 0, 0)?;
     let xb = b.a.upload(&x)?;
     let wb = b.a.upload(&w)?;
     let codes = b.a.zeros(n * stride)?;
@@ -306,7 +317,7 @@ fn check_matmul(
         .iter()
         .map(|v| v + 0.5)
         .collect();
-    let st = b.step(n as u32, 0, 0, 0)?;
+    let st = b.step(n as u32, 0, 0, 0, 0)?;
     let out = b.a.upload(&vec![0.5f32; n * rows])?;
     let f = fuse(&[(
         Pairing::Neighbours(&layer),
@@ -358,8 +369,16 @@ fn check_qkv_attention(
     // The cache: earlier positions random (already rotated), then the new.
     let mut kc: Vec<f32> = (0..ctx_len * kv).map(|_| rng.next()).collect();
     let mut vc: Vec<f32> = (0..ctx_len * kv).map(|_| rng.next()).collect();
-    let kc_dev = b.a.upload(&kc)?;
-    let vc_dev = b.a.upload(&vc)?;
+    // The sequence sits in a later slot of the cache (its position 0 at row
+    // `base`, noise before it), so the kernels' slot offsets are checked.
+    let base = 37;
+    let slotted = |v: &[f32]| {
+        let mut all: Vec<f32> = (0..base * kv).map(|i| (i % 7) as f32 - 3.0).collect();
+        all.extend_from_slice(v);
+        all
+    };
+    let kc_dev = b.a.upload(&slotted(&kc))?;
+    let vc_dev = b.a.upload(&slotted(&vc))?;
     for t in 0..n {
         let pos = start + t;
         for hd in qr[t * h..(t + 1) * h].chunks_exact_mut(d) {
@@ -401,7 +420,7 @@ fn check_qkv_attention(
         }
     }
     let (cos, sin) = table.tables();
-    let st = b.step(n as u32, start as u32, 0, 0)?;
+    let st = b.step(n as u32, start as u32, base as u32, 0, 0)?;
     let cosb = b.a.upload(cos)?;
     let sinb = b.a.upload(sin)?;
     let qb = b.a.zeros(4 * n * h)?;
@@ -435,8 +454,8 @@ fn check_qkv_attention(
     let l = fused_launch(&mut b.a, &f, st, dev, (cosb, sinb, d / 2))?;
     b.run(&l, n as u32, 0)?;
     let mut got: Vec<f32> = b.read(qb, n * h)?;
-    got.extend(b.read::<f32>(kc_dev, ctx_len * kv)?);
-    got.extend(b.read::<f32>(vc_dev, ctx_len * kv)?);
+    got.extend(&b.read::<f32>(kc_dev, (base + ctx_len) * kv)?[base * kv..]);
+    got.extend(&b.read::<f32>(vc_dev, (base + ctx_len) * kv)?[base * kv..]);
     let mut expect = qr.clone();
     expect.extend(&kc);
     expect.extend(&vc);
@@ -489,7 +508,7 @@ fn check_gate_up(b: &mut Bench, rng: &mut Lcg, silu_gate: bool, n: usize) -> Res
         .zip(cpu_forward(&ul, &acts, n)?)
         .map(|(&g, u)| act(g) * u)
         .collect();
-    let st = b.step(n as u32, 0, 0, 0)?;
+    let st = b.step(n as u32, 0, 0, 0, 0)?;
     let out = b.a.zeros(4 * n * rows)?;
     let f = fuse(&[(
         Pairing::Glu(&gl, &ul),
@@ -519,7 +538,7 @@ fn check_rms_norm(b: &mut Bench, rng: &mut Lcg) -> Result<KernelCheck> {
     // The last row only (what generation asks for).
     let mut want = vec![0.0; cols];
     rms_norm_into(&x[(n - 1) * cols..], &w, 1e-6, &mut want);
-    let st = b.step(n as u32, 0, 1, (n - 1) as u32)?;
+    let st = b.step(n as u32, 0, 0, 1, (n - 1) as u32)?;
     let xb = b.a.upload(&x)?;
     let wb = b.a.upload(&w)?;
     let ob = b.a.zeros(4 * cols)?;
@@ -582,7 +601,7 @@ fn check_lm_head(
         }
     }
     let (kernel, bytes) = head_bytes(&matrix);
-    let st = b.step(m as u32, 0, m as u32, 0)?;
+    let st = b.step(m as u32, 0, 0, m as u32, 0)?;
     let xb = b.a.upload(&x)?;
     let wb = b.a.upload(&bytes)?;
     let lb = b.a.zeros(4 * m * vocab)?;
@@ -610,6 +629,7 @@ pub fn run(dev: &CudaDevice) -> Result<SelfTestReport> {
         context: 64,
         // Small passes so that the prompt takes several (the chunked path).
         max_batch_tokens: 8,
+        sequences: 1,
         memory_budget: None,
         graphs: true,
     };
@@ -635,6 +655,7 @@ pub fn run(dev: &CudaDevice) -> Result<SelfTestReport> {
     let steps = 12;
     let g = greedy_on(&mut gpu, &prompt[..7], steps)?;
     let c = greedy_on(&mut cpu, &prompt[..7], steps)?;
+    let slots_median_rel_diff = check_slots(&model, &gpu)?;
     let graph = match gpu.graph_status() {
         Ok(on) => on,
         Err(e) => return Err(Error::driver("capturing the decode graph", e)),
@@ -646,6 +667,26 @@ pub fn run(dev: &CudaDevice) -> Result<SelfTestReport> {
         model_max_rel_diff: per_position[per_position.len() - 1],
         greedy_equal: g == c,
         greedy_tokens: steps,
+        slots_median_rel_diff,
         graph,
     })
+}
+
+/// The slot path: a three-slot model on `gpu`'s device, prompts split over
+/// passes of 8 tokens and batched decode steps, against the CPU's slots;
+/// returns the median logit row's relative difference.
+fn check_slots(model: &BitNetModel, gpu: &CudaModel) -> Result<f32> {
+    let options = CudaOptions {
+        context: 32,
+        max_batch_tokens: 8,
+        sequences: 3,
+        memory_budget: None,
+        graphs: true,
+    };
+    let mut slots = CudaModel::new(gpu.device().clone(), model.weights(), options)?;
+    let reference = Arc::new(BitNetModel::new(model.weights().clone())?);
+    let mut cpu = CpuSlots::new(reference, 3, 32, 1)?;
+    let mut diffs = compare_slots(&mut slots, &mut cpu)?;
+    diffs.sort_by(f32::total_cmp);
+    Ok(diffs[diffs.len() / 2])
 }

@@ -405,6 +405,50 @@ pub fn plan_slot_passes(
     passes
 }
 
+/// Runs one schedule of batched passes on `device` and on `reference` (three
+/// prompts of different lengths in one pass, then three decode steps of all
+/// three, each feeding the reference's greedy token) and returns each logit
+/// row's [`max_rel_diff`] against the reference: the GPU backends'
+/// self-test of their slot path. Both need three free slots of at least 24
+/// positions and a vocabulary of at least 2 ids.
+pub fn compare_slots(
+    device: &mut dyn BatchForward,
+    reference: &mut dyn BatchForward,
+) -> Result<Vec<f32>> {
+    let vocab = reference.config().vocab_size;
+    let id = |i: usize| ((i * 97 + 13) % vocab) as u32;
+    let prompts: Vec<Vec<u32>> = [7usize, 12, 1]
+        .iter()
+        .enumerate()
+        .map(|(p, &n)| (0..n).map(|i| id(i + 5 * p)).collect())
+        .collect();
+    let mut feeds: Vec<Vec<u32>> = prompts;
+    let mut diffs = Vec::new();
+    for _ in 0..4 {
+        let slot_feeds: Vec<SlotFeed<'_>> = feeds
+            .iter()
+            .enumerate()
+            .map(|(slot, ids)| SlotFeed { slot, ids })
+            .collect();
+        let got = device.forward_slots(&slot_feeds)?;
+        let want = reference.forward_slots(&slot_feeds)?;
+        let rows = want.chunks_exact(vocab);
+        diffs.extend(
+            got.chunks_exact(vocab)
+                .zip(rows.clone())
+                .map(|(g, w)| max_rel_diff(g, w)),
+        );
+        feeds = rows
+            .map(|w| vec![crate::generate::argmax(w) as u32])
+            .collect();
+    }
+    for slot in 0..3 {
+        device.clear_slot(slot);
+        reference.clear_slot(slot);
+    }
+    Ok(diffs)
+}
+
 /// The CPU's [`BatchForward`]: a [`BitNetModel`], a KV cache per slot and
 /// the forward buffers, on a thread pool of its own. The reference the
 /// GPU backends' batched passes are tested against.

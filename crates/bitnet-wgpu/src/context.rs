@@ -113,7 +113,9 @@ pub enum AdapterChoice {
     },
 }
 
-/// An open device and its queue.
+/// An open device and its queue. A clone shares them (and the error
+/// sink): models built on clones run on the same device.
+#[derive(Clone)]
 pub struct GpuContext {
     adapter: AdapterSummary,
     device: wgpu::Device,

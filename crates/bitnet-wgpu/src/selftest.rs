@@ -26,12 +26,14 @@ use crate::kernels::{
 use crate::model::{GpuOptions, WgpuModel, pack_linear};
 use bitnet_core::Parallelism;
 use bitnet_core::ops::rows::{RopeTable, relu2, rms_norm_into, silu};
+use bitnet_inference::device::{CpuSlots, compare_slots};
 use bitnet_inference::{BitNetModel, CpuSequence, Logits, SequenceForward};
 use bitnet_models::float_matrix::{FloatEncoding, FloatMatrix};
 use bitnet_models::synth::{Preset, synthesize};
 use bitnet_quant::bitlinear::{BitLinear, ScaleConvention, WeightScale};
 use bitnet_quant::formats::runtime::PackedTernary;
 use bitnet_quant::quantize::int8::QuantizedActivations;
+use std::sync::Arc;
 
 /// Float outputs of a kernel must be within this of the CPU's, relative
 /// to the largest CPU output.
@@ -71,6 +73,10 @@ pub struct SelfTestReport {
     pub greedy_equal: bool,
     /// Tokens compared in the greedy continuation.
     pub greedy_tokens: usize,
+    /// Several sequences in one pass (three slots, prompts of different
+    /// lengths, then batched decode steps): the median logit row's
+    /// difference from the CPU's, relative to its largest |CPU logit|.
+    pub slots_median_rel_diff: f32,
 }
 
 impl SelfTestReport {
@@ -79,6 +85,7 @@ impl SelfTestReport {
     pub fn passed(&self) -> bool {
         self.kernels.iter().all(KernelCheck::passed)
             && self.model_median_rel_diff <= KERNEL_TOLERANCE
+            && self.slots_median_rel_diff <= KERNEL_TOLERANCE
             && self.greedy_equal
     }
 }
@@ -518,6 +525,7 @@ pub fn run(ctx: GpuContext) -> Result<SelfTestReport> {
     let steps = 12;
     let g = greedy_on(&mut gpu, &prompt[..7], steps)?;
     let c = greedy_on(&mut cpu, &prompt[..7], steps)?;
+    let slots_median_rel_diff = check_slots(&model, &gpu)?;
     Ok(SelfTestReport {
         adapter,
         kernels,
@@ -525,5 +533,24 @@ pub fn run(ctx: GpuContext) -> Result<SelfTestReport> {
         model_max_rel_diff: per_position[per_position.len() - 1],
         greedy_equal: g == c,
         greedy_tokens: steps,
+        slots_median_rel_diff,
     })
+}
+
+/// The slot path: a three-slot model on `gpu`'s device, prompts split over
+/// passes of 8 tokens and batched decode steps, against the CPU's slots;
+/// returns the median logit row's relative difference.
+fn check_slots(model: &BitNetModel, gpu: &WgpuModel) -> Result<f32> {
+    let options = GpuOptions {
+        context: 32,
+        max_batch_tokens: 8,
+        sequences: 3,
+        memory_budget: None,
+    };
+    let mut slots = WgpuModel::new(gpu.context().clone(), model.weights(), options)?;
+    let reference = Arc::new(BitNetModel::new(model.weights().clone())?);
+    let mut cpu = CpuSlots::new(reference, 3, 32, 1)?;
+    let mut diffs = compare_slots(&mut slots, &mut cpu)?;
+    diffs.sort_by(f32::total_cmp);
+    Ok(diffs[diffs.len() / 2])
 }

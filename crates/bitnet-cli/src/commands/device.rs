@@ -109,12 +109,20 @@ impl DeviceArgs {
         };
         match self.device {
             DeviceSpec::Cpu => None,
-            // `run` and `bench` hold one sequence on CUDA; batches of
-            // sequences need the slot seam, which only wgpu has so far.
-            DeviceSpec::Cuda(i) => fallback(format!(
-                "--device cuda:{i}: the CUDA backend runs one sequence at a time and does not \
-                 batch several yet; `--device wgpu` does, on the same card through Vulkan"
-            )),
+            DeviceSpec::Cuda(i) => match self.cuda_slots(i, weights, context, sequences) {
+                Ok(model) => Some(model),
+                Err(e) => fallback(format!("--device cuda:{i}: {e}")),
+            },
+            DeviceSpec::Auto => {
+                let cuda = match self.cuda_slots(0, weights, context, sequences) {
+                    Ok(model) => return Some(model),
+                    Err(e) => e,
+                };
+                match self.wgpu_slots(DeviceSpec::Auto, weights, context, sequences) {
+                    Ok(model) => Some(model),
+                    Err(wgpu) => fallback(format!("--device auto: CUDA: {cuda}; wgpu: {wgpu}")),
+                }
+            }
             spec => match self.wgpu_slots(spec, weights, context, sequences) {
                 Ok(model) => Some(model),
                 Err(e) => fallback(format!("--device {spec}: {e}")),
@@ -122,6 +130,62 @@ impl DeviceArgs {
         }
     }
 
+    /// `sequences` slots on CUDA device `ordinal` (halved until they fit),
+    /// after the backend's self-test passed on it: many clients' tokens
+    /// come from this model, so its kernels and its batched passes are
+    /// checked against the CPU before it serves any.
+    #[cfg(feature = "cuda")]
+    fn cuda_slots(
+        &self,
+        ordinal: usize,
+        weights: &BitNetWeights,
+        context: usize,
+        sequences: usize,
+    ) -> Result<Box<dyn BatchForward>, String> {
+        use bitnet_cuda::{CudaDevice, CudaModel, CudaOptions, Error, selftest};
+        let dev = CudaDevice::open(ordinal).map_err(|e| e.to_string())?;
+        let report =
+            selftest::run(&dev).map_err(|e| format!("the self-test could not run: {e}"))?;
+        if !report.passed() {
+            return Err(format!(
+                "the self-test failed on this device (`bitnet doctor` shows where): {report:?}"
+            ));
+        }
+        let mut n = sequences.max(1);
+        loop {
+            let options = CudaOptions {
+                context,
+                sequences: n,
+                memory_budget: self.gpu_memory_mib.map(|m| m << 20),
+                ..CudaOptions::default()
+            };
+            match CudaModel::new(dev.clone(), weights, options) {
+                Ok(model) => {
+                    fewer_notice(n, sequences, context);
+                    let mem = model.memory();
+                    announce(&model, mem.weights, mem.kv_cache, mem.scratch);
+                    return Ok(Box::new(model));
+                }
+                Err(Error::OutOfMemory { .. }) if n > 1 => n /= 2,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn cuda_slots(
+        &self,
+        _ordinal: usize,
+        _weights: &BitNetWeights,
+        _context: usize,
+        _sequences: usize,
+    ) -> Result<Box<dyn BatchForward>, String> {
+        Err("this build has no CUDA backend (rebuild with the `cuda` feature)".into())
+    }
+
+    /// `sequences` slots on the wgpu adapter `spec` names (halved until
+    /// they fit), after the backend's self-test passed on it (see
+    /// [`Self::cuda_slots`]).
     #[cfg(feature = "wgpu")]
     fn wgpu_slots(
         &self,
@@ -130,16 +194,19 @@ impl DeviceArgs {
         context: usize,
         sequences: usize,
     ) -> Result<Box<dyn BatchForward>, String> {
+        let report =
+            bitnet_wgpu::selftest::run(self.wgpu_context(spec).map_err(|e| e.to_string())?)
+                .map_err(|e| format!("the self-test could not run: {e}"))?;
+        if !report.passed() {
+            return Err(format!(
+                "the self-test failed on this adapter (`bitnet doctor` shows where): {report:?}"
+            ));
+        }
         let mut n = sequences.max(1);
         loop {
             match self.wgpu_model(spec, weights, context, n) {
                 Ok(model) => {
-                    if n < sequences {
-                        eprintln!(
-                            "notice: the GPU holds {n} sequences of {context} positions, not \
-                             {sequences}: that many do not fit"
-                        );
-                    }
+                    fewer_notice(n, sequences, context);
                     let mem = model.memory();
                     announce(&model, mem.weights, mem.kv_cache, mem.scratch);
                     return Ok(Box::new(model));
@@ -178,16 +245,10 @@ impl DeviceArgs {
         Ok(Some(Box::new(model)))
     }
 
-    /// The wgpu model on the adapter `spec` names, with `sequences` slots.
+    /// The adapter `spec` names, opened.
     #[cfg(feature = "wgpu")]
-    fn wgpu_model(
-        &self,
-        spec: DeviceSpec,
-        weights: &BitNetWeights,
-        context: usize,
-        sequences: usize,
-    ) -> bitnet_wgpu::Result<bitnet_wgpu::WgpuModel> {
-        use bitnet_wgpu::{AdapterChoice, GpuContext, GpuOptions, WgpuModel};
+    fn wgpu_context(&self, spec: DeviceSpec) -> bitnet_wgpu::Result<bitnet_wgpu::GpuContext> {
+        use bitnet_wgpu::{AdapterChoice, GpuContext};
         let choice = match spec {
             DeviceSpec::Wgpu(Some(i)) => AdapterChoice::Index(i),
             // An explicit `wgpu` may take a software adapter; `auto` only
@@ -199,7 +260,20 @@ impl DeviceArgs {
                 allow_software: false,
             },
         };
-        let ctx = GpuContext::open(choice)?;
+        GpuContext::open(choice)
+    }
+
+    /// The wgpu model on the adapter `spec` names, with `sequences` slots.
+    #[cfg(feature = "wgpu")]
+    fn wgpu_model(
+        &self,
+        spec: DeviceSpec,
+        weights: &BitNetWeights,
+        context: usize,
+        sequences: usize,
+    ) -> bitnet_wgpu::Result<bitnet_wgpu::WgpuModel> {
+        use bitnet_wgpu::{GpuOptions, WgpuModel};
+        let ctx = self.wgpu_context(spec)?;
         let options = GpuOptions {
             context,
             sequences,
@@ -219,6 +293,17 @@ impl DeviceArgs {
         Err(format!(
             "--device {spec}: this build has no wgpu backend (rebuild with the `wgpu` feature)"
         ))
+    }
+}
+
+/// Says so when fewer than the `asked` sequences fit on the GPU.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn fewer_notice(held: usize, asked: usize, context: usize) {
+    if held < asked {
+        eprintln!(
+            "notice: the GPU holds {held} sequences of {context} positions, not {asked}: that \
+             many do not fit"
+        );
     }
 }
 

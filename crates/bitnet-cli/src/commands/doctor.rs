@@ -208,6 +208,16 @@ fn gpus() -> bool {
                     r.greedy_tokens,
                     if r.greedy_equal { "equal" } else { "DIFFER" }
                 );
+                println!(
+                    "      {:<34} {} (logit rows: median {:.1e} of the largest)",
+                    "3 sequences in one pass (slots)",
+                    if r.slots_median_rel_diff <= selftest::KERNEL_TOLERANCE {
+                        "PASS"
+                    } else {
+                        "FAIL"
+                    },
+                    r.slots_median_rel_diff
+                );
                 failed |= !r.passed();
             }
             Err(e) => {
@@ -284,6 +294,16 @@ fn cuda(bench: bool) -> bool {
                     r.greedy_tokens,
                     if r.greedy_equal { "equal" } else { "DIFFER" },
                     if r.graph { "on" } else { "off" }
+                );
+                println!(
+                    "      {:<48} {} (logit rows: median {:.1e} of the largest)",
+                    "3 sequences in one pass (slots)",
+                    if r.slots_median_rel_diff <= selftest::KERNEL_TOLERANCE {
+                        "PASS"
+                    } else {
+                        "FAIL"
+                    },
+                    r.slots_median_rel_diff
                 );
                 failed |= !r.passed();
             }
