@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The CUDA backend's checks and benchmarks on an NVIDIA machine, in one
-# run of a few minutes: the tests, `bitnet doctor --gpu-bench` (self-test
-# and matmul bandwidth), then a random 2B-4T-shaped model benchmarked by
-# `bitnet bench --device cuda` and by PyTorch (transformers' BitNet) on the
-# same GPU, same checkpoint. Built elsewhere; needs no Rust toolchain here.
+# run of a few minutes: the tests (the batched slots included), `bitnet
+# doctor --gpu-bench` (self-test and matmul bandwidth), then a random
+# 2B-4T-shaped model benchmarked by `bitnet bench --device cuda` (batch 1
+# and 16) and by PyTorch (transformers' BitNet, batch 1 and 16) on the same
+# GPU, same checkpoint. Built elsewhere; needs no Rust toolchain here.
 #
 # usage: tools/gpu_check.sh BIN_DIR OUT_DIR
 #   BIN_DIR holds `bitnet` and `cuda-tests` (the bitnet-cuda test binary:
@@ -47,6 +48,10 @@ timeout 200 "$bin/bitnet" synth --preset 2b4t --format hf --out /tmp/m2b4t 2>&1 
 log "bitnet bench, CUDA"
 timeout 150 "$bin/bitnet" bench -m /tmp/m2b4t -p 128 -n 128 -r 5 --device cuda --profile -o json 2>"$out/bench_bitnet.err" | tee "$out/bench_bitnet.json"
 cat "$out/bench_bitnet.err"
+
+log "bitnet bench, CUDA, 16 sequences decoding together (slots)"
+timeout 120 "$bin/bitnet" bench -m /tmp/m2b4t -p 0 -n 64 -r 3 --parallel 16 --device cuda -o json 2>"$out/bench_bitnet_b16.err" | tee "$out/bench_bitnet_b16.json"
+cat "$out/bench_bitnet_b16.err"
 
 log "PyTorch transformers, same GPU, same checkpoint"
 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 timeout 280 python3 tools/bench_gpu_pytorch.py \

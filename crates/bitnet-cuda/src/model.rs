@@ -30,7 +30,7 @@ use crate::kernels::{
     step_block, step_words,
 };
 use bitnet_core::ops::rows::RopeTable;
-use bitnet_inference::device::{BatchForward, SlotFeed, check_feeds, plan_slot_passes};
+use bitnet_inference::device::{BatchForward, PassTokens, SlotFeed, SlotPasses, SlotState};
 use bitnet_inference::{Logits, SequenceForward};
 use bitnet_models::config::{Activation, BitNetConfig};
 use bitnet_models::float_matrix::{FloatEncoding, FloatMatrix};
@@ -353,8 +353,8 @@ pub struct CudaModel {
     options: CudaOptions,
     memory: CudaMemory,
     logit_rows: usize,
-    /// Positions held, per slot.
-    lens: Vec<usize>,
+    /// Positions held per slot, and the next pass's tokens.
+    slots: SlotState,
     layers: Vec<Launch>,
     head: Vec<Launch>,
     step: CudaSlice<u32>,
@@ -369,9 +369,6 @@ pub struct CudaModel {
     /// Why capturing failed, if it did (decode then launches directly).
     graph_error: Option<String>,
     host_x: Vec<f32>,
-    host_ids: Vec<u32>,
-    host_pairs: Vec<u32>,
-    host_rows: Vec<u32>,
 }
 
 impl std::fmt::Debug for CudaModel {
@@ -380,7 +377,7 @@ impl std::fmt::Debug for CudaModel {
             .field("device", &self.dev.info())
             .field("options", &self.options)
             .field("memory", &self.memory)
-            .field("lens", &self.lens)
+            .field("lens", &self.slots.lens)
             .finish_non_exhaustive()
     }
 }
@@ -496,7 +493,7 @@ impl CudaModel {
             },
             memory,
             logit_rows,
-            lens: vec![0; sequences],
+            slots: SlotState::new(sequences),
             layers: built.layers,
             head: built.head,
             step: built.step,
@@ -507,9 +504,6 @@ impl CudaModel {
             graphs: (0..=GRAPH_TOKENS).map(|_| None).collect(),
             graph_error: None,
             host_x: Vec::new(),
-            host_ids: Vec::new(),
-            host_pairs: Vec::new(),
-            host_rows: Vec::new(),
             dev,
         })
     }
@@ -544,7 +538,7 @@ impl CudaModel {
     /// (device time from CUDA events, mean of 20 replays, microseconds).
     pub fn profile(&mut self) -> Result<Vec<(String, f64)>> {
         let what = "profiling a decode step";
-        let len = self.lens[0];
+        let len = self.slots.lens[0];
         if len + 1 > self.options.context {
             return Err(bitnet_inference::Error::ContextFull {
                 needed: len + 1,
@@ -555,8 +549,8 @@ impl CudaModel {
         let rounds = 20;
         let t0 = std::time::Instant::now();
         for _ in 0..rounds {
-            self.forward_inner(&[1], Logits::Last)?;
-            self.lens[0] = len;
+            self.forward_one(&[1], Logits::Last)?;
+            self.slots.lens[0] = len;
         }
         let mut rows = vec![(
             "decode step, host to logits (forward)".to_string(),
@@ -592,7 +586,7 @@ impl CudaModel {
         }
         // The replays wrote keys and values at `len`; nothing reads them
         // before a real step overwrites them.
-        self.lens[0] = len;
+        self.slots.lens[0] = len;
         Ok(rows)
     }
 
@@ -623,20 +617,19 @@ impl CudaModel {
             .ok_or_else(|| Error::driver(what, "the capture recorded nothing"))
     }
 
-    /// One pass over `host_ids`, each token at the (position, cache row)
-    /// pair in `host_pairs`, with logits for the residual rows `host_rows`
-    /// lists (`None` when it lists none). Held positions are the caller's.
-    fn pass(&mut self) -> Result<Option<Vec<f32>>> {
+    /// One pass over `t`'s tokens (see [`PassTokens`]); held positions
+    /// are the caller's.
+    fn pass(&mut self, t: &PassTokens) -> Result<Option<Vec<f32>>> {
         let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
-        let (n, m) = (self.host_ids.len(), self.host_rows.len());
+        let (n, m) = (t.ids.len(), t.rows.len());
         debug_assert!(n <= self.options.max_batch_tokens && m <= self.logit_rows);
         self.host_x.resize(n * h, 0.0);
-        for (&id, row) in self.host_ids.iter().zip(self.host_x.chunks_exact_mut(h)) {
+        for (&id, row) in t.ids.iter().zip(self.host_x.chunks_exact_mut(h)) {
             self.embed.row_into(id as usize, row);
         }
         let s = self.dev.stream().clone();
         let what = "running the forward pass";
-        let step = step_block(&self.host_pairs, &self.host_rows);
+        let step = step_block(&t.pairs, &t.rows);
         s.memcpy_htod(&step, &mut self.step.slice_mut(..step.len()))
             .map_err(|e| Error::driver(what, e))?;
         s.memcpy_htod(&self.host_x, &mut self.x.slice_mut(..n * h))
@@ -666,7 +659,7 @@ impl CudaModel {
             .map_err(|e| Error::driver(what, e))?;
         s.synchronize().map_err(|e| Error::driver(what, e))?;
         if status[0] != 0 {
-            let positions = self.host_pairs.iter().step_by(2);
+            let positions = t.pairs.iter().step_by(2);
             return Err(Error::NonFinite(format!(
                 "a layer input held NaN or infinity in a pass of {n} tokens at positions {}..={}",
                 positions.clone().min().unwrap_or(&0),
@@ -681,77 +674,27 @@ impl CudaModel {
         }
         Ok(Some(out))
     }
+}
 
-    /// Sets the next pass's tokens: `ids` of `slot` from position `pos`.
-    fn push_tokens(&mut self, slot: usize, pos: usize, ids: &[u32]) {
-        let base = slot * self.options.context;
-        for (i, &id) in ids.iter().enumerate() {
-            self.host_ids.push(id);
-            self.host_pairs
-                .extend([(pos + i) as u32, (base + pos + i) as u32]);
-        }
+impl SlotPasses for CudaModel {
+    type Error = Error;
+    fn context(&self) -> usize {
+        self.options.context
     }
-
-    fn clear_pass(&mut self) {
-        self.host_ids.clear();
-        self.host_pairs.clear();
-        self.host_rows.clear();
+    fn max_pass_tokens(&self) -> usize {
+        self.options.max_batch_tokens
     }
-
-    fn forward_inner(&mut self, ids: &[u32], which: Logits) -> Result<Vec<f32>> {
-        bitnet_inference::device::check_ids(
-            ids,
-            self.config.vocab_size,
-            self.lens[0],
-            self.options.context,
-        )?;
-        let start = self.lens[0];
-        let (max_tokens, max_rows) = (self.options.max_batch_tokens, self.logit_rows);
-        bitnet_inference::device::run_in_passes(ids, which, max_tokens, max_rows, |chunk, want| {
-            self.clear_pass();
-            self.push_tokens(0, self.lens[0], chunk);
-            let n = chunk.len() as u32;
-            match want {
-                None => {}
-                Some(Logits::Last) => self.host_rows.push(n - 1),
-                Some(Logits::All) => self.host_rows.extend(0..n),
-            }
-            let out = self.pass()?;
-            self.lens[0] += chunk.len();
-            Ok(out)
-        })
-        .inspect_err(|_| self.lens[0] = start)
+    fn max_logit_rows(&self) -> usize {
+        self.logit_rows
     }
-
-    fn forward_slots_inner(&mut self, feeds: &[SlotFeed<'_>]) -> Result<Vec<f32>> {
-        check_feeds(
-            feeds,
-            self.lens.len(),
-            self.config.vocab_size,
-            self.options.context,
-            |s| self.lens[s],
-        )?;
-        let passes = plan_slot_passes(feeds, self.options.max_batch_tokens, self.logit_rows);
-        let mut out = Vec::with_capacity(feeds.len() * self.config.vocab_size);
-        for pieces in &passes {
-            self.clear_pass();
-            for p in pieces {
-                let ids = &feeds[p.feed].ids[p.start..p.start + p.len];
-                self.push_tokens(p.slot, self.lens[p.slot] + p.start, ids);
-                if p.logits {
-                    self.host_rows.push(self.host_ids.len() as u32 - 1);
-                }
-            }
-            if let Some(l) = self.pass()? {
-                out.extend_from_slice(&l);
-            }
-        }
-        // Only now: a failed pass leaves every slot as it was (positions
-        // written past a slot's length are overwritten by its next pass).
-        for f in feeds {
-            self.lens[f.slot] += f.ids.len();
-        }
-        Ok(out)
+    fn vocab(&self) -> usize {
+        self.config.vocab_size
+    }
+    fn slot_state(&mut self) -> &mut SlotState {
+        &mut self.slots
+    }
+    fn run_pass(&mut self, tokens: &PassTokens) -> Result<Option<Vec<f32>>> {
+        self.pass(tokens)
     }
 }
 
@@ -770,16 +713,16 @@ impl SequenceForward for CudaModel {
         &self.config
     }
     fn len(&self) -> usize {
-        self.lens[0]
+        self.slots.lens[0]
     }
     fn capacity(&self) -> usize {
         self.options.context
     }
     fn truncate(&mut self, len: usize) {
-        self.lens[0] = self.lens[0].min(len);
+        self.slots.lens[0] = self.slots.lens[0].min(len);
     }
     fn forward(&mut self, ids: &[u32], which: Logits) -> bitnet_inference::Result<Vec<f32>> {
-        Ok(self.forward_inner(ids, which)?)
+        Ok(self.forward_one(ids, which)?)
     }
     fn decode_profile(&mut self) -> bitnet_inference::Result<Vec<(String, f64)>> {
         Ok(self.profile()?)
@@ -794,22 +737,22 @@ impl BatchForward for CudaModel {
         &self.config
     }
     fn slots(&self) -> usize {
-        self.lens.len()
+        self.slots.lens.len()
     }
     fn slot_capacity(&self) -> usize {
         self.options.context
     }
     fn slot_len(&self, slot: usize) -> usize {
-        self.lens[slot]
+        self.slots.lens[slot]
     }
     fn clear_slot(&mut self, slot: usize) {
-        self.lens[slot] = 0;
+        self.slots.lens[slot] = 0;
     }
     fn forward_slots(&mut self, feeds: &[SlotFeed<'_>]) -> bitnet_inference::Result<Vec<f32>> {
-        Ok(self.forward_slots_inner(feeds)?)
+        Ok(self.forward_feeds(feeds)?)
     }
     fn kv_bytes_per_slot(&self) -> usize {
-        (self.memory.kv_cache / self.lens.len() as u64) as usize
+        (self.memory.kv_cache / self.slots.lens.len() as u64) as usize
     }
     fn device_memory_bytes(&self) -> Option<u64> {
         Some(self.memory.total())

@@ -686,7 +686,9 @@ fn check_slots(model: &BitNetModel, gpu: &CudaModel) -> Result<f32> {
     let mut slots = CudaModel::new(gpu.device().clone(), model.weights(), options)?;
     let reference = Arc::new(BitNetModel::new(model.weights().clone())?);
     let mut cpu = CpuSlots::new(reference, 3, 32, 1)?;
-    let mut diffs = compare_slots(&mut slots, &mut cpu)?;
-    diffs.sort_by(f32::total_cmp);
-    Ok(diffs[diffs.len() / 2])
+    let report = compare_slots(&mut slots, &mut cpu, &mut [])?;
+    if !report.lengths_agree {
+        return Ok(f32::INFINITY);
+    }
+    Ok(report.median_vs_reference())
 }

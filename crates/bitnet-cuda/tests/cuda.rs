@@ -7,12 +7,14 @@
 use bitnet_core::Parallelism;
 use bitnet_cuda::selftest::{greedy_on, max_rel_diff};
 use bitnet_cuda::{CudaDevice, CudaModel, CudaOptions, Error, KERNEL_NAMES};
-use bitnet_inference::device::{BatchForward, CpuSlots, SlotFeed};
-use bitnet_inference::scheduler::{Event, Request, Scheduler, SchedulerConfig};
+use bitnet_inference::device::{
+    BatchForward, CpuSlots, SlotComparison, check_bad_feeds, compare_slots,
+};
+use bitnet_inference::scheduler::{Scheduler, SchedulerConfig};
 use bitnet_inference::{BitNetModel, CpuSequence, GenerateParams, Logits, SequenceForward};
 use safetensors::SafeTensors;
 use std::path::PathBuf;
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 
 fn required(var: &str) -> bool {
     std::env::var_os(var).is_some_and(|v| v != "0")
@@ -224,10 +226,10 @@ fn kjv() -> BitNetModel {
 }
 
 /// Several sequences in one pass, each in its own slot of the cache:
-/// prompts joining while others decode (batched decode steps replay their
-/// own graphs), a prompt split over passes, a slot freed and reused. Every
-/// step equals each sequence run alone, and the CPU's batched reference to
-/// the usual rounding.
+/// prompts joining while others decode, a prompt longer than a pass, a
+/// slot freed and reused (`bitnet_inference::device::compare_slots`).
+/// Every step equals each sequence run alone on the GPU (the batching adds
+/// nothing), and the CPU's batched reference to the GPU's usual rounding.
 #[test]
 fn batched_slots_match_each_sequence_alone_and_the_cpu_step_by_step() {
     let Some(dev) = device() else { return };
@@ -237,67 +239,27 @@ fn batched_slots_match_each_sequence_alone_and_the_cpu_step_by_step() {
         ..small()
     };
     let mut g = CudaModel::new(dev.clone(), model.weights(), options).unwrap();
+    assert_eq!((BatchForward::slots(&g), g.slot_capacity()), (3, 64));
     let mut alone: Vec<CudaModel> = (0..3)
         .map(|_| CudaModel::new(dev.clone(), model.weights(), small()).unwrap())
         .collect();
+    let mut alone: Vec<&mut dyn SequenceForward> = alone
+        .iter_mut()
+        .map(|m| m as &mut dyn SequenceForward)
+        .collect();
     let mut cpu = CpuSlots::new(Arc::clone(&model), 3, 64, 1).unwrap();
-    let vocab = 2048;
-    let prompt = |seed: u32, n: u32| -> Vec<u32> {
-        (0..n).map(|i| (i * 131 + seed * 17 + 7) % 2048).collect()
-    };
-    let mut next: Vec<Option<Vec<u32>>> = vec![Some(prompt(1, 9)), None, Some(prompt(2, 3))];
-    let mut worst_cpu = 0.0f32;
-    for step in 0..10 {
-        if step == 2 {
-            next[1] = Some(prompt(3, 12));
-        }
-        if step == 6 {
-            g.clear_slot(0);
-            cpu.clear_slot(0);
-            alone[0].truncate(0);
-            next[0] = Some(prompt(4, 6));
-        }
-        let feeds: Vec<SlotFeed<'_>> = next
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, ids)| ids.as_deref().map(|ids| SlotFeed { slot, ids }))
-            .collect();
-        let got = g.forward_slots(&feeds).unwrap();
-        let want = cpu.forward_slots(&feeds).unwrap();
-        worst_cpu = worst_cpu.max(max_rel_diff(&got, &want));
-        let mut picks = Vec::new();
-        for (row, f) in feeds.iter().enumerate() {
-            let got = &got[row * vocab..(row + 1) * vocab];
-            let single = alone[f.slot].forward(f.ids, Logits::Last).unwrap();
-            let rel = max_rel_diff(got, &single);
-            assert!(rel < 1e-5, "step {step} slot {}: {rel}", f.slot);
-            picks.push((f.slot, bitnet_inference::generate::argmax(got) as u32));
-        }
-        for (slot, single) in alone.iter().enumerate() {
-            assert_eq!(g.slot_len(slot), single.len(), "step {step} slot {slot}");
-        }
-        for (slot, id) in picks {
-            next[slot] = Some(vec![id]);
-        }
-    }
+    let report = compare_slots(&mut g, &mut cpu, &mut alone).unwrap();
+    assert!(report.lengths_agree);
+    assert_eq!(report.vs_alone.len(), report.vs_reference.len());
+    let alone_worst = SlotComparison::worst(&report.vs_alone);
+    let cpu_worst = SlotComparison::worst(&report.vs_reference);
+    eprintln!(
+        "batched slots: max logit diff {alone_worst:.2e} against each sequence alone, {cpu_worst:.2e} against the CPU"
+    );
+    assert!(alone_worst < 1e-5, "{report:?}");
+    assert!(cpu_worst < 5e-3, "{report:?}");
     assert_eq!(g.graph_status(), Ok(true));
-    eprintln!("batched slots: max logit diff against the CPU {worst_cpu:.2e} of the largest");
-    assert!(worst_cpu < 5e-3, "{worst_cpu}");
-    let lens: Vec<usize> = (0..3).map(|s| g.slot_len(s)).collect();
-    for bad in [
-        vec![SlotFeed { slot: 3, ids: &[1] }],
-        vec![SlotFeed {
-            slot: 1,
-            ids: &[1, 4096],
-        }],
-        vec![SlotFeed {
-            slot: 2,
-            ids: &[1; 60],
-        }],
-    ] {
-        assert!(g.forward_slots(&bad).is_err());
-    }
-    assert_eq!((0..3).map(|s| g.slot_len(s)).collect::<Vec<_>>(), lens);
+    check_bad_feeds(&mut g).unwrap();
 }
 
 /// The server's engine on CUDA slots: the CPU scheduler's greedy tokens,
@@ -323,36 +285,18 @@ fn the_scheduler_serves_from_cuda_slots_with_the_cpu_tokens() {
                 .collect()
         })
         .collect();
-    let run = |scheduler: Scheduler| -> Vec<Vec<u32>> {
-        let rxs: Vec<_> = prompts
-            .iter()
-            .map(|p| {
-                let (tx, rx) = mpsc::channel();
-                scheduler
-                    .submit(Request::new(p.clone(), params.clone(), Box::new(tx)))
-                    .unwrap();
-                rx
-            })
-            .collect();
-        rxs.iter()
-            .map(|rx| {
-                let mut ids = Vec::new();
-                loop {
-                    match rx.recv().unwrap() {
-                        Event::Token(t) => ids.push(t.id),
-                        Event::Finished(_) => break ids,
-                        Event::Failed(e) => panic!("{e}"),
-                    }
-                }
-            })
-            .collect()
-    };
     let config = || SchedulerConfig {
         step_tokens: 8,
         threads: 1,
         ..SchedulerConfig::default()
     };
-    let on_gpu = run(Scheduler::start_slots(Box::new(g), config()).unwrap());
-    let on_cpu = run(Scheduler::start(Arc::clone(&model), config()).unwrap());
+    let on_gpu = Scheduler::start_slots(Box::new(g), config())
+        .unwrap()
+        .generate_all(&prompts, &params)
+        .unwrap();
+    let on_cpu = Scheduler::start(Arc::clone(&model), config())
+        .unwrap()
+        .generate_all(&prompts, &params)
+        .unwrap();
     assert_eq!(on_gpu, on_cpu);
 }

@@ -405,48 +405,320 @@ pub fn plan_slot_passes(
     passes
 }
 
-/// Runs one schedule of batched passes on `device` and on `reference` (three
-/// prompts of different lengths in one pass, then three decode steps of all
-/// three, each feeding the reference's greedy token) and returns each logit
-/// row's [`max_rel_diff`] against the reference: the GPU backends'
-/// self-test of their slot path. Both need three free slots of at least 24
-/// positions and a vocabulary of at least 2 ids.
+/// The tokens of one device pass as the GPU kernels take them: the ids, a
+/// (position, KV cache row) pair per token, and the tokens whose logits
+/// are wanted. A slot's cache rows are `slot * context + position`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PassTokens {
+    /// The ids, in pass order.
+    pub ids: Vec<u32>,
+    /// Position, cache row; two per token.
+    pub pairs: Vec<u32>,
+    /// Tokens (indices into `ids`) that get logits, in logit-row order.
+    pub rows: Vec<u32>,
+}
+
+impl PassTokens {
+    /// Empties it for the next pass.
+    pub fn clear(&mut self) {
+        self.ids.clear();
+        self.pairs.clear();
+        self.rows.clear();
+    }
+
+    /// Appends `ids` of `slot` at positions from `pos`, in a cache of
+    /// `context` positions per slot.
+    pub fn push(&mut self, slot: usize, pos: usize, ids: &[u32], context: usize) {
+        let base = slot * context;
+        for (i, &id) in ids.iter().enumerate() {
+            self.ids.push(id);
+            self.pairs
+                .extend([(pos + i) as u32, (base + pos + i) as u32]);
+        }
+    }
+}
+
+/// What a slot backend keeps between passes: each slot's held positions
+/// and the host copy of the pass being built (kept to reuse its buffers).
+#[derive(Clone, Debug, Default)]
+pub struct SlotState {
+    /// Positions each slot holds.
+    pub lens: Vec<usize>,
+    /// The pass being built.
+    pub host: PassTokens,
+}
+
+impl SlotState {
+    /// `slots` empty slots.
+    pub fn new(slots: usize) -> Self {
+        SlotState {
+            lens: vec![0; slots],
+            host: PassTokens::default(),
+        }
+    }
+}
+
+/// How a GPU backend runs its passes: the limits of one pass and the pass
+/// itself, over the tokens [`PassTokens`] holds (logits of its `rows`, or
+/// `None` when it lists none). The provided methods do the rest of
+/// [`SequenceForward::forward`] (slot 0) and [`BatchForward::forward_slots`]:
+/// checks, pass planning and the slot lengths.
+pub trait SlotPasses {
+    /// The backend's error.
+    type Error: From<Error>;
+    /// Positions per slot.
+    fn context(&self) -> usize;
+    /// Tokens one pass takes at most.
+    fn max_pass_tokens(&self) -> usize;
+    /// Logit rows one pass returns at most.
+    fn max_logit_rows(&self) -> usize;
+    /// Vocabulary size (ids are checked against it).
+    fn vocab(&self) -> usize;
+    /// The slot lengths and pass buffer.
+    fn slot_state(&mut self) -> &mut SlotState;
+    /// Runs one pass.
+    fn run_pass(
+        &mut self,
+        tokens: &PassTokens,
+    ) -> std::result::Result<Option<Vec<f32>>, Self::Error>;
+
+    /// [`SequenceForward::forward`] over slot 0: checks, splits into
+    /// passes, and leaves the slot's length as it was on error.
+    fn forward_one(
+        &mut self,
+        ids: &[u32],
+        which: Logits,
+    ) -> std::result::Result<Vec<f32>, Self::Error> {
+        // The state is taken out for the call so `run_pass` can borrow
+        // the backend mutably; it is put back on every path.
+        let mut state = std::mem::take(self.slot_state());
+        let out = forward_one_with(self, &mut state, ids, which);
+        *self.slot_state() = state;
+        out
+    }
+
+    /// [`BatchForward::forward_slots`]: checks the feeds, runs the planned
+    /// passes ([`plan_slot_passes`]) and returns each feed's last logits;
+    /// slot lengths change only when every pass succeeded (positions a
+    /// failed call wrote past a slot's length are overwritten by its next
+    /// pass).
+    fn forward_feeds(
+        &mut self,
+        feeds: &[SlotFeed<'_>],
+    ) -> std::result::Result<Vec<f32>, Self::Error> {
+        let mut state = std::mem::take(self.slot_state());
+        let out = forward_feeds_with(self, &mut state, feeds);
+        *self.slot_state() = state;
+        out
+    }
+}
+
+fn forward_one_with<B: SlotPasses + ?Sized>(
+    backend: &mut B,
+    state: &mut SlotState,
+    ids: &[u32],
+    which: Logits,
+) -> std::result::Result<Vec<f32>, B::Error> {
+    let context = backend.context();
+    let SlotState { lens, host } = state;
+    check_ids(ids, backend.vocab(), lens[0], context)?;
+    let start = lens[0];
+    let (max_tokens, max_rows) = (backend.max_pass_tokens(), backend.max_logit_rows());
+    run_in_passes(ids, which, max_tokens, max_rows, |chunk, want| {
+        host.clear();
+        host.push(0, lens[0], chunk, context);
+        let n = chunk.len() as u32;
+        match want {
+            None => {}
+            Some(Logits::Last) => host.rows.push(n - 1),
+            Some(Logits::All) => host.rows.extend(0..n),
+        }
+        let out = backend.run_pass(host)?;
+        lens[0] += chunk.len();
+        Ok(out)
+    })
+    .inspect_err(|_| lens[0] = start)
+}
+
+fn forward_feeds_with<B: SlotPasses + ?Sized>(
+    backend: &mut B,
+    state: &mut SlotState,
+    feeds: &[SlotFeed<'_>],
+) -> std::result::Result<Vec<f32>, B::Error> {
+    let (context, vocab) = (backend.context(), backend.vocab());
+    let SlotState { lens, host } = state;
+    check_feeds(feeds, lens.len(), vocab, context, |s| lens[s])?;
+    let passes = plan_slot_passes(feeds, backend.max_pass_tokens(), backend.max_logit_rows());
+    let mut out = Vec::with_capacity(feeds.len() * vocab);
+    for pieces in &passes {
+        host.clear();
+        for p in pieces {
+            let ids = &feeds[p.feed].ids[p.start..p.start + p.len];
+            host.push(p.slot, lens[p.slot] + p.start, ids, context);
+            if p.logits {
+                host.rows.push(host.ids.len() as u32 - 1);
+            }
+        }
+        if let Some(l) = backend.run_pass(host)? {
+            out.extend_from_slice(&l);
+        }
+    }
+    for f in feeds {
+        lens[f.slot] += f.ids.len();
+    }
+    Ok(out)
+}
+
+/// How a device's batched passes compare, logit row by logit row
+/// ([`max_rel_diff`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SlotComparison {
+    /// Against the reference's batched passes (the CPU's, usually).
+    pub vs_reference: Vec<f32>,
+    /// Against each sequence run alone on its own model (empty when none
+    /// was given).
+    pub vs_alone: Vec<f32>,
+    /// Whether every slot held as many positions as the reference after
+    /// every step.
+    pub lengths_agree: bool,
+}
+
+impl SlotComparison {
+    /// The median of [`Self::vs_reference`].
+    pub fn median_vs_reference(&self) -> f32 {
+        let mut v = self.vs_reference.clone();
+        v.sort_by(f32::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f32::INFINITY)
+    }
+
+    /// The largest of a list (0 for none).
+    pub fn worst(v: &[f32]) -> f32 {
+        v.iter().fold(0.0f32, |m, &x| m.max(x))
+    }
+}
+
+/// Runs one schedule of batched passes over three slots on `device`, on
+/// `reference`, and, when given, on three one-sequence models `alone`
+/// (slot `i` on `alone[i]`): two prompts in one pass, decode steps of every
+/// running sequence with `device`'s greedy tokens, a 12-token prompt
+/// joining at the third step (longer than small passes), and slot 0
+/// freed and reused at the seventh. The GPU backends' self-test and tests
+/// of their slot path. Both need three free slots of at least 32 positions.
 pub fn compare_slots(
     device: &mut dyn BatchForward,
     reference: &mut dyn BatchForward,
-) -> Result<Vec<f32>> {
+    alone: &mut [&mut dyn SequenceForward],
+) -> Result<SlotComparison> {
     let vocab = reference.config().vocab_size;
-    let id = |i: usize| ((i * 97 + 13) % vocab) as u32;
-    let prompts: Vec<Vec<u32>> = [7usize, 12, 1]
-        .iter()
-        .enumerate()
-        .map(|(p, &n)| (0..n).map(|i| id(i + 5 * p)).collect())
-        .collect();
-    let mut feeds: Vec<Vec<u32>> = prompts;
-    let mut diffs = Vec::new();
-    for _ in 0..4 {
-        let slot_feeds: Vec<SlotFeed<'_>> = feeds
+    let prompt = |seed: usize, n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|i| ((i * 131 + seed * 17 + 7) % vocab) as u32)
+            .collect()
+    };
+    let mut next: Vec<Option<Vec<u32>>> = vec![Some(prompt(1, 9)), None, Some(prompt(2, 3))];
+    let mut out = SlotComparison {
+        lengths_agree: true,
+        ..SlotComparison::default()
+    };
+    for step in 0..10 {
+        if step == 2 {
+            next[1] = Some(prompt(3, 12));
+        }
+        if step == 6 {
+            device.clear_slot(0);
+            reference.clear_slot(0);
+            if let Some(a) = alone.get_mut(0) {
+                a.truncate(0);
+            }
+            next[0] = Some(prompt(4, 6));
+        }
+        let feeds: Vec<SlotFeed<'_>> = next
             .iter()
             .enumerate()
-            .map(|(slot, ids)| SlotFeed { slot, ids })
+            .filter_map(|(slot, ids)| ids.as_deref().map(|ids| SlotFeed { slot, ids }))
             .collect();
-        let got = device.forward_slots(&slot_feeds)?;
-        let want = reference.forward_slots(&slot_feeds)?;
-        let rows = want.chunks_exact(vocab);
-        diffs.extend(
-            got.chunks_exact(vocab)
-                .zip(rows.clone())
-                .map(|(g, w)| max_rel_diff(g, w)),
-        );
-        feeds = rows
-            .map(|w| vec![crate::generate::argmax(w) as u32])
-            .collect();
+        let got = device.forward_slots(&feeds)?;
+        let want = reference.forward_slots(&feeds)?;
+        let mut picks = Vec::with_capacity(feeds.len());
+        for (row, f) in feeds.iter().enumerate() {
+            let g = &got[row * vocab..(row + 1) * vocab];
+            out.vs_reference
+                .push(max_rel_diff(g, &want[row * vocab..(row + 1) * vocab]));
+            if let Some(a) = alone.get_mut(f.slot) {
+                out.vs_alone
+                    .push(max_rel_diff(g, &a.forward(f.ids, Logits::Last)?));
+            }
+            picks.push((f.slot, crate::generate::argmax(g) as u32));
+        }
+        out.lengths_agree &= (0..3).all(|s| device.slot_len(s) == reference.slot_len(s));
+        for (slot, id) in picks {
+            next[slot] = Some(vec![id]);
+        }
     }
     for slot in 0..3 {
         device.clear_slot(slot);
         reference.clear_slot(slot);
     }
-    Ok(diffs)
+    Ok(out)
+}
+
+/// Feeds `device` four kinds of bad call (a slot out of range, one slot
+/// twice, an id past the vocabulary, more tokens than a slot holds) after
+/// a two-token prompt in slot 1, and returns why not if one of them ran
+/// or changed a slot's length. Every [`BatchForward`] must pass it; it
+/// needs two slots or more, of three positions or more.
+pub fn check_bad_feeds(device: &mut dyn BatchForward) -> std::result::Result<(), String> {
+    device
+        .forward_slots(&[SlotFeed {
+            slot: 1,
+            ids: &[1, 2],
+        }])
+        .map_err(|e| format!("a good prompt failed: {e}"))?;
+    let lens = |d: &dyn BatchForward| (0..d.slots()).map(|s| d.slot_len(s)).collect::<Vec<_>>();
+    let before = lens(device);
+    let vocab = device.config().vocab_size as u32;
+    let past_vocab = [1, vocab];
+    let too_long = vec![1; device.slot_capacity() + 1];
+    let bad: [(&str, Vec<SlotFeed<'_>>); 4] = [
+        (
+            "a slot out of range",
+            vec![SlotFeed {
+                slot: device.slots(),
+                ids: &[1],
+            }],
+        ),
+        (
+            "one slot twice",
+            vec![
+                SlotFeed { slot: 0, ids: &[1] },
+                SlotFeed { slot: 0, ids: &[2] },
+            ],
+        ),
+        (
+            "an id past the vocabulary",
+            vec![SlotFeed {
+                slot: 1,
+                ids: &past_vocab,
+            }],
+        ),
+        (
+            "more tokens than a slot holds",
+            vec![SlotFeed {
+                slot: 0,
+                ids: &too_long,
+            }],
+        ),
+    ];
+    for (what, feeds) in &bad {
+        if device.forward_slots(feeds).is_ok() {
+            return Err(format!("{what} was accepted"));
+        }
+        if lens(device) != before {
+            return Err(format!("{what} changed the slot lengths"));
+        }
+    }
+    device.clear_slot(1);
+    Ok(())
 }
 
 /// The CPU's [`BatchForward`]: a [`BitNetModel`], a KV cache per slot and

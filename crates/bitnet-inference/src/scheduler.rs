@@ -477,6 +477,48 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Generates for every prompt with `params` as concurrent requests and
+    /// waits for all of them: offline batch generation. Returns each
+    /// request's generated ids, in prompt order, or the first failure
+    /// (including a refused submission: more prompts than the queue holds
+    /// fail with its message).
+    pub fn generate_all(
+        &self,
+        prompts: &[Vec<u32>],
+        params: &GenerateParams,
+    ) -> Result<Vec<Vec<u32>>> {
+        let receivers = prompts
+            .iter()
+            .map(|p| {
+                let (tx, rx) = mpsc::channel();
+                self.submit(Request::new(p.clone(), params.clone(), Box::new(tx)))
+                    .map_err(|e| match e {
+                        SubmitError::Invalid(e) => e,
+                        other => Error::InvalidArgument(other.to_string()),
+                    })?;
+                Ok(rx)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        receivers
+            .iter()
+            .map(|rx| {
+                let mut ids = Vec::new();
+                loop {
+                    match rx.recv() {
+                        Ok(Event::Token(t)) => ids.push(t.id),
+                        Ok(Event::Finished(_)) => return Ok(ids),
+                        Ok(Event::Failed(e)) => return Err(e),
+                        Err(_) => {
+                            return Err(Error::InvalidArgument(
+                                "the engine stopped before the request finished".into(),
+                            ));
+                        }
+                    }
+                }
+            })
+            .collect()
+    }
+
     /// Stops admitting new requests (queued ones fail with
     /// [`SubmitError::ShuttingDown`]'s message); running ones go on until
     /// they finish or `deadline` passes, when they are cut with

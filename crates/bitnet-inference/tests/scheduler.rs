@@ -5,7 +5,7 @@
 //! drain deadline all end cleanly.
 
 use bitnet_core::Parallelism;
-use bitnet_inference::device::CpuSlots;
+use bitnet_inference::device::{CpuSlots, check_bad_feeds};
 use bitnet_inference::generate::{Session, generate};
 use bitnet_inference::scheduler::{
     Completion, Event, EventSink, Request, Scheduler, SchedulerConfig, StepReport, SubmitError,
@@ -486,4 +486,12 @@ fn a_long_prompt_is_prefilled_in_chunks_beside_running_streams() {
         prefill_steps.iter().all(|(p, d)| *p <= 8 && *d >= 1),
         "a prefill step stalled the running stream: {steps:?}"
     );
+}
+
+/// The CPU's slots refuse bad feeds without touching any slot: the check
+/// every slot backend runs.
+#[test]
+fn cpu_slots_refuse_bad_feeds_and_keep_their_lengths() {
+    let mut slots = CpuSlots::new(model(), 3, 16, 1).unwrap();
+    check_bad_feeds(&mut slots).unwrap();
 }

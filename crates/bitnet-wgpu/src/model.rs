@@ -32,7 +32,7 @@ use crate::kernels::{
     storage_with, u32_bytes, uniform,
 };
 use bitnet_core::ops::rows::RopeTable;
-use bitnet_inference::device::{BatchForward, SlotFeed, check_feeds, plan_slot_passes};
+use bitnet_inference::device::{BatchForward, PassTokens, SlotFeed, SlotPasses, SlotState};
 use bitnet_inference::{Logits, SequenceForward};
 use bitnet_models::config::{Activation, BitNetConfig};
 use bitnet_models::float_matrix::{FloatEncoding, FloatMatrix};
@@ -105,8 +105,8 @@ pub struct WgpuModel {
     memory: GpuMemory,
     /// Logit rows one pass can return (the logits buffer's binding limit).
     logit_rows: usize,
-    /// Positions held, per slot.
-    lens: Vec<usize>,
+    /// Positions held per slot, and the next pass's tokens.
+    slots: SlotState,
     layers: Vec<Dispatch>,
     head: Vec<Dispatch>,
     step: wgpu::Buffer,
@@ -120,9 +120,6 @@ pub struct WgpuModel {
     _buffers: Vec<wgpu::Buffer>,
     host_x: Vec<f32>,
     host_out: Vec<f32>,
-    host_ids: Vec<u32>,
-    host_tokens: Vec<u32>,
-    host_rows: Vec<u32>,
 }
 
 /// One ternary layer's upload: words `[cols_pad / 16, rows]` and a
@@ -395,7 +392,7 @@ impl WgpuModel {
             },
             memory,
             logit_rows,
-            lens: vec![0; sequences],
+            slots: SlotState::new(sequences),
             layers,
             head,
             step,
@@ -408,9 +405,6 @@ impl WgpuModel {
             _buffers: buffers,
             host_x: Vec::new(),
             host_out: Vec::new(),
-            host_ids: Vec::new(),
-            host_tokens: Vec::new(),
-            host_rows: Vec::new(),
         })
     }
 
@@ -429,22 +423,21 @@ impl WgpuModel {
         &self.ctx
     }
 
-    /// One pass over `host_ids`, each token at the (position, cache row)
-    /// pair in `host_tokens`, with logits for the tokens `host_rows` lists
-    /// (`None` when it lists none). Held positions are the caller's.
-    fn pass(&mut self) -> Result<Option<Vec<f32>>> {
+    /// One pass over `t`'s tokens (see [`PassTokens`]); held positions
+    /// are the caller's.
+    fn pass(&mut self, t: &PassTokens) -> Result<Option<Vec<f32>>> {
         let (h, vocab) = (self.config.hidden_size, self.config.vocab_size);
-        let (n, m) = (self.host_ids.len(), self.host_rows.len());
+        let (n, m) = (t.ids.len(), t.rows.len());
         debug_assert!(n <= self.options.max_batch_tokens && m <= self.logit_rows);
         self.host_x.resize(n * h, 0.0);
-        for (&id, row) in self.host_ids.iter().zip(self.host_x.chunks_exact_mut(h)) {
+        for (&id, row) in t.ids.iter().zip(self.host_x.chunks_exact_mut(h)) {
             self.embed.row_into(id as usize, row);
         }
         let q = self.ctx.queue();
         q.write_buffer(&self.x, 0, &f32_bytes(&self.host_x));
-        q.write_buffer(&self.tokens, 0, &u32_bytes(&self.host_tokens));
+        q.write_buffer(&self.tokens, 0, &u32_bytes(&t.pairs));
         if m > 0 {
-            q.write_buffer(&self.rows, 0, &u32_bytes(&self.host_rows));
+            q.write_buffer(&self.rows, 0, &u32_bytes(&t.rows));
         }
         let step = [n as u32, m as u32, 0, 0];
         q.write_buffer(&self.step, 0, &u32_bytes(&step));
@@ -477,7 +470,7 @@ impl WgpuModel {
             .read_f32(&self.staging, logit_bytes + 16, &mut self.host_out)?;
         let status = self.host_out[m * vocab].to_bits();
         if status != 0 {
-            let positions: Vec<u32> = self.host_tokens.iter().step_by(2).copied().collect();
+            let positions: Vec<u32> = t.pairs.iter().step_by(2).copied().collect();
             return Err(Error::NonFinite(format!(
                 "a layer input held NaN or infinity in a pass of {n} tokens at positions {}..={}",
                 positions.iter().min().unwrap_or(&0),
@@ -493,77 +486,27 @@ impl WgpuModel {
         }
         Ok(Some(out))
     }
+}
 
-    /// Sets the next pass's tokens: `ids` of `slot` from position `pos`.
-    fn push_tokens(&mut self, slot: usize, pos: usize, ids: &[u32]) {
-        let base = slot * self.options.context;
-        for (i, &id) in ids.iter().enumerate() {
-            self.host_ids.push(id);
-            self.host_tokens
-                .extend([(pos + i) as u32, (base + pos + i) as u32]);
-        }
+impl SlotPasses for WgpuModel {
+    type Error = Error;
+    fn context(&self) -> usize {
+        self.options.context
     }
-
-    fn clear_pass(&mut self) {
-        self.host_ids.clear();
-        self.host_tokens.clear();
-        self.host_rows.clear();
+    fn max_pass_tokens(&self) -> usize {
+        self.options.max_batch_tokens
     }
-
-    fn forward_inner(&mut self, ids: &[u32], which: Logits) -> Result<Vec<f32>> {
-        bitnet_inference::device::check_ids(
-            ids,
-            self.config.vocab_size,
-            self.lens[0],
-            self.options.context,
-        )?;
-        let start = self.lens[0];
-        let (max_tokens, max_rows) = (self.options.max_batch_tokens, self.logit_rows);
-        bitnet_inference::device::run_in_passes(ids, which, max_tokens, max_rows, |chunk, want| {
-            self.clear_pass();
-            self.push_tokens(0, self.lens[0], chunk);
-            let n = chunk.len() as u32;
-            match want {
-                None => {}
-                Some(Logits::Last) => self.host_rows.push(n - 1),
-                Some(Logits::All) => self.host_rows.extend(0..n),
-            }
-            let out = self.pass()?;
-            self.lens[0] += chunk.len();
-            Ok(out)
-        })
-        .inspect_err(|_| self.lens[0] = start)
+    fn max_logit_rows(&self) -> usize {
+        self.logit_rows
     }
-
-    fn forward_slots_inner(&mut self, feeds: &[SlotFeed<'_>]) -> Result<Vec<f32>> {
-        check_feeds(
-            feeds,
-            self.lens.len(),
-            self.config.vocab_size,
-            self.options.context,
-            |s| self.lens[s],
-        )?;
-        let passes = plan_slot_passes(feeds, self.options.max_batch_tokens, self.logit_rows);
-        let mut out = Vec::with_capacity(feeds.len() * self.config.vocab_size);
-        for pieces in &passes {
-            self.clear_pass();
-            for p in pieces {
-                let ids = &feeds[p.feed].ids[p.start..p.start + p.len];
-                self.push_tokens(p.slot, self.lens[p.slot] + p.start, ids);
-                if p.logits {
-                    self.host_rows.push(self.host_ids.len() as u32 - 1);
-                }
-            }
-            if let Some(l) = self.pass()? {
-                out.extend_from_slice(&l);
-            }
-        }
-        // Only now: a failed pass leaves every slot as it was (positions
-        // written past a slot's length are overwritten by its next pass).
-        for f in feeds {
-            self.lens[f.slot] += f.ids.len();
-        }
-        Ok(out)
+    fn vocab(&self) -> usize {
+        self.config.vocab_size
+    }
+    fn slot_state(&mut self) -> &mut SlotState {
+        &mut self.slots
+    }
+    fn run_pass(&mut self, tokens: &PassTokens) -> Result<Option<Vec<f32>>> {
+        self.pass(tokens)
     }
 }
 
@@ -579,16 +522,16 @@ impl SequenceForward for WgpuModel {
         &self.config
     }
     fn len(&self) -> usize {
-        self.lens[0]
+        self.slots.lens[0]
     }
     fn capacity(&self) -> usize {
         self.options.context
     }
     fn truncate(&mut self, len: usize) {
-        self.lens[0] = self.lens[0].min(len);
+        self.slots.lens[0] = self.slots.lens[0].min(len);
     }
     fn forward(&mut self, ids: &[u32], which: Logits) -> bitnet_inference::Result<Vec<f32>> {
-        Ok(self.forward_inner(ids, which)?)
+        Ok(self.forward_one(ids, which)?)
     }
 }
 
@@ -600,22 +543,22 @@ impl BatchForward for WgpuModel {
         &self.config
     }
     fn slots(&self) -> usize {
-        self.lens.len()
+        self.slots.lens.len()
     }
     fn slot_capacity(&self) -> usize {
         self.options.context
     }
     fn slot_len(&self, slot: usize) -> usize {
-        self.lens[slot]
+        self.slots.lens[slot]
     }
     fn clear_slot(&mut self, slot: usize) {
-        self.lens[slot] = 0;
+        self.slots.lens[slot] = 0;
     }
     fn forward_slots(&mut self, feeds: &[SlotFeed<'_>]) -> bitnet_inference::Result<Vec<f32>> {
-        Ok(self.forward_slots_inner(feeds)?)
+        Ok(self.forward_feeds(feeds)?)
     }
     fn kv_bytes_per_slot(&self) -> usize {
-        (self.memory.kv_cache / self.lens.len() as u64) as usize
+        (self.memory.kv_cache / self.slots.lens.len() as u64) as usize
     }
     fn device_memory_bytes(&self) -> Option<u64> {
         Some(self.memory.total())
