@@ -128,6 +128,26 @@ impl BitNetModel {
         ws: &'w mut Workspace,
         par: Parallelism<'_>,
     ) -> Result<&'w [f32]> {
+        match par {
+            // The pass enters the pool once: its ~8 parallel regions per
+            // layer then fork from a worker (the idle one steals), instead
+            // of each injecting a job from outside and parking the caller
+            // until it ends: two thread hand-offs per region, some 250 per
+            // decoded token.
+            Parallelism::Pool(pool) if pool.current_thread_index().is_none() => {
+                pool.install(|| self.forward_batch_in_pool(batch, which, ws, par))
+            }
+            _ => self.forward_batch_in_pool(batch, which, ws, par),
+        }
+    }
+
+    fn forward_batch_in_pool<'w>(
+        &self,
+        batch: &mut [BatchEntry<'_>],
+        which: Logits,
+        ws: &'w mut Workspace,
+        par: Parallelism<'_>,
+    ) -> Result<&'w [f32]> {
         let c = self.config();
         if batch.is_empty() {
             return Err(Error::EmptyInput);
