@@ -378,10 +378,11 @@ mod x86 {
         _mm_cvtsi128_si32(s)
     }
 
-    /// How far ahead of the block in hand the AVX2 Q6_K dot prefetches:
-    /// with the prefetch and the shuffled scales, a standalone loop over
-    /// 64k rows of 2560 columns (135 MB) read 1.3x faster than without
-    /// either on an AMD EPYC (Zen 3, one thread); 2 and 8 KiB did the same.
+    /// How far ahead of the block in hand the AVX2 Q6_K dot prefetches
+    /// (the output layer is streamed from memory once per token): with it
+    /// and the shuffled scales, 2B-4T decode with a Q6_K output ran 5-10%
+    /// faster at one thread on an AMD EPYC, Zen 3 (`bitnet bench -p 0 -n 64
+    /// -t 1,2`, alternating with the binary without them).
     const Q6K_PREFETCH_BYTES: usize = 2048;
 
     #[target_feature(enable = "avx2")]
@@ -400,9 +401,8 @@ mod x86 {
                         .zip(a.d)
                         .zip(a.bsums.chunks_exact(QK_K / 16))
                     {
-                        // The row is streamed from memory: ask for the
-                        // block 2 KiB ahead (prefetches never fault, so the
-                        // row's end needs no check).
+                        // Prefetches never fault: past the row's end
+                        // needs no check.
                         for line in 0..4 {
                             _mm_prefetch::<_MM_HINT_T0>(
                                 b.as_ptr()
