@@ -5,7 +5,7 @@
 //! runs of activations. `vpmaddubsw` pair sums stay within ±512, so a whole
 //! lane accumulates in i16 over up to eight blocks before one widening
 //! `vpmaddwd`. GEMM uses 2-row x 4-token tiles, so the unpacked weights
-//! serve four tokens.
+//! serve four tokens; GEMV streams one row at a time.
 
 use super::super::RowsTask;
 use std::arch::x86_64::*;
@@ -22,9 +22,14 @@ pub(crate) unsafe fn rows(task: &RowsTask<'_>, out: &mut [i32]) {
     assert!(task.w.len() >= rows * task.blocks * 64);
     assert!(task.x.len() >= tokens * task.stride());
     assert_eq!(out.len(), rows * tokens);
+    // One token streams one row at a time: a 2-row tile reads two
+    // interleaved streams a row apart, which the hardware prefetchers
+    // follow worse than one sequential stream (the shared activations save
+    // less than that costs when the weights come from memory).
+    let tile_rows = if tokens == 1 { 1 } else { 2 };
     let mut r = 0;
     while r < rows {
-        let rs = if rows - r >= 2 { 2 } else { 1 };
+        let rs = if rows - r >= tile_rows { tile_rows } else { 1 };
         let mut t = 0;
         while t < tokens {
             let ts = match tokens - t {
