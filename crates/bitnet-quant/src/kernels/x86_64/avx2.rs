@@ -5,7 +5,8 @@
 //! runs of activations. `vpmaddubsw` pair sums stay within ±512, so a whole
 //! lane accumulates in i16 over up to eight blocks before one widening
 //! `vpmaddwd`. GEMM uses 2-row x 4-token tiles, so the unpacked weights
-//! serve four tokens; GEMV streams one row at a time.
+//! serve four tokens; GEMV ([`gemv_row`]) streams one row at a time and
+//! unpacks with masks alone.
 
 use super::super::RowsTask;
 use std::arch::x86_64::*;
@@ -22,14 +23,16 @@ pub(crate) unsafe fn rows(task: &RowsTask<'_>, out: &mut [i32]) {
     assert!(task.w.len() >= rows * task.blocks * 64);
     assert!(task.x.len() >= tokens * task.stride());
     assert_eq!(out.len(), rows * tokens);
-    // One token streams one row at a time: a 2-row tile reads two
-    // interleaved streams a row apart, which the hardware prefetchers
-    // follow worse than one sequential stream (the shared activations save
-    // less than that costs when the weights come from memory).
-    let tile_rows = if tokens == 1 { 1 } else { 2 };
+    if tokens == 1 {
+        for (r, o) in out.iter_mut().enumerate() {
+            // SAFETY: row r < rows (asserted above); AVX2 guaranteed by the caller.
+            *o = unsafe { gemv_row(task, r) } - task.sums[0];
+        }
+        return;
+    }
     let mut r = 0;
     while r < rows {
-        let rs = if rows - r >= tile_rows { tile_rows } else { 1 };
+        let rs = if rows - r >= 2 { 2 } else { 1 };
         let mut t = 0;
         while t < tokens {
             let ts = match tokens - t {
@@ -73,6 +76,72 @@ fn hsum(v: __m256i) -> i32 {
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
     let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s));
     _mm_cvtsi128_si32(s)
+}
+
+/// `Σ u·x` of row `r` against the one token, `u` the stored codes in {0, 1, 2}.
+///
+/// One row at a time: a 2-row tile reads two interleaved streams a row
+/// apart, which the hardware prefetchers follow worse than one sequential
+/// stream, and a token's activations are few enough to stay in L1 anyway.
+///
+/// Decode is bound by how fast a core streams the weights, and a core
+/// streams faster the less it computes per byte, so the fields are
+/// unpacked by a mask alone, without the shift: field `k` then reads as
+/// `4^k · u`, and its `vpmaddubsw` pair sums as `4^k` times theirs. Each
+/// field keeps its own i16 lanes, widened before they can overflow: pair
+/// sums of field 0 lie in [-512, 508], so eight blocks (16 halves) fit; 4x
+/// that for field 1 fits 16 halves too; field 2 (16x, [-8192, 8128]) is
+/// widened every two blocks; field 3 (64x, [-32768, 32512], exactly i16's
+/// range, no saturation) at once. Widened sums are exact multiples of
+/// `4^k`, so an arithmetic shift divides them exactly.
+///
+/// # Safety
+/// AVX2; `r < task.rows()`, one token in `task.x`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn gemv_row(task: &RowsTask<'_>, r: usize) -> i32 {
+    let row_bytes = task.blocks * 64;
+    // SAFETY: row r is in `task.w` (the caller's contract).
+    let wr = unsafe { task.w.as_ptr().add(r * row_bytes) };
+    let xp = task.x.as_ptr();
+    let ones = _mm256_set1_epi16(1);
+    let mask = |m: u8| _mm256_set1_epi8(m as i8);
+    let (m0, m1, m2, m3) = (mask(0x03), mask(0x0c), mask(0x30), mask(0xc0));
+    let zero = _mm256_setzero_si256();
+    let (mut acc, mut acc2, mut acc3) = (zero, zero, zero);
+    let (mut a0, mut a1, mut a2) = (zero, zero, zero);
+    for b in 0..task.blocks {
+        let ahead = wr.wrapping_add(b * 64 + super::avx512::PREFETCH_BYTES);
+        _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+        for h in 0..2 {
+            // SAFETY: block b < blocks of row r, and the token's padded
+            // codes hold `blocks * 256` bytes (the caller's contract).
+            let (v, x) = unsafe {
+                let v = _mm256_loadu_si256(wr.add(b * 64 + 32 * h).cast());
+                let xb = xp.add(b * 256 + 32 * h);
+                let x = |k: usize| _mm256_loadu_si256(xb.add(64 * k).cast());
+                (v, [x(0), x(1), x(2), x(3)])
+            };
+            let dot = |m, x| _mm256_maddubs_epi16(_mm256_and_si256(v, m), x);
+            a0 = _mm256_add_epi16(a0, dot(m0, x[0]));
+            a1 = _mm256_add_epi16(a1, dot(m1, x[1]));
+            a2 = _mm256_add_epi16(a2, dot(m2, x[2]));
+            acc3 = _mm256_add_epi32(acc3, _mm256_madd_epi16(dot(m3, x[3]), ones));
+        }
+        let last = b + 1 == task.blocks;
+        if b % 2 == 1 || last {
+            acc2 = _mm256_add_epi32(acc2, _mm256_madd_epi16(a2, ones));
+            a2 = zero;
+        }
+        if (b + 1) % WIDEN_BLOCKS == 0 || last {
+            let f0 = _mm256_madd_epi16(a0, ones);
+            let f1 = _mm256_srai_epi32::<2>(_mm256_madd_epi16(a1, ones));
+            let f23 = _mm256_add_epi32(_mm256_srai_epi32::<4>(acc2), _mm256_srai_epi32::<6>(acc3));
+            acc = _mm256_add_epi32(acc, _mm256_add_epi32(_mm256_add_epi32(f0, f1), f23));
+            (a0, a1, acc2, acc3) = (zero, zero, zero, zero);
+        }
+    }
+    hsum(acc)
 }
 
 // Tiles index rows and tokens of several arrays at once; ranges read clearer
