@@ -385,6 +385,27 @@ mod x86 {
     /// -t 1,2`, alternating with the binary without them).
     const Q6K_PREFETCH_BYTES: usize = 2048;
 
+    /// Byte-shuffle controls for [`dot_avx2`]'s Q6_K scales: for pair `k`,
+    /// the i16 at index `2k` of a lane's eight repeated over the low lane
+    /// and the one at `2k + 1` over the high lane.
+    #[allow(clippy::cast_possible_truncation)]
+    const Q6K_PICK: [__m256i; 4] = {
+        let mut pick = [[0u8; 32]; 4];
+        let mut k = 0;
+        while k < 4 {
+            let mut i = 0;
+            while i < 16 {
+                let byte = (i % 2) as u8;
+                pick[k][i] = (4 * k) as u8 + byte;
+                pick[k][16 + i] = (4 * k + 2) as u8 + byte;
+                i += 1;
+            }
+            k += 1;
+        }
+        // SAFETY: [u8; 32] and __m256i have the same size, any bits valid.
+        unsafe { std::mem::transmute::<[[u8; 32]; 4], [__m256i; 4]>(pick) }
+    };
+
     #[target_feature(enable = "avx2")]
     pub(super) fn dot_avx2(ty: GgmlType, row: &[u8], a: ActRow<'_>) -> f32 {
         let mut sum = 0.0f32;
@@ -412,8 +433,16 @@ mod x86 {
                         }
                         let sc = &b[192..208];
                         let sc8 = _mm_loadu_si128(sc.as_ptr().cast());
+                        // The 16 scales as i16, widened once; each half of
+                        // the block reads 8 of them, copied to both lanes
+                        // so that one byte shuffle per pair picks them.
+                        let sc16 = _mm256_cvtepi8_epi16(sc8);
+                        let halves = [
+                            _mm256_permute2x128_si256::<0x00>(sc16, sc16),
+                            _mm256_permute2x128_si256::<0x11>(sc16, sc16),
+                        ];
                         let mut acc = _mm256_setzero_si256();
-                        for h in 0..2 {
+                        for (h, &half_scales) in halves.iter().enumerate() {
                             let ql0 = _mm256_loadu_si256(b.as_ptr().add(64 * h).cast());
                             let ql1 = _mm256_loadu_si256(b.as_ptr().add(64 * h + 32).cast());
                             let qh = _mm256_loadu_si256(b.as_ptr().add(128 + 32 * h).cast());
@@ -439,19 +468,14 @@ mod x86 {
                                 let yk =
                                     _mm256_loadu_si256(y.as_ptr().add(128 * h + 32 * k).cast());
                                 let p = _mm256_maddubs_epi16(qk, yk);
-                                // sc[s] in the low eight lanes, sc[s + 1] in
-                                // the high eight: one byte shuffle and a
-                                // widening of the 16 scales loaded once,
-                                // not two scalar broadcasts per pair.
-                                let s = (8 * h + 2 * k) as i8;
-                                let pick =
-                                    _mm_unpacklo_epi64(_mm_set1_epi8(s), _mm_set1_epi8(s + 1));
-                                let scales = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, pick));
+                                // sc[8h + 2k] in the low eight lanes,
+                                // sc[8h + 2k + 1] in the high eight: one
+                                // byte shuffle of the half's scales.
+                                let scales = _mm256_shuffle_epi8(half_scales, Q6K_PICK[k]);
                                 acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scales));
                             }
                         }
                         // − 32 · Σ sc[j] · bsum[j]
-                        let sc16 = _mm256_cvtepi8_epi16(sc8);
                         let bs16 = _mm256_loadu_si256(bs.as_ptr().cast());
                         let off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs16), 5);
                         let isum = hsum256(_mm256_sub_epi32(acc, off));
