@@ -29,5 +29,5 @@ pub use generate::{
     generate_batch, generate_on,
 };
 pub use kv_cache::{KvCache, KvPool, KvPoolStats};
-pub use model::{BatchEntry, BitNetModel, Logits, Workspace};
+pub use model::{BatchEntry, BitNetModel, Logits, Stage, StageTimes, Workspace};
 pub use sampler::{Sampler, SamplerParams};

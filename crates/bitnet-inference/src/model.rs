@@ -22,6 +22,7 @@ use bitnet_models::weights::{BitNetWeights, Layer, Linear};
 use bitnet_quant::quantize::int8::QuantizedActivations;
 use rayon::prelude::*;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// Which positions of a forward call get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,6 +184,7 @@ impl BitNetModel {
         }
 
         // Final norm over the selected rows, then the output layer.
+        let output_start = ws.stage_times.is_some().then(Instant::now);
         let mut normed = std::mem::take(&mut ws.normed);
         normed.clear();
         match which {
@@ -212,6 +214,10 @@ impl BitNetModel {
         );
         ws.x = x;
         ws.normed = normed;
+        if let (Some(times), Some(start)) = (ws.stage_times.as_mut(), output_start) {
+            times.add(Stage::Output, start.elapsed());
+            times.passes += 1;
+        }
         Ok(&ws.logits)
     }
 
@@ -325,8 +331,10 @@ impl BitNetModel {
             xq,
             dots,
             spans,
+            stage_times,
             ..
         } = ws;
+        let mut laps = Laps::start(stage_times.as_mut());
         for (buf, len) in [
             (&mut *a, n * h),
             (&mut *q, n * h),
@@ -346,9 +354,11 @@ impl BitNetModel {
         for_rows(par, n, x, a, norm(&layer.input_layernorm));
         let qkv = [&layer.q_proj, &layer.k_proj, &layer.v_proj];
         let shared = quantize_for(&qkv, a, n, xq, par)?;
+        laps.lap(Stage::Other);
         linear(&layer.q_proj, a, shared, xq, n, q, dots, par)?;
         linear(&layer.k_proj, a, shared, xq, n, k, dots, par)?;
         linear(&layer.v_proj, a, shared, xq, n, v, dots, par)?;
+        laps.lap(Stage::Qkv);
         for (span, e) in spans.iter().zip(batch.iter_mut()) {
             for i in 0..span.len {
                 let (row, pos) = (span.offset + i, span.start + i);
@@ -362,16 +372,22 @@ impl BitNetModel {
             let rows = span.offset * kv..(span.offset + span.len) * kv;
             e.cache.write(l, &k[rows.clone()], &v[rows]);
         }
+        laps.lap(Stage::RopeCache);
         self.attention(l, q, batch, spans, o_heads, o, scores, par);
+        laps.lap(Stage::Attention);
         for_rows(par, n, o, a, norm(&layer.attn_sub_norm));
+        laps.lap(Stage::Other);
         linear(&layer.o_proj, a, false, xq, n, proj, dots, par)?;
+        laps.lap(Stage::OProj);
         x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
 
         // Feed-forward.
         for_rows(par, n, x, a, norm(&layer.post_attention_layernorm));
         let shared = quantize_for(&[&layer.gate_proj, &layer.up_proj], a, n, xq, par)?;
+        laps.lap(Stage::Other);
         linear(&layer.gate_proj, a, shared, xq, n, gate, dots, par)?;
         linear(&layer.up_proj, a, shared, xq, n, up, dots, par)?;
+        laps.lap(Stage::GateUp);
         let act = match c.activation {
             Activation::Relu2 => relu2,
             Activation::Silu => silu,
@@ -381,8 +397,11 @@ impl BitNetModel {
         });
         // `up` is free again: it takes the normalized inner activation.
         for_rows(par, n, gate, up, norm(&layer.ffn_sub_norm));
+        laps.lap(Stage::Other);
         linear(&layer.down_proj, up, false, xq, n, proj, dots, par)?;
+        laps.lap(Stage::Down);
         x.iter_mut().zip(proj.iter()).for_each(|(x, p)| *x += p);
+        laps.lap(Stage::Other);
         Ok(())
     }
 
@@ -955,6 +974,7 @@ pub struct Workspace {
     xq: QuantizedActivations,
     dots: Vec<i32>,
     spans: Vec<Span>,
+    stage_times: Option<StageTimes>,
 }
 
 impl Default for Workspace {
@@ -978,6 +998,7 @@ impl Default for Workspace {
             xq: QuantizedActivations::zeroed(0, 0),
             dots: Vec::new(),
             spans: Vec::new(),
+            stage_times: None,
         }
     }
 }
@@ -996,6 +1017,124 @@ impl Workspace {
     /// Mutable logits of the last forward call (samplers apply penalties in place).
     pub fn logits_mut(&mut self) -> &mut [f32] {
         &mut self.logits
+    }
+
+    /// Starts (from zero) or stops timing the stages of the forward passes
+    /// run with this workspace. Off by default: a timed pass reads the
+    /// clock about ten times per layer.
+    pub fn time_stages(&mut self, on: bool) {
+        self.stage_times = on.then(StageTimes::default);
+    }
+
+    /// The stage times summed since [`Self::time_stages`] turned them on.
+    pub fn stage_times(&self) -> Option<&StageTimes> {
+        self.stage_times.as_ref()
+    }
+}
+
+/// A part of the CPU forward pass, for [`StageTimes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Embedding, norms, activation quantization, ReLU²/SiLU, residual adds.
+    Other,
+    /// The query, key and value projections.
+    Qkv,
+    /// RoPE and writing keys and values to the cache.
+    RopeCache,
+    /// Attention over the cache.
+    Attention,
+    /// The attention output projection.
+    OProj,
+    /// The gate and up projections.
+    GateUp,
+    /// The down projection.
+    Down,
+    /// The final norm and the output layer (logits).
+    Output,
+}
+
+impl Stage {
+    /// Every stage, in the order of a pass.
+    pub const ALL: [Stage; 8] = [
+        Stage::Other,
+        Stage::Qkv,
+        Stage::RopeCache,
+        Stage::Attention,
+        Stage::OProj,
+        Stage::GateUp,
+        Stage::Down,
+        Stage::Output,
+    ];
+
+    /// A short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Other => "norms, quantization, activations",
+            Stage::Qkv => "q/k/v projections",
+            Stage::RopeCache => "RoPE, KV cache writes",
+            Stage::Attention => "attention",
+            Stage::OProj => "o projection",
+            Stage::GateUp => "gate/up projections",
+            Stage::Down => "down projection",
+            Stage::Output => "output layer",
+        }
+    }
+}
+
+/// Wall time per [`Stage`] summed over forward passes
+/// ([`Workspace::time_stages`]): where a CPU pass spends its time.
+///
+/// ```
+/// use bitnet_inference::model::{Stage, StageTimes};
+///
+/// let times = StageTimes::default();
+/// assert_eq!(times.passes, 0);
+/// assert_eq!(times.total().as_nanos(), 0);
+/// assert_eq!(times.get(Stage::Output).as_nanos(), 0);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StageTimes {
+    /// Forward passes timed.
+    pub passes: u64,
+    nanos: [u64; Stage::ALL.len()],
+}
+
+impl StageTimes {
+    /// The time summed for `stage`.
+    pub fn get(&self, stage: Stage) -> Duration {
+        Duration::from_nanos(self.nanos[stage as usize])
+    }
+
+    /// The time of every stage together.
+    pub fn total(&self) -> Duration {
+        Duration::from_nanos(self.nanos.iter().sum())
+    }
+
+    fn add(&mut self, stage: Stage, d: Duration) {
+        self.nanos[stage as usize] += u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    }
+}
+
+/// Charges the time since the last lap to a stage, when timing is on.
+struct Laps<'a> {
+    times: Option<&'a mut StageTimes>,
+    last: Instant,
+}
+
+impl<'a> Laps<'a> {
+    fn start(times: Option<&'a mut StageTimes>) -> Self {
+        Laps {
+            times,
+            last: Instant::now(),
+        }
+    }
+
+    fn lap(&mut self, stage: Stage) {
+        if let Some(times) = self.times.as_deref_mut() {
+            let now = Instant::now();
+            times.add(stage, now - self.last);
+            self.last = now;
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use bitnet_inference::generate::{BatchRequest, Session, generate, generate_batch
 use bitnet_inference::text::TokenizerDecoder;
 use bitnet_inference::{
     BatchEntry, BitNetModel, FinishReason, GenerateParams, Logits, PieceDecoder, SamplerParams,
-    Workspace,
+    Stage, Workspace,
 };
 use bitnet_models::tokenizer::TextTokenizer;
 
@@ -94,6 +94,54 @@ fn batched_forward_equals_one_sequence_at_a_time() {
             assert!(diff < 1e-4, "step 2, sequence {i}: {diff}");
         }
     }
+}
+
+/// `bitnet bench --profile`'s stage timing: the same logits to the bit
+/// with it on, one count per pass, time in the stages every pass runs, and
+/// none kept once it is turned off.
+#[test]
+fn timing_the_stages_changes_no_logits() {
+    let model = BitNetModel::from_hf_dir(&dir("bitlinear_offline")).unwrap();
+    let exp = Expected::load("bitlinear_offline");
+    let ids = exp.ids("ids_p1");
+    let pool = build_pool(2).unwrap();
+    let run = |timed: bool| {
+        let mut cache = model.new_cache(64);
+        let mut ws = Workspace::new();
+        ws.time_stages(timed);
+        let mut out = Vec::new();
+        for chunk in [&ids[..ids.len() - 1], &ids[ids.len() - 1..]] {
+            let mut batch = [BatchEntry {
+                ids: chunk,
+                cache: &mut cache,
+            }];
+            let logits = model
+                .forward_batch(&mut batch, Logits::Last, &mut ws, Parallelism::Pool(&pool))
+                .unwrap();
+            out.extend(logits.iter().map(|v| v.to_bits()));
+        }
+        (out, ws.stage_times().cloned())
+    };
+    let (plain, none) = run(false);
+    let (timed, times) = run(true);
+    assert_eq!(plain, timed);
+    assert!(none.is_none());
+    let times = times.expect("timing was on");
+    assert_eq!(times.passes, 2);
+    for stage in [Stage::Qkv, Stage::GateUp, Stage::Down, Stage::Output] {
+        assert!(times.get(stage).as_nanos() > 0, "{stage:?} took no time");
+    }
+    assert_eq!(
+        times.total(),
+        Stage::ALL
+            .iter()
+            .map(|&s| times.get(s))
+            .sum::<std::time::Duration>()
+    );
+    let mut ws = Workspace::new();
+    ws.time_stages(true);
+    ws.time_stages(false);
+    assert!(ws.stage_times().is_none());
 }
 
 #[test]

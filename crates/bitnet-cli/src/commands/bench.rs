@@ -30,12 +30,18 @@
 //! does not count in the peak RSS), and `bandwidth_fraction` = bytes/token ×
 //! t/s ÷ bandwidth. `model_size` and `model_n_params` count the weights as
 //! we hold them in memory (ternary layers packed at 2 bits).
+//!
+//! `--profile` on the CPU times each stage of the forward pass over a
+//! test's repetitions (the warm-up left out) and prints, per token, its
+//! wall time and share, and for one-sequence `tg` tests the bytes of
+//! weights it reads and the rate it read them at: which layers stream at
+//! what fraction of the bandwidth.
 
 use crate::commands::device::DeviceArgs;
 use anyhow::{Context, bail};
 use bitnet_core::{Parallelism, build_pool, system};
 use bitnet_inference::device::SlotFeed;
-use bitnet_inference::{BatchEntry, BitNetModel, DeviceSpec, Logits, Workspace};
+use bitnet_inference::{BatchEntry, BitNetModel, DeviceSpec, Logits, Stage, StageTimes, Workspace};
 use bitnet_models::weights::{BitNetWeights, Linear};
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -87,8 +93,11 @@ pub(crate) struct Args {
     /// last-level cache, 512 to 1024); 0 skips it and the bandwidth fraction.
     #[arg(long, value_name = "MIB")]
     bandwidth_mib: Option<usize>,
-    /// With a GPU device: after the tests, where one decode step's time
-    /// goes (the device's own timing, per kind of kernel), on stderr.
+    /// Where the time goes, on stderr: on the CPU, after each test, the
+    /// wall time of each stage of the forward pass per token (with the
+    /// bytes each stage's weights take and the rate it read them at, for
+    /// one-sequence `tg` tests); on a GPU, after the tests, one decode
+    /// step's device time per kind of kernel.
     #[arg(long)]
     profile: bool,
 }
@@ -241,7 +250,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 device: None,
                 device_memory: None,
             };
-            let mut once = |warmup: bool| -> anyhow::Result<u64> {
+            let cpu_profile = args.profile && slots.is_none() && gpu.is_none();
+            let mut once = |warmup: bool, ws: &mut Workspace| -> anyhow::Result<u64> {
                 let caches = &mut caches[..n_parallel];
                 caches.iter_mut().for_each(|c| c.clear());
                 let (p, g) = if warmup {
@@ -289,7 +299,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                         ids: &prompt,
                         cache: &mut caches[0],
                     }];
-                    model.forward_batch(&mut batch, Logits::Last, &mut ws, par)?;
+                    model.forward_batch(&mut batch, Logits::Last, ws, par)?;
                 }
                 for ids in steps.chunks_exact(n_parallel) {
                     let mut batch: Vec<_> = ids
@@ -300,7 +310,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                             cache,
                         })
                         .collect();
-                    model.forward_batch(&mut batch, Logits::Last, &mut ws, par)?;
+                    model.forward_batch(&mut batch, Logits::Last, ws, par)?;
                 }
                 std::hint::black_box(ws.logits());
                 Ok(t0.elapsed().as_nanos() as u64)
@@ -309,8 +319,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 if args.progress {
                     eprintln!("bitnet bench: {} t={n_threads}: warmup", row.name());
                 }
-                once(true)?;
+                once(true, &mut ws)?;
             }
+            ws.time_stages(cpu_profile);
             for i in 0..args.reps {
                 if args.progress {
                     eprintln!(
@@ -320,7 +331,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                         args.reps
                     );
                 }
-                row.samples_ns.push(once(false)?);
+                row.samples_ns.push(once(false, &mut ws)?);
+            }
+            if let Some(times) = ws.stage_times() {
+                print_stage_times(&row, times, model.weights());
+                ws.time_stages(false);
             }
             row.peak_rss_bytes = system::peak_rss_bytes();
             // Bytes per token and the bandwidth fraction describe one
@@ -355,7 +370,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             None if slots.is_some() => {
                 eprintln!("--profile: times one sequence's decode step; run it with --parallel 1")
             }
-            None => eprintln!("--profile: only a GPU device times its own kernels"),
+            None => {}
         }
     }
 
@@ -393,6 +408,64 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         _ => print_markdown(&info, &rows),
     }
     Ok(())
+}
+
+/// The bytes of weights each stage of a decode step reads (none for the
+/// stages that read no weights).
+fn stage_bytes(w: &BitNetWeights, stage: Stage) -> usize {
+    let sum = |pick: fn(&bitnet_models::weights::Layer) -> Vec<&Linear>| {
+        w.layers
+            .iter()
+            .flat_map(pick)
+            .map(linear_bytes)
+            .sum::<usize>()
+    };
+    match stage {
+        Stage::Qkv => sum(|l| vec![&l.q_proj, &l.k_proj, &l.v_proj]),
+        Stage::OProj => sum(|l| vec![&l.o_proj]),
+        Stage::GateUp => sum(|l| vec![&l.gate_proj, &l.up_proj]),
+        Stage::Down => sum(|l| vec![&l.down_proj]),
+        Stage::Output => w.output_weight().size_bytes(),
+        Stage::Other | Stage::RopeCache | Stage::Attention => 0,
+    }
+}
+
+/// `--profile` on the CPU: one test's stage times per token, on stderr.
+fn print_stage_times(row: &Row, times: &StageTimes, w: &BitNetWeights) {
+    let tokens = (row.tokens() * row.n_parallel) as f64 * row.samples_ns.len() as f64;
+    let decode = row.n_gen > 0 && row.n_parallel == 1;
+    eprintln!(
+        "\n{} at {} threads: time per token by stage ({} passes)",
+        row.name(),
+        row.n_threads,
+        times.passes
+    );
+    eprintln!(
+        "  {:<34} {:>9} {:>6} {:>10} {:>8}",
+        "stage", "ms/token", "share", "MB/token", "GB/s"
+    );
+    let total = times.total().as_secs_f64();
+    for stage in Stage::ALL {
+        let secs = times.get(stage).as_secs_f64();
+        let bytes = stage_bytes(w, stage) as f64;
+        let (mb, rate) = if decode && bytes > 0.0 && secs > 0.0 {
+            let per_token = secs / tokens;
+            (
+                format!("{:.1}", bytes / 1e6),
+                format!("{:.1}", bytes / per_token / 1e9),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        eprintln!(
+            "  {:<34} {:>9.2} {:>5.1}% {:>10} {:>8}",
+            stage.name(),
+            secs * 1e3 / tokens,
+            100.0 * secs / total.max(f64::MIN_POSITIVE),
+            mb,
+            rate
+        );
+    }
 }
 
 /// Bytes of a linear layer's weights as the kernels read them.
