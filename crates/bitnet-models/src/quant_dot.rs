@@ -715,7 +715,7 @@ mod tests {
             // A finite, moderate f16 (exponent below the all-ones
             // pattern), different per block, so that a sum paired with
             // another block's scale shows.
-            let scale_bits = scale_bits.wrapping_add(977 * i as u16);
+            let scale_bits = scale_bits.wrapping_add(977u16.wrapping_mul(i as u16));
             let scale = (scale_bits & 0x3fff).to_le_bytes();
             match ty {
                 GgmlType::Q6_K => b[208..210].copy_from_slice(&scale),
