@@ -1035,7 +1035,8 @@ impl Workspace {
 /// A part of the CPU forward pass, for [`StageTimes`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
-    /// Embedding, norms, activation quantization, ReLU²/SiLU, residual adds.
+    /// Norms, quantizing the inputs of q/k/v and gate/up, ReLU²/SiLU,
+    /// residual adds.
     Other,
     /// The query, key and value projections.
     Qkv,
@@ -1043,11 +1044,11 @@ pub enum Stage {
     RopeCache,
     /// Attention over the cache.
     Attention,
-    /// The attention output projection.
+    /// The attention output projection, quantizing its input included.
     OProj,
     /// The gate and up projections.
     GateUp,
-    /// The down projection.
+    /// The down projection, quantizing its input included.
     Down,
     /// The final norm and the output layer (logits).
     Output,
@@ -1115,25 +1116,24 @@ impl StageTimes {
     }
 }
 
-/// Charges the time since the last lap to a stage, when timing is on.
+/// Charges the time since the last lap to a stage, when timing is on
+/// (and reads no clock when it is off).
 struct Laps<'a> {
-    times: Option<&'a mut StageTimes>,
-    last: Instant,
+    timing: Option<(&'a mut StageTimes, Instant)>,
 }
 
 impl<'a> Laps<'a> {
     fn start(times: Option<&'a mut StageTimes>) -> Self {
         Laps {
-            times,
-            last: Instant::now(),
+            timing: times.map(|t| (t, Instant::now())),
         }
     }
 
     fn lap(&mut self, stage: Stage) {
-        if let Some(times) = self.times.as_deref_mut() {
+        if let Some((times, last)) = &mut self.timing {
             let now = Instant::now();
-            times.add(stage, now - self.last);
-            self.last = now;
+            times.add(stage, now - *last);
+            *last = now;
         }
     }
 }

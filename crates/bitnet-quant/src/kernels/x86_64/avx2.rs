@@ -170,14 +170,6 @@ unsafe fn tile<const R: usize, const T: usize>(
         } else {
             4
         };
-        if T == 1 {
-            // One token is memory bound: prefetch ahead as the AVX-512 GEMV does.
-            for i in 0..R {
-                let ahead =
-                    wp.wrapping_add((r0 + i) * row_bytes + b * 64 + super::avx512::PREFETCH_BYTES);
-                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
-            }
-        }
         for h in 0..2 {
             let mut v = [_mm256_setzero_si256(); R];
             for (i, v) in v.iter_mut().enumerate() {
