@@ -116,6 +116,16 @@ backend_props!(amx_equals_reference, Backend::Amx);
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
+    /// Prefill-sized GEMMs: AVX2 unpacks blocks of rows (up to 32) to
+    /// memory from `UNPACK_MIN_TOKENS` tokens and runs 6-token tiles, so
+    /// shapes span several row blocks and every token remainder.
+    #[test]
+    fn many_tokens_equal_reference(rows in 0usize..70, cols in col_strategy(), tokens in 20usize..40, seed in any::<u64>()) {
+        for backend in Backend::available() {
+            check_backend(backend, rows, cols, tokens, seed)?;
+        }
+    }
+
     /// AMX tiles hold 16 rows and 16 tokens, processed 2 x 2, from
     /// `AMX_MIN_TOKENS` tokens: shapes around 16, 32, 48 and 64.
     #[test]
@@ -229,14 +239,15 @@ fn detection_is_available() {
 /// The worst case for kernels that sum several blocks in i16 lanes before
 /// widening: every weight +1 or -1 against every activation -128 or 127,
 /// over more blocks than any such kernel holds in i16 (17 blocks, the last
-/// one partial), with every tile shape (1 to 9 tokens).
+/// one partial), with every tile shape (1 to 9 tokens, and 24 to 29 for
+/// the 6-token tiles over rows unpacked in blocks of 22).
 #[test]
 fn extreme_codes_over_many_blocks_equal_the_reference() {
-    let (rows, cols) = (5, 17 * 256 - 100);
+    let (rows, cols) = (47, 17 * 256 - 100);
     for backend in Backend::available() {
         let kernel = TernaryKernel::new(backend).unwrap();
         for (w_code, x_code) in [(1i8, -128i8), (1, 127), (-1, -128), (-1, 127)] {
-            for tokens in 1..10 {
+            for tokens in (1..10).chain(24..30) {
                 let w = PackedTernary::from_codes(&vec![w_code; rows * cols], rows, cols).unwrap();
                 let x = QuantizedActivations::from_codes(
                     &vec![x_code; tokens * cols],

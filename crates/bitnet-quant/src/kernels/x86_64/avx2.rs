@@ -4,9 +4,11 @@
 //! and masking with 3 gives weights in {0, 1, 2} lined up with four 32-code
 //! runs of activations. `vpmaddubsw` pair sums stay within ±512, so a whole
 //! lane accumulates in i16 over up to eight blocks before one widening
-//! `vpmaddwd`. GEMM uses 2-row x 4-token tiles, so the unpacked weights
-//! serve four tokens; GEMV ([`gemv_row`]) streams one row at a time and
-//! unpacks with masks alone.
+//! `vpmaddwd`. A GEMM of a few tokens uses 2-row x 4-token tiles that
+//! unpack in registers, so the unpacked weights serve four tokens; from
+//! `UNPACK_MIN_TOKENS` (prefill) it unpacks blocks of rows to memory once
+//! and runs 2 x 6 tiles over them. GEMV ([`gemv_row`]) streams one row at a
+//! time and unpacks with masks alone.
 
 use super::super::RowsTask;
 use std::arch::x86_64::*;
@@ -30,6 +32,22 @@ pub(crate) unsafe fn rows(task: &RowsTask<'_>, out: &mut [i32]) {
         }
         return;
     }
+    if tokens < UNPACK_MIN_TOKENS {
+        // SAFETY: as above.
+        unsafe { packed_tiles(task, out) }
+    } else {
+        // SAFETY: as above.
+        unsafe { unpacked_tiles(task, out) }
+    }
+}
+
+/// A few tokens: 2 x 4 tiles that unpack their weights in registers.
+///
+/// # Safety
+/// As for [`rows`], which checked the lengths.
+#[target_feature(enable = "avx2")]
+unsafe fn packed_tiles(task: &RowsTask<'_>, out: &mut [i32]) {
+    let (rows, tokens) = (task.rows(), task.tokens());
     let mut r = 0;
     while r < rows {
         let rs = if rows - r >= 2 { 2 } else { 1 };
@@ -40,20 +58,111 @@ pub(crate) unsafe fn rows(task: &RowsTask<'_>, out: &mut [i32]) {
                 2 | 3 => 2,
                 _ => 4,
             };
-            // SAFETY: the tile is in range (asserted above); AVX2 guaranteed by the caller.
+            // SAFETY: the tile is in range (checked by `rows`); AVX2 guaranteed by the caller.
             unsafe {
                 match (rs, ts) {
-                    (2, 4) => tile::<2, 4>(task, r, t, out),
-                    (1, 4) => tile::<1, 4>(task, r, t, out),
-                    (2, 2) => tile::<2, 2>(task, r, t, out),
-                    (2, _) => tile::<2, 1>(task, r, t, out),
-                    (_, 2) => tile::<1, 2>(task, r, t, out),
-                    _ => tile::<1, 1>(task, r, t, out),
+                    (2, 4) => packed_tile::<2, 4>(task, r, t, out),
+                    (1, 4) => packed_tile::<1, 4>(task, r, t, out),
+                    (2, 2) => packed_tile::<2, 2>(task, r, t, out),
+                    (2, _) => packed_tile::<2, 1>(task, r, t, out),
+                    (_, 2) => packed_tile::<1, 2>(task, r, t, out),
+                    _ => packed_tile::<1, 1>(task, r, t, out),
                 }
             }
             t += ts;
         }
         r += rs;
+    }
+}
+
+/// Many tokens: a block of rows is unpacked to bytes once, in column
+/// order, and every token tile reads it from there, instead of unpacking
+/// (shift and mask per field) in every tile; the registers the packed
+/// halves held make the tiles 2 x 6 instead of 2 x 4.
+///
+/// # Safety
+/// As for [`rows`], which checked the lengths.
+#[target_feature(enable = "avx2")]
+unsafe fn unpacked_tiles(task: &RowsTask<'_>, out: &mut [i32]) {
+    let (rows, tokens) = (task.rows(), task.tokens());
+    let stride = task.stride();
+    let block_rows = (UNPACKED_BYTES / stride).clamp(2, MAX_BLOCK_ROWS);
+    let mut unpacked = vec![0u8; block_rows.min(rows) * stride];
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = block_rows.min(rows - r0);
+        // SAFETY: rows r0..r0 + n are in `task.w` (checked by `rows`), and
+        // `unpacked` holds `n * stride` bytes.
+        unsafe { unpack_rows(task, r0, n, &mut unpacked) };
+        let mut t = 0;
+        while t < tokens {
+            let ts = match tokens - t {
+                1 => 1,
+                2 | 3 => 2,
+                4 | 5 => 4,
+                _ => 6,
+            };
+            let mut r = 0;
+            while r < n {
+                let rs = if n - r >= 2 { 2 } else { 1 };
+                let u = &unpacked[r * stride..];
+                // SAFETY: the tile is in range (checked by `rows`); AVX2
+                // guaranteed by the caller; `u` holds rows r.. of the block.
+                unsafe {
+                    match (rs, ts) {
+                        (2, 6) => tile::<2, 6>(task, u, r0 + r, t, out),
+                        (2, 4) => tile::<2, 4>(task, u, r0 + r, t, out),
+                        (2, 2) => tile::<2, 2>(task, u, r0 + r, t, out),
+                        (2, _) => tile::<2, 1>(task, u, r0 + r, t, out),
+                        (_, 6) => tile::<1, 6>(task, u, r0 + r, t, out),
+                        (_, 4) => tile::<1, 4>(task, u, r0 + r, t, out),
+                        (_, 2) => tile::<1, 2>(task, u, r0 + r, t, out),
+                        _ => tile::<1, 1>(task, u, r0 + r, t, out),
+                    }
+                }
+                r += rs;
+            }
+            t += ts;
+        }
+        r0 += n;
+    }
+}
+
+/// Fewest tokens for which a GEMM unpacks blocks of rows to memory
+/// first: below, the weights are unpacked in registers per tile.
+pub(crate) const UNPACK_MIN_TOKENS: usize = 24;
+
+/// Bytes of unpacked weights a GEMM keeps per block of rows: a fraction
+/// of L2, beside the activations the token tiles stream through it.
+const UNPACKED_BYTES: usize = 96 * 1024;
+
+/// Most rows unpacked at once: past ~16 rows, reading every token's
+/// activations once more per block costs little.
+const MAX_BLOCK_ROWS: usize = 32;
+
+/// Writes rows `r0..r0 + n` as bytes in {0, 1, 2}, in column order (the
+/// order of the activation codes), `task.stride()` bytes a row.
+///
+/// # Safety
+/// AVX2; rows `r0..r0 + n` are in `task.w`; `dst` holds `n * stride` bytes.
+#[target_feature(enable = "avx2")]
+unsafe fn unpack_rows(task: &RowsTask<'_>, r0: usize, n: usize, dst: &mut [u8]) {
+    let row_bytes = task.blocks * 64;
+    assert!(dst.len() >= n * task.stride());
+    let src = &task.w[r0 * row_bytes..(r0 + n) * row_bytes];
+    for b in 0..n * task.blocks {
+        for h in 0..2 {
+            // SAFETY: block b (of all n rows) is in `src`; its 256 unpacked
+            // bytes are in `dst` (asserted above).
+            unsafe {
+                let v = _mm256_loadu_si256(src.as_ptr().add(b * 64 + 32 * h).cast());
+                let d = dst.as_mut_ptr().add(b * 256 + 32 * h);
+                _mm256_storeu_si256(d.cast(), field::<0>(v));
+                _mm256_storeu_si256(d.add(64).cast(), field::<2>(v));
+                _mm256_storeu_si256(d.add(128).cast(), field::<4>(v));
+                _mm256_storeu_si256(d.add(192).cast(), field::<6>(v));
+            }
+        }
     }
 }
 
@@ -147,10 +256,12 @@ unsafe fn gemv_row(task: &RowsTask<'_>, r: usize) -> i32 {
 // Tiles index rows and tokens of several arrays at once; ranges read clearer
 // than zipped iterators here.
 #[allow(clippy::needless_range_loop)]
-/// One `R x T` tile starting at row `r0`, token `t0`.
+/// One `R x T` tile starting at row `r0`, token `t0`, unpacking the
+/// weights in registers: for a few tokens, where storing them unpacked
+/// and reading them back costs more than it saves.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn tile<const R: usize, const T: usize>(
+unsafe fn packed_tile<const R: usize, const T: usize>(
     task: &RowsTask<'_>,
     r0: usize,
     t0: usize,
@@ -234,6 +345,96 @@ unsafe fn tile<const R: usize, const T: usize>(
     for i in 0..R {
         for j in 0..T {
             out[(r0 + i) * tokens + t0 + j] = hsum(acc[i][j]) - task.sums[t0 + j];
+        }
+    }
+}
+
+// Tiles index rows and tokens of several arrays at once; ranges read clearer
+// than zipped iterators here.
+#[allow(clippy::needless_range_loop)]
+/// One `R x T` tile: rows `r0..r0 + R` (unpacked in `u`, a row every
+/// `task.stride()` bytes) against tokens `t0..t0 + T`.
+///
+/// Per 32 columns: R loads of weights, T of activations, R·T
+/// `vpmaddubsw` + `vpaddw`. 2 x 6 holds 12 accumulators, 2 weights, the
+/// activation and the product: all 16 registers.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn tile<const R: usize, const T: usize>(
+    task: &RowsTask<'_>,
+    u: &[u8],
+    r0: usize,
+    t0: usize,
+    out: &mut [i32],
+) {
+    let (stride, tokens) = (task.stride(), task.tokens());
+    // The last block's fields past `tail_fields` are padding on both sides
+    // (weight code 0, activation 0): nothing to add.
+    let chunks = (task.blocks - 1) * 8 + task.tail_fields * 2;
+    assert!(u.len() >= (R - 1) * stride + chunks * 32);
+    let up = u.as_ptr();
+    let xp = task.x.as_ptr();
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_si256(); T]; R];
+    let mut acc16 = [[_mm256_setzero_si256(); T]; R];
+    let mut c = 0;
+    while c < chunks {
+        // i16 lanes gain one pair sum in [-512, 508] per 32 columns:
+        // widened every `WIDEN_BLOCKS` blocks of 8 chunks.
+        let end = chunks.min(c + WIDEN_BLOCKS * 8);
+        while c < end {
+            let mut w = [_mm256_setzero_si256(); R];
+            for i in 0..R {
+                // SAFETY: chunk c of row i is in `u` (asserted above).
+                w[i] = unsafe { _mm256_loadu_si256(up.add(i * stride + 32 * c).cast()) };
+            }
+            for j in 0..T {
+                // SAFETY: token t0 + j < tokens; chunk c inside its padded row.
+                let x = unsafe { _mm256_loadu_si256(xp.add((t0 + j) * stride + 32 * c).cast()) };
+                for i in 0..R {
+                    acc16[i][j] = _mm256_add_epi16(acc16[i][j], _mm256_maddubs_epi16(w[i], x));
+                }
+            }
+            // Without this LLVM reassociates consecutive chunks' adds into
+            // trees, which need more registers than there are and spill.
+            for i in 0..R {
+                for j in 0..T {
+                    // SAFETY: an empty asm block: no instructions, no memory.
+                    unsafe {
+                        std::arch::asm!("/* {0} */", inout(ymm_reg) acc16[i][j], options(pure, nomem, nostack));
+                    }
+                }
+            }
+            c += 1;
+        }
+        for i in 0..R {
+            for j in 0..T {
+                acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(acc16[i][j], ones));
+                acc16[i][j] = _mm256_setzero_si256();
+            }
+        }
+    }
+    for i in 0..R {
+        let row = &mut out[(r0 + i) * tokens + t0..][..T];
+        let mut j = 0;
+        while j + 4 <= T {
+            // A row's four tokens sit side by side in `out`: three
+            // `vphaddd` fold four accumulators into one vector of four
+            // sums, stored at once.
+            let [a0, a1, a2, a3] = [acc[i][j], acc[i][j + 1], acc[i][j + 2], acc[i][j + 3]];
+            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
+            let v = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+            let sums = &task.sums[t0 + j..t0 + j + 4];
+            let dst = &mut row[j..j + 4];
+            // SAFETY: `sums` and `dst` hold four i32 each.
+            unsafe {
+                let s = _mm_loadu_si128(sums.as_ptr().cast());
+                _mm_storeu_si128(dst.as_mut_ptr().cast(), _mm_sub_epi32(v, s));
+            }
+            j += 4;
+        }
+        for j in j..T {
+            row[j] = hsum(acc[i][j]) - task.sums[t0 + j];
         }
     }
 }
