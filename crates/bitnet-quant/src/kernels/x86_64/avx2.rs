@@ -267,7 +267,7 @@ unsafe fn packed_tile<const R: usize, const T: usize>(
     t0: usize,
     out: &mut [i32],
 ) {
-    let (row_bytes, stride, tokens) = (task.blocks * 64, task.stride(), task.tokens());
+    let (row_bytes, stride) = (task.blocks * 64, task.stride());
     let wp = task.w.as_ptr();
     let xp = task.x.as_ptr();
     let ones = _mm256_set1_epi16(1);
@@ -323,30 +323,8 @@ unsafe fn packed_tile<const R: usize, const T: usize>(
             }
         }
     }
-    if T == 4 {
-        // A row's four tokens sit side by side in `out`: three `vphaddd`
-        // fold its four accumulators into one vector of four sums, stored
-        // at once. (K is short in training and prefill: 384 codes are a
-        // block and a half, so a tile's loop is short and one hsum per
-        // accumulator was a large share of it.)
-        let sums = &task.sums[t0..t0 + 4];
-        // SAFETY: `sums` holds four i32.
-        let sums = unsafe { _mm_loadu_si128(sums.as_ptr().cast()) };
-        for i in 0..R {
-            let [a0, a1, a2, a3] = [acc[i][0], acc[i][1], acc[i][2], acc[i][3]];
-            let h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
-            let v = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
-            let dst = &mut out[(r0 + i) * tokens + t0..][..4];
-            // SAFETY: `dst` holds four i32.
-            unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), _mm_sub_epi32(v, sums)) };
-        }
-        return;
-    }
-    for i in 0..R {
-        for j in 0..T {
-            out[(r0 + i) * tokens + t0 + j] = hsum(acc[i][j]) - task.sums[t0 + j];
-        }
-    }
+    // SAFETY: AVX2 (this function's own feature); the tile is in `out`.
+    unsafe { store_tile(task, &acc, r0, t0, out) };
 }
 
 // Tiles index rows and tokens of several arrays at once; ranges read clearer
@@ -367,7 +345,7 @@ unsafe fn tile<const R: usize, const T: usize>(
     t0: usize,
     out: &mut [i32],
 ) {
-    let (stride, tokens) = (task.stride(), task.tokens());
+    let stride = task.stride();
     // The last block's fields past `tail_fields` are padding on both sides
     // (weight code 0, activation 0): nothing to add.
     let chunks = (task.blocks - 1) * 8 + task.tail_fields * 2;
@@ -414,13 +392,32 @@ unsafe fn tile<const R: usize, const T: usize>(
             }
         }
     }
+    // SAFETY: AVX2 (this function's own feature); the tile is in `out`.
+    unsafe { store_tile(task, &acc, r0, t0, out) };
+}
+
+/// Writes a tile's sums minus each token's code sum to `out` (`[rows,
+/// tokens]`). A row's tokens sit side by side there: three `vphaddd` fold
+/// four accumulators into one vector of four sums, stored at once. (K is
+/// short in training: 384 codes are a block and a half, so a tile's loop is
+/// short and one horizontal sum per accumulator was a large share of it.)
+///
+/// # Safety
+/// AVX2; rows `r0..r0 + R` and tokens `t0..t0 + T` are in `out` and `task`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn store_tile<const R: usize, const T: usize>(
+    task: &RowsTask<'_>,
+    acc: &[[__m256i; T]; R],
+    r0: usize,
+    t0: usize,
+    out: &mut [i32],
+) {
+    let tokens = task.tokens();
     for i in 0..R {
         let row = &mut out[(r0 + i) * tokens + t0..][..T];
         let mut j = 0;
         while j + 4 <= T {
-            // A row's four tokens sit side by side in `out`: three
-            // `vphaddd` fold four accumulators into one vector of four
-            // sums, stored at once.
             let [a0, a1, a2, a3] = [acc[i][j], acc[i][j + 1], acc[i][j + 2], acc[i][j + 3]];
             let h = _mm256_hadd_epi32(_mm256_hadd_epi32(a0, a1), _mm256_hadd_epi32(a2, a3));
             let v = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
