@@ -121,7 +121,7 @@ proptest! {
     /// shapes span several row blocks and every token remainder.
     #[test]
     fn many_tokens_equal_reference(rows in 0usize..70, cols in col_strategy(), tokens in 20usize..40, seed in any::<u64>()) {
-        for backend in Backend::available() {
+        for backend in Backend::available().into_iter().filter(|&b| b != Backend::Reference) {
             check_backend(backend, rows, cols, tokens, seed)?;
         }
     }

@@ -130,7 +130,7 @@ unsafe fn unpacked_tiles(task: &RowsTask<'_>, out: &mut [i32]) {
 
 /// Fewest tokens for which a GEMM unpacks blocks of rows to memory
 /// first: below, the weights are unpacked in registers per tile.
-pub(crate) const UNPACK_MIN_TOKENS: usize = 24;
+const UNPACK_MIN_TOKENS: usize = 24;
 
 /// Bytes of unpacked weights a GEMM keeps per block of rows: a fraction
 /// of L2, beside the activations the token tiles stream through it.
