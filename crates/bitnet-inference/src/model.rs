@@ -523,9 +523,7 @@ impl BitNetModel {
         let fill_t = |chunk: usize, out: &mut [f32]| {
             let first = chunk * CHUNK;
             if integer {
-                for (i, row_out) in out.chunks_exact_mut(rows).enumerate() {
-                    w.dot_row_quantized(first + i, acts, row_out);
-                }
+                w.dot_rows_quantized(first..first + out.len() / rows, acts, out);
             } else {
                 w.dot_rows_many(first..first + out.len() / rows, x, out);
             }

@@ -178,6 +178,45 @@ impl BlockQ8Activations {
             *o = dot(self.backend, ty, row, self.row(t));
         }
     }
+
+    /// `row_i · activation_0` into `out[i]` for consecutive weight rows
+    /// (`rows` holds `out.len()` rows of `cols` weights of the type
+    /// quantized for) against the one activation row held: a decode
+    /// step's output layer. Each `out[i]` equals what [`Self::dot_row`]
+    /// gives for that row, bit for bit; the AVX2 Q6_K version reduces four
+    /// blocks' integer lanes together across row boundaries (a 768-wide
+    /// row has only three blocks) and dispatches once per run of rows, not
+    /// per row.
+    ///
+    /// # Panics
+    /// If more or less than one activation row is held, or `rows` is not
+    /// `out.len()` rows long.
+    pub(crate) fn dot_rows_one(&self, rows: &[u8], out: &mut [f32]) {
+        assert_eq!(self.rows, 1, "dot_rows_one needs one activation row");
+        let Some(ty) = self.ty else {
+            out.fill(f32::NAN);
+            return;
+        };
+        let a = self.row(0);
+        let row_bytes = match out.len() {
+            0 => return,
+            n => rows.len() / n,
+        };
+        assert_eq!(rows.len(), row_bytes * out.len(), "whole rows");
+        #[cfg(target_arch = "x86_64")]
+        if self.backend == Backend::Avx2 && ty == GgmlType::Q6_K {
+            // SAFETY: `Backend::detect` chose this version because the CPU has AVX2.
+            unsafe { x86::q6k_rows_avx2(rows, a, out) };
+            return;
+        }
+        if row_bytes == 0 {
+            out.fill(0.0);
+            return;
+        }
+        for (o, row) in out.iter_mut().zip(rows.chunks_exact(row_bytes)) {
+            *o = dot(self.backend, ty, row, a);
+        }
+    }
 }
 
 /// One quantized activation row.
@@ -422,6 +461,116 @@ mod x86 {
         unsafe { std::mem::transmute::<[[u8; 32]; 4], [__m256i; 4]>(pick) }
     };
 
+    /// One Q6_K block's integer dot as eight i32 lanes (their sum is
+    /// `isum` of the module doc): `b` the block's 210 bytes, `y` the 256
+    /// activation codes, `bs` their 16 sums.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn q6k_block_avx2(b: &[u8], y: &[i8], bs: &[i16]) -> __m256i {
+        assert!(b.len() == 210 && y.len() == QK_K && bs.len() == QK_K / 16);
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m30 = _mm256_set1_epi8(0x30);
+        // SAFETY: every load reads 16..32 bytes inside `b`, `y` or `bs`,
+        // whose lengths are asserted above; prefetches never fault, so
+        // past the row's end (into the next row) needs no check.
+        unsafe {
+            for line in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    b.as_ptr()
+                        .wrapping_add(Q6K_PREFETCH_BYTES + 64 * line)
+                        .cast(),
+                );
+            }
+            let sc8 = _mm_loadu_si128(b.as_ptr().add(192).cast());
+            // The 16 scales as i16, widened once; each half of the block
+            // reads 8 of them, copied to both lanes so that one byte
+            // shuffle per pair picks them.
+            let sc16 = _mm256_cvtepi8_epi16(sc8);
+            let halves = [
+                _mm256_permute2x128_si256::<0x00>(sc16, sc16),
+                _mm256_permute2x128_si256::<0x11>(sc16, sc16),
+            ];
+            let mut acc = _mm256_setzero_si256();
+            for (h, &half_scales) in halves.iter().enumerate() {
+                let ql0 = _mm256_loadu_si256(b.as_ptr().add(64 * h).cast());
+                let ql1 = _mm256_loadu_si256(b.as_ptr().add(64 * h + 32).cast());
+                let qh = _mm256_loadu_si256(b.as_ptr().add(128 + 32 * h).cast());
+                let q = [
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                        _mm256_and_si256(qh, m30),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
+                    ),
+                ];
+                for (k, &qk) in q.iter().enumerate() {
+                    let yk = _mm256_loadu_si256(y.as_ptr().add(128 * h + 32 * k).cast());
+                    let p = _mm256_maddubs_epi16(qk, yk);
+                    // sc[8h + 2k] in the low eight lanes, sc[8h + 2k + 1]
+                    // in the high eight: one byte shuffle of the half's scales.
+                    let scales = _mm256_shuffle_epi8(half_scales, Q6K_PICK[k]);
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scales));
+                }
+            }
+            // − 32 · Σ sc[j] · bsum[j]
+            let bs16 = _mm256_loadu_si256(bs.as_ptr().cast());
+            let off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs16), 5);
+            _mm256_sub_epi32(acc, off)
+        }
+    }
+
+    /// Q6_K rows (consecutive, `out.len()` of them in `rows`) against one
+    /// activation row into `out`. Up to four blocks' lanes wait and are
+    /// reduced together (one `vphaddd` tree, not four horizontal sums in a
+    /// row), across row boundaries; their scaled sums are then added to
+    /// their rows in block order, so each row's sum takes the same values
+    /// as one row at a time.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn q6k_rows_avx2(rows: &[u8], a: ActRow<'_>, out: &mut [f32]) {
+        let row_bytes = a.qs.len() / QK_K * 210;
+        assert_eq!(rows.len(), row_bytes * out.len());
+        out.fill(0.0);
+        if row_bytes == 0 {
+            return;
+        }
+        let mut pending = [_mm256_setzero_si256(); 4];
+        let mut scales = [0.0f32; 4];
+        let mut owner = [0usize; 4];
+        let mut waiting = 0;
+        for (r, row) in rows.chunks_exact(row_bytes).enumerate() {
+            for (((b, y), &dy), bs) in row
+                .chunks_exact(210)
+                .zip(a.qs.chunks_exact(QK_K))
+                .zip(a.d)
+                .zip(a.bsums.chunks_exact(QK_K / 16))
+            {
+                pending[waiting] = q6k_block_avx2(b, y, bs);
+                scales[waiting] = f16_at(b, 208) * dy;
+                owner[waiting] = r;
+                waiting += 1;
+                if waiting == 4 {
+                    for ((&scale, isum), &r) in scales.iter().zip(hsum256x4(pending)).zip(&owner) {
+                        out[r] += scale * isum as f32;
+                    }
+                    waiting = 0;
+                }
+            }
+        }
+        for ((&scale, &lanes), &r) in scales.iter().zip(&pending).zip(&owner).take(waiting) {
+            out[r] += scale * hsum256(lanes) as f32;
+        }
+    }
+
     #[target_feature(enable = "avx2")]
     pub(super) fn dot_avx2(ty: GgmlType, row: &[u8], a: ActRow<'_>) -> f32 {
         let mut sum = 0.0f32;
@@ -430,90 +579,9 @@ mod x86 {
         unsafe {
             match ty {
                 GgmlType::Q6_K => {
-                    let m4 = _mm256_set1_epi8(0x0F);
-                    let m30 = _mm256_set1_epi8(0x30);
-                    // Up to four blocks' lanes wait here and are reduced
-                    // together (one `vphaddd` tree, not four horizontal
-                    // sums in a row); their scaled sums are then added in
-                    // block order, so `sum` takes the same values.
-                    let mut pending = [_mm256_setzero_si256(); 4];
-                    let mut scales = [0.0f32; 4];
-                    let mut waiting = 0;
-                    for (((b, y), &dy), bs) in row
-                        .chunks_exact(210)
-                        .zip(a.qs.chunks_exact(QK_K))
-                        .zip(a.d)
-                        .zip(a.bsums.chunks_exact(QK_K / 16))
-                    {
-                        // Prefetches never fault: past the row's end
-                        // needs no check.
-                        for line in 0..4 {
-                            _mm_prefetch::<_MM_HINT_T0>(
-                                b.as_ptr()
-                                    .wrapping_add(Q6K_PREFETCH_BYTES + 64 * line)
-                                    .cast(),
-                            );
-                        }
-                        let sc = &b[192..208];
-                        let sc8 = _mm_loadu_si128(sc.as_ptr().cast());
-                        // The 16 scales as i16, widened once; each half of
-                        // the block reads 8 of them, copied to both lanes
-                        // so that one byte shuffle per pair picks them.
-                        let sc16 = _mm256_cvtepi8_epi16(sc8);
-                        let halves = [
-                            _mm256_permute2x128_si256::<0x00>(sc16, sc16),
-                            _mm256_permute2x128_si256::<0x11>(sc16, sc16),
-                        ];
-                        let mut acc = _mm256_setzero_si256();
-                        for (h, &half_scales) in halves.iter().enumerate() {
-                            let ql0 = _mm256_loadu_si256(b.as_ptr().add(64 * h).cast());
-                            let ql1 = _mm256_loadu_si256(b.as_ptr().add(64 * h + 32).cast());
-                            let qh = _mm256_loadu_si256(b.as_ptr().add(128 + 32 * h).cast());
-                            let q = [
-                                _mm256_or_si256(
-                                    _mm256_and_si256(ql0, m4),
-                                    _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30),
-                                ),
-                                _mm256_or_si256(
-                                    _mm256_and_si256(ql1, m4),
-                                    _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30),
-                                ),
-                                _mm256_or_si256(
-                                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                                    _mm256_and_si256(qh, m30),
-                                ),
-                                _mm256_or_si256(
-                                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30),
-                                ),
-                            ];
-                            for (k, &qk) in q.iter().enumerate() {
-                                let yk =
-                                    _mm256_loadu_si256(y.as_ptr().add(128 * h + 32 * k).cast());
-                                let p = _mm256_maddubs_epi16(qk, yk);
-                                // sc[8h + 2k] in the low eight lanes,
-                                // sc[8h + 2k + 1] in the high eight: one
-                                // byte shuffle of the half's scales.
-                                let scales = _mm256_shuffle_epi8(half_scales, Q6K_PICK[k]);
-                                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scales));
-                            }
-                        }
-                        // − 32 · Σ sc[j] · bsum[j]
-                        let bs16 = _mm256_loadu_si256(bs.as_ptr().cast());
-                        let off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs16), 5);
-                        pending[waiting] = _mm256_sub_epi32(acc, off);
-                        scales[waiting] = f16_at(b, 208) * dy;
-                        waiting += 1;
-                        if waiting == 4 {
-                            for (&scale, isum) in scales.iter().zip(hsum256x4(pending)) {
-                                sum += scale * isum as f32;
-                            }
-                            waiting = 0;
-                        }
-                    }
-                    for (&scale, &lanes) in scales.iter().zip(&pending).take(waiting) {
-                        sum += scale * hsum256(lanes) as f32;
-                    }
+                    let mut one = [0.0f32];
+                    q6k_rows_avx2(row, a, &mut one);
+                    return one[0];
                 }
                 GgmlType::Q4_K => {
                     let m4 = _mm256_set1_epi8(0x0F);
@@ -768,6 +836,60 @@ mod tests {
                 for (g, w) in got.iter().zip(&want) {
                     prop_assert_eq!(g.to_bits(), w.to_bits(), "{:?} AVX2: {} vs {}", ty, g, w);
                 }
+            }
+        }
+    }
+
+    proptest! {
+        /// A run of rows against one activation row equals each row's own
+        /// dot on the reference, bit for bit, on every version this CPU
+        /// runs: row lengths of 1-5 blocks (the reduction of four blocks
+        /// then straddles rows) and 0-9 rows (no row, and a last group of
+        /// fewer than four blocks).
+        #[test]
+        fn runs_of_rows_equal_one_row_at_a_time(
+            ty in prop::sample::select(vec![GgmlType::Q6_K, GgmlType::Q4_K, GgmlType::Q8_0]),
+            blocks in 1usize..6,
+            n in 0usize..10,
+            bytes in prop::collection::vec(any::<u8>(), 1..700),
+            scale_bits in any::<u16>(),
+            x in prop::collection::vec(-4.0f32..4.0, 1..1300),
+        ) {
+            let cols = blocks * QK_K;
+            let per_row = cols / if ty == GgmlType::Q8_0 { QK8_0 } else { QK_K };
+            let rows: Vec<u8> = (0..n)
+                .flat_map(|i| {
+                    let shifted: Vec<u8> = bytes.iter().map(|&b| b.wrapping_add(i as u8 * 29)).collect();
+                    random_row(ty, per_row, &shifted, scale_bits.wrapping_add(i as u16))
+                })
+                .collect();
+            let xs: Vec<f32> = x.iter().copied().cycle().take(cols).collect();
+            let mut reference = BlockQ8Activations::new();
+            prop_assert!(reference.quantize(ty, &xs, cols, Backend::Scalar));
+            let row_bytes = rows.len() / n.max(1);
+            let want: Vec<f32> = rows
+                .chunks_exact(row_bytes.max(1))
+                .map(|row| {
+                    let mut one = [0.0f32];
+                    reference.dot_row(row, &mut one);
+                    one[0]
+                })
+                .collect();
+            let mut backends = vec![Backend::Scalar, Backend::detect()];
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                backends.push(Backend::Avx2);
+            }
+            for backend in backends {
+                let mut act = BlockQ8Activations::new();
+                act.quantize(ty, &xs, cols, backend);
+                let mut got = vec![f32::NAN; n];
+                act.dot_rows_one(&rows, &mut got);
+                prop_assert_eq!(
+                    got.iter().map(|g| g.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|w| w.to_bits()).collect::<Vec<_>>(),
+                    "{:?} {:?}: {:?} vs {:?}", ty, backend, got, want
+                );
             }
         }
     }
