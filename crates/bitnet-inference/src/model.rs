@@ -15,7 +15,9 @@
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use bitnet_core::Parallelism;
-use bitnet_core::ops::rows::{RopeTable, dot, relu2, rms_norm_into, silu, softmax_in_place};
+use bitnet_core::ops::rows::{
+    RopeTable, dot, relu2_gate_in_place, rms_norm_into, silu_gate_in_place, softmax_in_place,
+};
 use bitnet_models::BlockQ8Activations;
 use bitnet_models::config::{Activation, BitNetConfig};
 use bitnet_models::weights::{BitNetWeights, Layer, Linear};
@@ -388,12 +390,12 @@ impl BitNetModel {
         linear(&layer.gate_proj, a, shared, xq, n, gate, dots, par)?;
         linear(&layer.up_proj, a, shared, xq, n, up, dots, par)?;
         laps.lap(Stage::GateUp);
-        let act = match c.activation {
-            Activation::Relu2 => relu2,
-            Activation::Silu => silu,
+        let gated: fn(&mut [f32], &[f32]) = match c.activation {
+            Activation::Relu2 => relu2_gate_in_place,
+            Activation::Silu => silu_gate_in_place,
         };
         for_rows(par, n, up, gate, |up: &[f32], gate: &mut [f32]| {
-            gate.iter_mut().zip(up).for_each(|(g, u)| *g = act(*g) * u)
+            gated(gate, up)
         });
         // `up` is free again: it takes the normalized inner activation.
         for_rows(par, n, gate, up, norm(&layer.ffn_sub_norm));

@@ -3,6 +3,8 @@
 //! allocating a tensor per op). The tensor ops in this module's siblings are
 //! thin wrappers over these, so both paths compute identical bits.
 
+use super::exp::exp_fast;
+
 /// RMSNorm of each row of `x` (rows of `weight.len()`), into `out`:
 /// `x * (1 / sqrt(mean(x²) + eps)) * weight`, in the reference's order.
 ///
@@ -133,10 +135,12 @@ impl RopeTable {
     }
 }
 
-/// `x * sigmoid(x)`.
+/// `x * sigmoid(x)`, as `x / (1 + e^-x)` with [`exp_fast`] (within 2 ulp
+/// of libm's `expf`): no library call, so loops over it vectorize. A call
+/// per element was 12% of a SiLU model's prefill samples (125M shape).
 #[inline]
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x / (1.0 + exp_fast(-x))
 }
 
 /// `relu(x)²`; NaN stays NaN (hiding it would hide upstream bugs).
@@ -144,6 +148,60 @@ pub fn silu(x: f32) -> f32 {
 pub fn relu2(x: f32) -> f32 {
     let r = if x < 0.0 { 0.0 } else { x };
     r * r
+}
+
+/// `gate[i] = silu(gate[i]) · up[i]`: the SiLU-gated feed-forward's
+/// product, vectorized (AVX2 where the CPU has it), the same bits as
+/// [`silu`] element by element.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn silu_gate_in_place(gate: &mut [f32], up: &[f32]) {
+    gate_in_place(gate, up, Gate::Silu);
+}
+
+/// `gate[i] = relu2(gate[i]) · up[i]` (BitNet b1.58's feed-forward), as
+/// [`silu_gate_in_place`].
+///
+/// # Panics
+/// If the lengths differ.
+pub fn relu2_gate_in_place(gate: &mut [f32], up: &[f32]) {
+    gate_in_place(gate, up, Gate::Relu2);
+}
+
+#[derive(Clone, Copy)]
+enum Gate {
+    Silu,
+    Relu2,
+}
+
+fn gate_in_place(gate: &mut [f32], up: &[f32], act: Gate) {
+    assert_eq!(gate.len(), up.len(), "gate and up lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the feature the function was compiled for is present.
+        unsafe { gate_avx2(gate, up, act) };
+        return;
+    }
+    gate_generic(gate, up, act);
+}
+
+#[inline(always)]
+fn gate_generic(gate: &mut [f32], up: &[f32], act: Gate) {
+    // One loop per activation, each with its function inlined.
+    match act {
+        Gate::Silu => gate.iter_mut().zip(up).for_each(|(g, u)| *g = silu(*g) * u),
+        Gate::Relu2 => gate
+            .iter_mut()
+            .zip(up)
+            .for_each(|(g, u)| *g = relu2(*g) * u),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn gate_avx2(gate: &mut [f32], up: &[f32], act: Gate) {
+    gate_generic(gate, up, act);
 }
 
 /// Dot product with eight independent accumulators (vectorizes; the order
@@ -274,8 +332,70 @@ mod tests {
         assert_eq!(relu2(-2.0), 0.0);
         assert_eq!(relu2(3.0), 9.0);
         assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
+        assert!(silu(f32::NAN).is_nan());
+        assert_eq!(silu(f32::INFINITY), f32::INFINITY);
+        assert_eq!(silu(-200.0), 0.0);
         let a: Vec<f32> = (0..19).map(|i| i as f32).collect();
         assert_eq!(dot(&a, &a), (0..19).map(|i| (i * i) as f32).sum::<f32>());
+    }
+
+    /// SiLU against an f64 evaluation: within 4e-7 relative (a few ulp)
+    /// over [-80, 80] where the result is a normal float.
+    #[test]
+    fn silu_is_accurate() {
+        for i in -160_000..=160_000 {
+            let x = i as f32 * 5e-4;
+            let want = f64::from(x) / (1.0 + (-f64::from(x)).exp());
+            let got = f64::from(silu(x));
+            let tol = 4e-7 * want.abs().max(f64::from(f32::MIN_POSITIVE));
+            assert!((got - want).abs() <= tol, "silu({x}) = {got}, want {want}");
+        }
+    }
+
+    /// The gated products, vectorized (this CPU's version), equal the
+    /// scalar functions element by element, bit for bit, with and without
+    /// a tail, NaN and infinities included.
+    #[test]
+    fn gates_equal_the_scalar_functions() {
+        for n in [0usize, 1, 7, 8, 9, 31, 64, 67] {
+            let mut gate: Vec<f32> = (0..n)
+                .map(|i| (i as f32 * 0.731).sin() * 12.0 - 1.0)
+                .collect();
+            if n > 3 {
+                gate[1] = f32::NAN;
+                gate[2] = f32::INFINITY;
+                gate[3] = -95.0;
+            }
+            let up: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).cos() * 3.0).collect();
+            for (act, f, scalar) in [
+                (
+                    Gate::Silu,
+                    silu_gate_in_place as fn(&mut [f32], &[f32]),
+                    silu as fn(f32) -> f32,
+                ),
+                (Gate::Relu2, relu2_gate_in_place, relu2),
+            ] {
+                let mut got = gate.clone();
+                f(&mut got, &up);
+                let want: Vec<u32> = gate
+                    .iter()
+                    .zip(&up)
+                    .map(|(&g, &u)| (scalar(g) * u).to_bits())
+                    .collect();
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want,
+                    "n = {n}"
+                );
+                let mut generic = gate.clone();
+                gate_generic(&mut generic, &up, act);
+                assert_eq!(
+                    generic.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want,
+                    "n = {n}"
+                );
+            }
+        }
     }
 
     /// The lane reductions on lengths with and without a tail: integers,
