@@ -55,11 +55,14 @@ impl Backend {
     pub(crate) fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512bw") {
-                return Backend::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") {
-                return Backend::Avx2;
+            // F16C converts the blocks' f16 scales in line.
+            if std::arch::is_x86_feature_detected!("f16c") {
+                if std::arch::is_x86_feature_detected!("avx512bw") {
+                    return Backend::Avx512;
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    return Backend::Avx2;
+                }
             }
         }
         Backend::Scalar
@@ -183,10 +186,10 @@ impl BlockQ8Activations {
     /// (`rows` holds `out.len()` rows of `cols` weights of the type
     /// quantized for) against the one activation row held: a decode
     /// step's output layer. Each `out[i]` equals what [`Self::dot_row`]
-    /// gives for that row, bit for bit; the AVX2 Q6_K version reduces four
-    /// blocks' integer lanes together across row boundaries (a 768-wide
-    /// row has only three blocks) and dispatches once per run of rows, not
-    /// per row.
+    /// gives for that row, bit for bit; the Q6_K versions (AVX2, AVX-512)
+    /// reduce four blocks' integer lanes together across row boundaries
+    /// (a 768-wide row has only three blocks), and the run of rows is
+    /// dispatched once, not per row.
     ///
     /// # Panics
     /// If more or less than one activation row is held, or `rows` is not
@@ -204,10 +207,14 @@ impl BlockQ8Activations {
         };
         assert_eq!(rows.len(), row_bytes * out.len(), "whole rows");
         #[cfg(target_arch = "x86_64")]
-        if self.backend == Backend::Avx2 && ty == GgmlType::Q6_K {
-            // SAFETY: `Backend::detect` chose this version because the CPU has AVX2.
-            unsafe { x86::q6k_rows_avx2(rows, a, out) };
-            return;
+        if ty == GgmlType::Q6_K {
+            match self.backend {
+                // SAFETY: `Backend::detect` chose this version because the CPU has AVX2 and F16C.
+                Backend::Avx2 => return unsafe { x86::q6k_rows_avx2(rows, a, out) },
+                // SAFETY: as above, for AVX-512 BW and F16C.
+                Backend::Avx512 => return unsafe { x86::q6k_rows_avx512(rows, a, out) },
+                Backend::Scalar => {}
+            }
         }
         if row_bytes == 0 {
             out.fill(0.0);
@@ -394,21 +401,32 @@ fn dot(backend: Backend, ty: GgmlType, row: &[u8], a: ActRow<'_>) -> f32 {
     match backend {
         Backend::Scalar => dot_scalar(ty, row, a),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Backend::detect` chose this version because the CPU has AVX2.
+        // SAFETY: `Backend::detect` chose this version because the CPU has AVX2 and F16C.
         Backend::Avx2 => unsafe { x86::dot_avx2(ty, row, a) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Backend::detect` chose this version because the CPU has AVX-512 BW.
+        // SAFETY: `Backend::detect` chose this version because the CPU has AVX-512 BW and F16C.
         Backend::Avx512 => unsafe { x86::dot_avx512(ty, row, a) },
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{ActRow, QK_K, QK8_0, f16_at, q4k_scale_mins};
+    use super::{ActRow, QK_K, QK8_0, q4k_scale_mins};
     use crate::gguf::GgmlType;
     use std::arch::x86_64::*;
 
-    #[target_feature(enable = "avx2")]
+    /// The little-endian f16 at `b[at..at + 2]` as f32, by F16C's
+    /// `vcvtph2ps` (exact, as `half`'s conversion): `half` checks for F16C
+    /// at run time and calls out for each value, which made every block of
+    /// these loops call a function and spill the vector registers around it.
+    #[inline]
+    #[target_feature(enable = "f16c")]
+    fn f16c_at(b: &[u8], at: usize) -> f32 {
+        let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
     #[inline]
     fn hsum256(v: __m256i) -> i32 {
         let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -419,7 +437,7 @@ mod x86 {
 
     /// The lane sums of four vectors at once: `[hsum256(v[0]), ..]`.
     #[inline]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn hsum256x4(v: [__m256i; 4]) -> [i32; 4] {
         let pairs = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
         // Lane j of each half now holds half of vector j's sum.
@@ -433,11 +451,13 @@ mod x86 {
         out
     }
 
-    /// How far ahead of the block in hand the AVX2 Q6_K dot prefetches
-    /// (the output layer is streamed from memory once per token): with it
-    /// and the shuffled scales, 2B-4T decode with a Q6_K output ran 5-10%
+    /// How far ahead of the block in hand the Q6_K dot prefetches (the
+    /// output layer is streamed from memory once per token): with it and
+    /// the shuffled scales, 2B-4T decode with a Q6_K output ran 5-10%
     /// faster at one thread on an AMD EPYC, Zen 3 (`bitnet bench -p 0 -n 64
-    /// -t 1,2`, alternating with the binary without them).
+    /// -t 1,2`, alternating with the binary without them). The AVX-512
+    /// version prefetches the same distance, not measured on a CPU with
+    /// AVX-512 yet.
     const Q6K_PREFETCH_BYTES: usize = 2048;
 
     /// Byte-shuffle controls for [`dot_avx2`]'s Q6_K scales: for pair `k`,
@@ -465,7 +485,7 @@ mod x86 {
     /// `isum` of the module doc): `b` the block's 210 bytes, `y` the 256
     /// activation codes, `bs` their 16 sums.
     #[inline]
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     fn q6k_block_avx2(b: &[u8], y: &[i8], bs: &[i16]) -> __m256i {
         assert!(b.len() == 210 && y.len() == QK_K && bs.len() == QK_K / 16);
         let m4 = _mm256_set1_epi8(0x0F);
@@ -529,21 +549,53 @@ mod x86 {
         }
     }
 
+    /// One Q6_K block's integer dot as eight i32 lanes, compiled for one
+    /// instruction set.
+    trait Q6kLanes {
+        /// # Safety
+        /// The CPU has the implementation's features; `b` is one block
+        /// (210 bytes), `y` its 256 codes and `bs` their 16 sums.
+        unsafe fn lanes(b: &[u8], y: &[i8], bs: &[i16]) -> __m256i;
+    }
+
+    struct Avx2Lanes;
+    impl Q6kLanes for Avx2Lanes {
+        #[inline(always)]
+        unsafe fn lanes(b: &[u8], y: &[i8], bs: &[i16]) -> __m256i {
+            // SAFETY: the caller guarantees AVX2.
+            unsafe { q6k_block_avx2(b, y, bs) }
+        }
+    }
+
+    struct Avx512Lanes;
+    impl Q6kLanes for Avx512Lanes {
+        #[inline(always)]
+        unsafe fn lanes(b: &[u8], y: &[i8], bs: &[i16]) -> __m256i {
+            // SAFETY: the caller guarantees AVX-512 BW.
+            unsafe { q6k_block_avx512(b, y, bs) }
+        }
+    }
+
     /// Q6_K rows (consecutive, `out.len()` of them in `rows`) against one
     /// activation row into `out`. Up to four blocks' lanes wait and are
     /// reduced together (one `vphaddd` tree, not four horizontal sums in a
     /// row), across row boundaries; their scaled sums are then added to
     /// their rows in block order, so each row's sum takes the same values
     /// as one row at a time.
-    #[target_feature(enable = "avx2")]
-    pub(super) fn q6k_rows_avx2(rows: &[u8], a: ActRow<'_>, out: &mut [f32]) {
+    ///
+    /// # Safety
+    /// The CPU has AVX2, F16C and `L`'s features; inlined into a function
+    /// compiled for them.
+    #[inline(always)]
+    unsafe fn q6k_rows<L: Q6kLanes>(rows: &[u8], a: ActRow<'_>, out: &mut [f32]) {
         let row_bytes = a.qs.len() / QK_K * 210;
         assert_eq!(rows.len(), row_bytes * out.len());
         out.fill(0.0);
         if row_bytes == 0 {
             return;
         }
-        let mut pending = [_mm256_setzero_si256(); 4];
+        // SAFETY (intrinsics): AVX2, guaranteed by the caller.
+        let mut pending = [unsafe { _mm256_setzero_si256() }; 4];
         let mut scales = [0.0f32; 4];
         let mut owner = [0usize; 4];
         let mut waiting = 0;
@@ -554,12 +606,16 @@ mod x86 {
                 .zip(a.d)
                 .zip(a.bsums.chunks_exact(QK_K / 16))
             {
-                pending[waiting] = q6k_block_avx2(b, y, bs);
-                scales[waiting] = f16_at(b, 208) * dy;
+                // SAFETY: one whole block and its codes; features as above.
+                pending[waiting] = unsafe { L::lanes(b, y, bs) };
+                // SAFETY: F16C, guaranteed by the caller.
+                scales[waiting] = unsafe { f16c_at(b, 208) } * dy;
                 owner[waiting] = r;
                 waiting += 1;
                 if waiting == 4 {
-                    for ((&scale, isum), &r) in scales.iter().zip(hsum256x4(pending)).zip(&owner) {
+                    // SAFETY: AVX2, as above.
+                    let sums = unsafe { hsum256x4(pending) };
+                    for ((&scale, isum), &r) in scales.iter().zip(sums).zip(&owner) {
                         out[r] += scale * isum as f32;
                     }
                     waiting = 0;
@@ -567,11 +623,26 @@ mod x86 {
             }
         }
         for ((&scale, &lanes), &r) in scales.iter().zip(&pending).zip(&owner).take(waiting) {
-            out[r] += scale * hsum256(lanes) as f32;
+            // SAFETY: AVX2, as above.
+            out[r] += scale * unsafe { hsum256(lanes) } as f32;
         }
     }
 
-    #[target_feature(enable = "avx2")]
+    /// [`q6k_rows`] on AVX2.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn q6k_rows_avx2(rows: &[u8], a: ActRow<'_>, out: &mut [f32]) {
+        // SAFETY: compiled for AVX2 and F16C, which the caller's CPU has.
+        unsafe { q6k_rows::<Avx2Lanes>(rows, a, out) }
+    }
+
+    /// [`q6k_rows`] on AVX-512 BW (64-byte halves of each block).
+    #[target_feature(enable = "avx512f,avx512bw,f16c")]
+    pub(super) fn q6k_rows_avx512(rows: &[u8], a: ActRow<'_>, out: &mut [f32]) {
+        // SAFETY: compiled for AVX-512 BW (which implies AVX2) and F16C, present.
+        unsafe { q6k_rows::<Avx512Lanes>(rows, a, out) }
+    }
+
+    #[target_feature(enable = "avx2,f16c")]
     pub(super) fn dot_avx2(ty: GgmlType, row: &[u8], a: ActRow<'_>) -> f32 {
         let mut sum = 0.0f32;
         // SAFETY (every block): loads read 16..32 bytes inside `b`, `y`,
@@ -615,8 +686,8 @@ mod x86 {
                             imin +=
                                 i32::from(m[j]) * (i32::from(bs[2 * j]) + i32::from(bs[2 * j + 1]));
                         }
-                        sum += (f16_at(b, 0) * dy) * isc as f32;
-                        sum -= (f16_at(b, 2) * dy) * imin as f32;
+                        sum += (f16c_at(b, 0) * dy) * isc as f32;
+                        sum -= (f16c_at(b, 2) * dy) * imin as f32;
                     }
                 }
                 GgmlType::Q8_0 => {
@@ -628,7 +699,7 @@ mod x86 {
                         // |w| · sign(v, w): maddubs needs an unsigned left side.
                         let p = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(v, w));
                         let isum = hsum256(_mm256_madd_epi16(p, ones));
-                        sum += (f16_at(b, 0) * dy) * isum as f32;
+                        sum += (f16c_at(b, 0) * dy) * isum as f32;
                     }
                 }
                 _ => return f32::NAN,
@@ -654,7 +725,81 @@ mod x86 {
         }
     }
 
-    #[target_feature(enable = "avx512f,avx512bw")]
+    /// For [`q6k_block_avx512`]: lane `p` of 64-code chunk `c` takes the
+    /// block's scale `4c + p / 8`.
+    #[allow(clippy::cast_possible_truncation)]
+    const Q6K_SCALE_IDX512: [__m512i; 4] = {
+        let mut idx = [[0i16; 32]; 4];
+        let mut c = 0;
+        while c < 4 {
+            let mut p = 0;
+            while p < 32 {
+                idx[c][p] = (4 * c + p / 8) as i16;
+                p += 1;
+            }
+            c += 1;
+        }
+        // SAFETY: [i16; 32] and __m512i have the same size, any bits valid.
+        unsafe { std::mem::transmute::<[[i16; 32]; 4], [__m512i; 4]>(idx) }
+    };
+
+    /// [`q6k_block_avx2`] on 64-byte vectors: each half of the block's
+    /// low bits is one load, its high bits one 32-byte load used twice.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,f16c")]
+    fn q6k_block_avx512(b: &[u8], y: &[i8], bs: &[i16]) -> __m256i {
+        assert!(b.len() == 210 && y.len() == QK_K && bs.len() == QK_K / 16);
+        let m4 = _mm512_set1_epi8(0x0F);
+        let m30 = _mm512_set1_epi8(0x30);
+        // qh's high bits for codes 0..32 | 32..64 sit at << 4 | << 2,
+        // for 64..96 | 96..128 at >> 0 | >> 2 (then & 0x30).
+        let shl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+        let shr = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
+        // SAFETY: every load reads 16..64 bytes inside `b`, `y` or `bs`,
+        // whose lengths are asserted above; prefetches never fault.
+        unsafe {
+            for line in 0..4 {
+                _mm_prefetch::<_MM_HINT_T0>(
+                    b.as_ptr()
+                        .wrapping_add(Q6K_PREFETCH_BYTES + 64 * line)
+                        .cast(),
+                );
+            }
+            let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.as_ptr().add(192).cast()));
+            let scz = _mm512_castsi256_si512(sc16);
+            let mut acc = _mm512_setzero_si512();
+            for h in 0..2 {
+                let ql = _mm512_loadu_si512(b.as_ptr().add(64 * h).cast());
+                let qh = b.as_ptr().add(128 + 32 * h);
+                let qh = load2x256(qh, qh);
+                let q_lo = _mm512_or_si512(
+                    _mm512_and_si512(ql, m4),
+                    _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30),
+                );
+                let q_hi = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                    _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30),
+                );
+                for (k, q) in [q_lo, q_hi].into_iter().enumerate() {
+                    let c = 2 * h + k;
+                    let yk = _mm512_loadu_si512(y.as_ptr().add(64 * c).cast());
+                    let p = _mm512_maddubs_epi16(q, yk);
+                    let scales = _mm512_permutexvar_epi16(Q6K_SCALE_IDX512[c], scz);
+                    acc = _mm512_add_epi32(acc, _mm512_madd_epi16(p, scales));
+                }
+            }
+            // − 32 · Σ sc[j] · bsum[j]
+            let bs16 = _mm256_loadu_si256(bs.as_ptr().cast());
+            let off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs16), 5);
+            let acc = _mm256_add_epi32(
+                _mm512_castsi512_si256(acc),
+                _mm512_extracti64x4_epi64(acc, 1),
+            );
+            _mm256_sub_epi32(acc, off)
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,f16c")]
     pub(super) fn dot_avx512(ty: GgmlType, row: &[u8], a: ActRow<'_>) -> f32 {
         let mut sum = 0.0f32;
         // SAFETY (every block): loads read 16..64 bytes inside `b`, `y`,
@@ -662,56 +807,9 @@ mod x86 {
         unsafe {
             match ty {
                 GgmlType::Q6_K => {
-                    let m4 = _mm512_set1_epi8(0x0F);
-                    let m30 = _mm512_set1_epi8(0x30);
-                    // qh's high bits for codes 0..32 | 32..64 sit at << 4 | << 2,
-                    // for 64..96 | 96..128 at >> 0 | >> 2 (then & 0x30).
-                    let shl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
-                    let shr = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
-                    // Lane p of 64-code chunk c uses scale 4c + p / 8.
-                    let idx: [__m512i; 4] = std::array::from_fn(|c| {
-                        let lanes: [i16; 32] = std::array::from_fn(|p| (4 * c + p / 8) as i16);
-                        _mm512_loadu_si512(lanes.as_ptr().cast())
-                    });
-                    for (((b, y), &dy), bs) in row
-                        .chunks_exact(210)
-                        .zip(a.qs.chunks_exact(QK_K))
-                        .zip(a.d)
-                        .zip(a.bsums.chunks_exact(QK_K / 16))
-                    {
-                        let sc16 =
-                            _mm256_cvtepi8_epi16(_mm_loadu_si128(b.as_ptr().add(192).cast()));
-                        let scz = _mm512_castsi256_si512(sc16);
-                        let mut acc = _mm512_setzero_si512();
-                        for h in 0..2 {
-                            let ql = _mm512_loadu_si512(b.as_ptr().add(64 * h).cast());
-                            let qh = b.as_ptr().add(128 + 32 * h);
-                            let qh = load2x256(qh, qh);
-                            let q_lo = _mm512_or_si512(
-                                _mm512_and_si512(ql, m4),
-                                _mm512_and_si512(_mm512_sllv_epi16(qh, shl), m30),
-                            );
-                            let q_hi = _mm512_or_si512(
-                                _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
-                                _mm512_and_si512(_mm512_srlv_epi16(qh, shr), m30),
-                            );
-                            for (k, q) in [q_lo, q_hi].into_iter().enumerate() {
-                                let c = 2 * h + k;
-                                let yk = _mm512_loadu_si512(y.as_ptr().add(64 * c).cast());
-                                let p = _mm512_maddubs_epi16(q, yk);
-                                let scales = _mm512_permutexvar_epi16(idx[c], scz);
-                                acc = _mm512_add_epi32(acc, _mm512_madd_epi16(p, scales));
-                            }
-                        }
-                        let bs16 = _mm256_loadu_si256(bs.as_ptr().cast());
-                        let off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs16), 5);
-                        let acc = _mm256_add_epi32(
-                            _mm512_castsi512_si256(acc),
-                            _mm512_extracti64x4_epi64(acc, 1),
-                        );
-                        let isum = hsum256(_mm256_sub_epi32(acc, off));
-                        sum += (f16_at(b, 208) * dy) * isum as f32;
-                    }
+                    let mut one = [0.0f32];
+                    q6k_rows_avx512(row, a, &mut one);
+                    return one[0];
                 }
                 GgmlType::Q4_K => {
                     let m4 = _mm512_set1_epi8(0x0F);
@@ -752,8 +850,8 @@ mod x86 {
                             imin +=
                                 i32::from(m[j]) * (i32::from(bs[2 * j]) + i32::from(bs[2 * j + 1]));
                         }
-                        sum += (f16_at(b, 0) * dy) * isc as f32;
-                        sum -= (f16_at(b, 2) * dy) * imin as f32;
+                        sum += (f16c_at(b, 0) * dy) * isc as f32;
+                        sum -= (f16c_at(b, 2) * dy) * imin as f32;
                     }
                 }
                 // One Q8_0 block is 32 bytes: the AVX2 version is the right width.
