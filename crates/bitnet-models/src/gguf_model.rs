@@ -222,19 +222,29 @@ fn exact_ternary(w: &[f32]) -> Option<(Vec<i8>, f32)> {
 fn ternary_linear(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Linear> {
     let ty = check_dims(file, name, &[rows, cols])?;
     let q = Error::quant;
-    let (codes, scale) = match ty {
+    let pack = |codes: Vec<i8>| PackedTernary::from_codes(&codes, rows, cols).map_err(q(name));
+    let (packed, scale) = match ty {
         GgmlType::I2_S => {
             let (codes, s) = i2s::unpack(file.tensor_bytes(name)?, rows * cols).map_err(q(name))?;
-            (codes, WeightScale::Tensor(s.abs().max(f32::MIN_POSITIVE)))
+            (
+                pack(codes)?,
+                WeightScale::Tensor(s.abs().max(f32::MIN_POSITIVE)),
+            )
         }
         GgmlType::TQ2_0 => {
             let blocks: Vec<BlockTq2_0> =
                 blocks_from_bytes(file.tensor_bytes(name)?, rows * cols).map_err(q(name))?;
-            let (codes, d) = tq2_0::to_codes(&blocks);
-            match block_scale(&d, rows) {
-                Some(s) => (codes, s),
+            let d: Vec<f32> = blocks.iter().map(|b| b.d.to_f32()).collect();
+            let Some(s) = block_scale(&d, rows) else {
                 // Checked blocks, kept as they are and dotted block by block.
-                None => return Ok(Linear::Dense(float_matrix(file, name, rows, cols)?)),
+                return Ok(Linear::Dense(float_matrix(file, name, rows, cols)?));
+            };
+            if cols.is_multiple_of(256) {
+                // Rows of whole blocks: their fields move straight into place.
+                let packed = PackedTernary::from_tq2_0(&blocks, rows, cols).map_err(q(name))?;
+                (packed, s)
+            } else {
+                (pack(tq2_0::to_codes(&blocks).0)?, s)
             }
         }
         GgmlType::TQ1_0 => {
@@ -242,14 +252,14 @@ fn ternary_linear(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Resu
                 blocks_from_bytes(file.tensor_bytes(name)?, rows * cols).map_err(q(name))?;
             let (codes, d) = tq1_0::to_codes(&blocks);
             match block_scale(&d, rows) {
-                Some(s) => (codes, s),
+                Some(s) => (pack(codes)?, s),
                 None => return Ok(Linear::Dense(float_matrix(file, name, rows, cols)?)),
             }
         }
         _ => {
             let w = float_tensor(file, name, &[rows, cols])?;
             match exact_ternary(&w) {
-                Some((codes, a)) => (codes, WeightScale::Tensor(a)),
+                Some((codes, a)) => (pack(codes)?, WeightScale::Tensor(a)),
                 None => {
                     // Latent float weights: ternarize like the online reference.
                     let t = bitnet_quant::quantize::ternary::quantize(
@@ -281,7 +291,6 @@ fn ternary_linear(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Resu
         }
         None => scale,
     };
-    let packed = PackedTernary::from_codes(&codes, rows, cols).map_err(q(name))?;
     Ok(Linear::Ternary(
         BitLinear::new(packed, scale, ScaleConvention::Multiply).map_err(q(name))?,
     ))

@@ -18,6 +18,7 @@
 //! start on a 64-byte boundary.
 
 use super::shape_text;
+use super::{QuantBlock, tq2_0::BlockTq2_0};
 use crate::aligned::AlignedBytes;
 use crate::error::{Error, Format, Result};
 use crate::quantize::ternary::check_codes;
@@ -95,6 +96,69 @@ impl PackedTernary {
             rows,
             cols,
             blocks_per_row,
+            data,
+        })
+    }
+
+    /// Repacks llama.cpp TQ2_0 blocks (`rows` rows of `cols` weights, `cols`
+    /// a multiple of 256, so that every row is whole blocks) by moving
+    /// their 2-bit fields, without expanding them to codes first: that
+    /// expansion and the packing after it were most of the time a 2B-4T
+    /// GGUF took to load. The blocks' scales are not read here.
+    ///
+    /// TQ2_0 byte `32j + m` holds elements `128j + 32n + m` in bits `2n`,
+    /// each as `t + 1`, the same code as here, so byte `m` of a runtime
+    /// block (elements `m`, `64 + m`, `128 + m`, `192 + m`) takes fields 0
+    /// and 2 of TQ2_0 bytes `m` and `32 + m`, and byte `32 + m` their
+    /// fields 1 and 3.
+    ///
+    /// ```
+    /// use bitnet_quant::formats::{runtime::PackedTernary, tq2_0};
+    /// let codes: Vec<i8> = (0..512).map(|i| (i % 3) as i8 - 1).collect();
+    /// let blocks = tq2_0::from_ternary(&codes, 0.5)?;
+    /// let packed = PackedTernary::from_tq2_0(&blocks, 2, 256)?;
+    /// assert_eq!(packed.to_codes(), codes);
+    /// # Ok::<(), bitnet_quant::Error>(())
+    /// ```
+    pub fn from_tq2_0(blocks: &[BlockTq2_0], rows: usize, cols: usize) -> Result<Self> {
+        if !cols.is_multiple_of(BLOCK) || rows.checked_mul(cols / BLOCK) != Some(blocks.len()) {
+            return Err(Error::ShapeMismatch {
+                op: "repack TQ2_0",
+                detail: format!(
+                    "{} blocks of {BLOCK} cannot be a [{rows}, {cols}] matrix of whole-block rows",
+                    blocks.len()
+                ),
+            });
+        }
+        if cols > MAX_COLS {
+            return Err(Error::Unsupported(format!(
+                "rows of {cols} weights exceed the kernels' limit of {MAX_COLS}"
+            )));
+        }
+        let mut data = AlignedBytes::filled(blocks.len() * BLOCK_BYTES, 0);
+        for (i, (block, dst)) in blocks
+            .iter()
+            .zip(data.as_bytes_mut().chunks_exact_mut(BLOCK_BYTES))
+            .enumerate()
+        {
+            if let Some(byte) = super::hf2bit::first_invalid_2bit(&block.qs) {
+                return Err(Error::InvalidCode {
+                    format: Format::Tq2_0,
+                    byte: i * BlockTq2_0::BYTES + byte,
+                    code: 0b11,
+                });
+            }
+            let (lo, hi) = dst.split_at_mut(BLOCK_BYTES / 2);
+            let (qa, qb) = block.qs.split_at(BLOCK_BYTES / 2);
+            for (((lo, hi), &a), &b) in lo.iter_mut().zip(hi).zip(qa).zip(qb) {
+                *lo = (a & 0x03) | ((a >> 2) & 0x0c) | ((b << 4) & 0x30) | ((b << 2) & 0xc0);
+                *hi = ((a >> 2) & 0x03) | ((a >> 4) & 0x0c) | ((b << 2) & 0x30) | (b & 0xc0);
+            }
+        }
+        Ok(PackedTernary {
+            rows,
+            cols,
+            blocks_per_row: cols / BLOCK,
             data,
         })
     }
@@ -203,6 +267,42 @@ mod tests {
             let q = PackedTernary::from_bytes(p.as_bytes(), rows, cols).unwrap();
             prop_assert_eq!(q, p);
         }
+    }
+
+    proptest! {
+        /// TQ2_0 blocks repacked field by field equal packing their codes,
+        /// and a field with the unused code 0b11 is refused with its byte.
+        #[test]
+        fn tq2_0_repacks_like_its_codes(rows in 0usize..4, blocks_per_row in 1usize..4, seed in any::<u64>(), bad in any::<Option<u16>>()) {
+            let cols = blocks_per_row * BLOCK;
+            let codes: Vec<i8> = (0..rows * cols)
+                .map(|i| ((seed.wrapping_add((i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)) >> 29) % 3) as i8 - 1)
+                .collect();
+            let mut blocks = crate::formats::tq2_0::from_ternary(&codes, 0.25).unwrap();
+            let want = PackedTernary::from_codes(&codes, rows, cols).unwrap();
+            prop_assert_eq!(&PackedTernary::from_tq2_0(&blocks, rows, cols).unwrap(), &want);
+            if let (Some(bad), false) = (bad, blocks.is_empty()) {
+                let (b, byte) = (bad as usize % blocks.len(), bad as usize / 7 % 64);
+                blocks[b].qs[byte] |= 0b11 << (2 * (bad % 4));
+                let at = b * BlockTq2_0::BYTES + byte;
+                let refused = matches!(
+                    PackedTernary::from_tq2_0(&blocks, rows, cols),
+                    Err(Error::InvalidCode { byte, .. }) if byte == at
+                );
+                prop_assert!(refused, "0b11 at byte {} not refused", at);
+            }
+        }
+    }
+
+    #[test]
+    fn tq2_0_refuses_partial_rows() {
+        let blocks = crate::formats::tq2_0::from_ternary(&[0; 512], 1.0).unwrap();
+        assert!(PackedTernary::from_tq2_0(&blocks, 1, 512).is_ok());
+        assert!(matches!(
+            PackedTernary::from_tq2_0(&blocks, 2, 128),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        assert!(PackedTernary::from_tq2_0(&blocks, 3, 256).is_err());
     }
 
     #[test]
