@@ -144,6 +144,13 @@ fn tq2_reencode(blocks: &[BlockTq2_0]) {
         }
     }
     runtime_round_trip(&codes, blocks.len(), 256);
+    // The direct repack (how GGUF TQ2_0 layers load) equals packing the
+    // codes, as one row of all blocks and as a row per block.
+    let packed = PackedTernary::from_codes(&codes, blocks.len(), 256).expect("valid codes");
+    let repacked = PackedTernary::from_tq2_0(blocks, blocks.len(), 256).expect("valid blocks");
+    assert_eq!(repacked, packed, "tq2_0 repack differs from packing its codes");
+    let one_row = PackedTernary::from_tq2_0(blocks, 1, 256 * blocks.len()).expect("valid blocks");
+    assert_eq!(one_row.to_codes(), codes, "tq2_0 repack as one row");
 }
 
 fn runtime_case(fit: bool, a: u8, b: u8, body: &[u8]) {
