@@ -315,6 +315,25 @@ fn scale_out(
                     };
                     j0 += B;
                 }
+                // The tokens left over (a decoded token is one) a column
+                // at a time.
+                while j0 < nt {
+                    let from = r0 * s.tokens + s.t0 + j0;
+                    let to = j0 * rows + r0;
+                    assert!(from + 7 * s.tokens < s.sums.len() && to + B <= o.len());
+                    // SAFETY: as above; the assert bounds every load and store.
+                    unsafe {
+                        crate::kernels::x86_64::avx2::scale_out_column8(
+                            s.sums.as_ptr().add(from),
+                            s.tokens,
+                            &ws,
+                            sx[j0],
+                            convention == ScaleConvention::Divide,
+                            o.as_mut_ptr().add(to),
+                        )
+                    };
+                    j0 += 1;
+                }
                 j0
             }
             _ => 0,
