@@ -193,7 +193,7 @@ impl BlockQ8Activations {
     ///
     /// # Panics
     /// If more or less than one activation row is held, or `rows` is not
-    /// `out.len()` rows long.
+    /// `out.len()` rows of `cols` weights.
     pub(crate) fn dot_rows_one(&self, rows: &[u8], out: &mut [f32]) {
         assert_eq!(self.rows, 1, "dot_rows_one needs one activation row");
         let Some(ty) = self.ty else {
@@ -201,11 +201,17 @@ impl BlockQ8Activations {
             return;
         };
         let a = self.row(0);
-        let row_bytes = match out.len() {
-            0 => return,
-            n => rows.len() / n,
-        };
-        assert_eq!(rows.len(), row_bytes * out.len(), "whole rows");
+        let row_bytes = crate::gguf::dequant::row_bytes(ty, self.cols)
+            .expect("activations are only quantized for whole blocks of a supported type");
+        assert_eq!(
+            rows.len(),
+            row_bytes * out.len(),
+            "whole rows of {} columns",
+            self.cols
+        );
+        if out.is_empty() {
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         if ty == GgmlType::Q6_K {
             match self.backend {
@@ -562,7 +568,7 @@ mod x86 {
     impl Q6kLanes for Avx2Lanes {
         #[inline(always)]
         unsafe fn lanes(b: &[u8], y: &[i8], bs: &[i16]) -> __m256i {
-            // SAFETY: the caller guarantees AVX2.
+            // SAFETY: the caller guarantees AVX2 and F16C.
             unsafe { q6k_block_avx2(b, y, bs) }
         }
     }
@@ -571,7 +577,7 @@ mod x86 {
     impl Q6kLanes for Avx512Lanes {
         #[inline(always)]
         unsafe fn lanes(b: &[u8], y: &[i8], bs: &[i16]) -> __m256i {
-            // SAFETY: the caller guarantees AVX-512 BW.
+            // SAFETY: the caller guarantees AVX-512 BW and F16C.
             unsafe { q6k_block_avx512(b, y, bs) }
         }
     }
@@ -928,7 +934,7 @@ mod tests {
                 prop_assert_eq!(g.to_bits(), w.to_bits(), "{:?}: {} vs {}", ty, g, w);
             }
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c") {
                 act.quantize(ty, &xs, cols, Backend::Avx2);
                 act.dot_row(&row, &mut got);
                 for (g, w) in got.iter().zip(&want) {
@@ -975,7 +981,7 @@ mod tests {
                 .collect();
             let mut backends = vec![Backend::Scalar, Backend::detect()];
             #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("f16c") {
                 backends.push(Backend::Avx2);
             }
             for backend in backends {

@@ -52,7 +52,8 @@ fn sum_of_squares(row: &[f32]) -> f32 {
 ///
 /// Each pass is a loop the compiler vectorizes: the largest entry and the
 /// sum over eight lanes ([`max`], [`sum`]), the exponentials by
-/// [`exp_in_place`] (within 2 ulp of libm's `expf`, AVX2 where present).
+/// [`exp_in_place`] (within 2 ulp of libm's `expf` where that is a normal
+/// float, 0 below it; AVX2 where present).
 /// A libm call per score, many of them on its slow underflow path for
 /// far-off scores, was 5% of a 125M-shape prefill.
 pub fn softmax_in_place(row: &mut [f32]) -> bool {
