@@ -506,8 +506,8 @@ impl FloatMatrix {
     /// `rows.start + i` and activation row `t`): what
     /// [`Self::dot_row_quantized`] gives for each row, bit for bit. With
     /// one activation row (a decode step) the run of rows is handed to the
-    /// kernel at once, which saves a call and, for Q6_K on AVX2, a
-    /// horizontal sum per block.
+    /// kernel at once, which saves a call per row and, for Q6_K on AVX2
+    /// and AVX-512, a horizontal sum per block.
     ///
     /// # Panics
     /// If `rows` reaches past the matrix, `out.len() != rows.len() *

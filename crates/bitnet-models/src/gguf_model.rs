@@ -20,7 +20,7 @@ use crate::float_matrix::{FloatEncoding, FloatMatrix};
 use crate::gguf::{GgmlType, GgufFile, GgufWriter, MetadataArray, MetadataValue, dequant};
 use crate::weights::{BitNetWeights, Layer, Linear};
 use bitnet_quant::bitlinear::{BitLinear, ScaleConvention, WeightScale};
-use bitnet_quant::formats::runtime::PackedTernary;
+use bitnet_quant::formats::runtime::{self, PackedTernary};
 use bitnet_quant::formats::tq1_0::{self, BlockTq1_0};
 use bitnet_quant::formats::tq2_0::{self, BlockTq2_0};
 use bitnet_quant::formats::{blocks_from_bytes, blocks_to_bytes, i2s};
@@ -239,7 +239,7 @@ fn ternary_linear(file: &GgufFile, name: &str, rows: usize, cols: usize) -> Resu
                 // Checked blocks, kept as they are and dotted block by block.
                 return Ok(Linear::Dense(float_matrix(file, name, rows, cols)?));
             };
-            if cols.is_multiple_of(256) {
+            if cols.is_multiple_of(runtime::BLOCK) {
                 // Rows of whole blocks: their fields move straight into place.
                 let packed = PackedTernary::from_tq2_0(&blocks, rows, cols).map_err(q(name))?;
                 (packed, s)

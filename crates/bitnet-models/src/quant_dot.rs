@@ -432,7 +432,7 @@ mod x86 {
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
     }
 
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2")]
     #[inline]
     fn hsum256(v: __m256i) -> i32 {
         let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -443,7 +443,7 @@ mod x86 {
 
     /// The lane sums of four vectors at once: `[hsum256(v[0]), ..]`.
     #[inline]
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2")]
     fn hsum256x4(v: [__m256i; 4]) -> [i32; 4] {
         let pairs = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
         // Lane j of each half now holds half of vector j's sum.
@@ -487,26 +487,42 @@ mod x86 {
         unsafe { std::mem::transmute::<[[u8; 32]; 4], [__m256i; 4]>(pick) }
     };
 
+    /// Prefetches the four cache lines [`Q6K_PREFETCH_BYTES`] past the
+    /// block at `b` (the output layer streams once per token). Prefetches
+    /// never fault, so past the row's end (into the next row) needs no check.
+    #[inline]
+    #[target_feature(enable = "sse")]
+    fn prefetch_ahead(b: &[u8]) {
+        for line in 0..4 {
+            let at = b.as_ptr().wrapping_add(Q6K_PREFETCH_BYTES + 64 * line);
+            _mm_prefetch::<_MM_HINT_T0>(at.cast());
+        }
+    }
+
+    /// Q6_K's code offset as lanes to subtract: `32 · Σ sc[j] · bsum[j]`
+    /// over the block's 16 scales `sc16` (as i16) and code sums `bs`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn q6k_offset(sc16: __m256i, bs: &[i16]) -> __m256i {
+        assert_eq!(bs.len(), QK_K / 16);
+        // SAFETY: `bs` holds 16 i16, one 32-byte load.
+        let bs16 = unsafe { _mm256_loadu_si256(bs.as_ptr().cast()) };
+        _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs16), 5)
+    }
+
     /// One Q6_K block's integer dot as eight i32 lanes (their sum is
     /// `isum` of the module doc): `b` the block's 210 bytes, `y` the 256
     /// activation codes, `bs` their 16 sums.
     #[inline]
-    #[target_feature(enable = "avx2,f16c")]
+    #[target_feature(enable = "avx2")]
     fn q6k_block_avx2(b: &[u8], y: &[i8], bs: &[i16]) -> __m256i {
         assert!(b.len() == 210 && y.len() == QK_K && bs.len() == QK_K / 16);
         let m4 = _mm256_set1_epi8(0x0F);
         let m30 = _mm256_set1_epi8(0x30);
+        prefetch_ahead(b);
         // SAFETY: every load reads 16..32 bytes inside `b`, `y` or `bs`,
-        // whose lengths are asserted above; prefetches never fault, so
-        // past the row's end (into the next row) needs no check.
+        // whose lengths are asserted above.
         unsafe {
-            for line in 0..4 {
-                _mm_prefetch::<_MM_HINT_T0>(
-                    b.as_ptr()
-                        .wrapping_add(Q6K_PREFETCH_BYTES + 64 * line)
-                        .cast(),
-                );
-            }
             let sc8 = _mm_loadu_si128(b.as_ptr().add(192).cast());
             // The 16 scales as i16, widened once; each half of the block
             // reads 8 of them, copied to both lanes so that one byte
@@ -548,10 +564,7 @@ mod x86 {
                     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, scales));
                 }
             }
-            // − 32 · Σ sc[j] · bsum[j]
-            let bs16 = _mm256_loadu_si256(bs.as_ptr().cast());
-            let off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs16), 5);
-            _mm256_sub_epi32(acc, off)
+            _mm256_sub_epi32(acc, q6k_offset(sc16, bs))
         }
     }
 
@@ -752,7 +765,7 @@ mod x86 {
     /// [`q6k_block_avx2`] on 64-byte vectors: each half of the block's
     /// low bits is one load, its high bits one 32-byte load used twice.
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,f16c")]
+    #[target_feature(enable = "avx512f,avx512bw")]
     fn q6k_block_avx512(b: &[u8], y: &[i8], bs: &[i16]) -> __m256i {
         assert!(b.len() == 210 && y.len() == QK_K && bs.len() == QK_K / 16);
         let m4 = _mm512_set1_epi8(0x0F);
@@ -761,16 +774,10 @@ mod x86 {
         // for 64..96 | 96..128 at >> 0 | >> 2 (then & 0x30).
         let shl = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
         let shr = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
+        prefetch_ahead(b);
         // SAFETY: every load reads 16..64 bytes inside `b`, `y` or `bs`,
-        // whose lengths are asserted above; prefetches never fault.
+        // whose lengths are asserted above.
         unsafe {
-            for line in 0..4 {
-                _mm_prefetch::<_MM_HINT_T0>(
-                    b.as_ptr()
-                        .wrapping_add(Q6K_PREFETCH_BYTES + 64 * line)
-                        .cast(),
-                );
-            }
             let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.as_ptr().add(192).cast()));
             let scz = _mm512_castsi256_si512(sc16);
             let mut acc = _mm512_setzero_si512();
@@ -794,14 +801,11 @@ mod x86 {
                     acc = _mm512_add_epi32(acc, _mm512_madd_epi16(p, scales));
                 }
             }
-            // − 32 · Σ sc[j] · bsum[j]
-            let bs16 = _mm256_loadu_si256(bs.as_ptr().cast());
-            let off = _mm256_slli_epi32(_mm256_madd_epi16(sc16, bs16), 5);
             let acc = _mm256_add_epi32(
                 _mm512_castsi512_si256(acc),
                 _mm512_extracti64x4_epi64(acc, 1),
             );
-            _mm256_sub_epi32(acc, off)
+            _mm256_sub_epi32(acc, q6k_offset(sc16, bs))
         }
     }
 

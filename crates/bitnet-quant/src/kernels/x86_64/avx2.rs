@@ -464,20 +464,26 @@ pub(crate) unsafe fn scale_out_block8(
         let cols = bitnet_core::simd::transpose8x8_ps(r);
         let wv = _mm256_loadu_ps(w.as_ptr());
         for (j, c) in cols.into_iter().enumerate() {
-            let sxj = _mm256_set1_ps(sx[j]);
-            let y = if divide {
-                _mm256_div_ps(c, _mm256_mul_ps(wv, sxj))
-            } else {
-                _mm256_mul_ps(_mm256_div_ps(c, sxj), wv)
-            };
-            _mm256_storeu_ps(out.add(j * out_stride), y);
+            _mm256_storeu_ps(out.add(j * out_stride), scale8(c, wv, sx[j], divide));
         }
     }
 }
 
+/// Eight sums `c` of one token scaled as the scalar pass does: `c / (w ·
+/// sx)` when `divide`, else `c / sx · w`.
+#[inline]
+#[target_feature(enable = "avx")]
+fn scale8(c: __m256, w: __m256, sx: f32, divide: bool) -> __m256 {
+    let sx = _mm256_set1_ps(sx);
+    if divide {
+        _mm256_div_ps(c, _mm256_mul_ps(w, sx))
+    } else {
+        _mm256_mul_ps(_mm256_div_ps(c, sx), w)
+    }
+}
+
 /// One token's column of [`scale_out_block8`]: the sums at `sums + i *
-/// sums_stride` (row `i < 8`) become `out[i] = d / (w[i] · sx)` when
-/// `divide`, else `d / sx · w[i]`, the scalar pass's operations. A
+/// sums_stride` (row `i < 8`) become `out[i]`, scaled by [`scale8`]. A
 /// decoded token (one column, `sums_stride == 1`) otherwise went element
 /// by element, a division each: 5% of a 125M-shape decode step.
 ///
@@ -501,14 +507,7 @@ pub(crate) unsafe fn scale_out_column8(
             let at = |i: usize| *sums.add(i * sums_stride);
             _mm256_setr_epi32(at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7))
         };
-        let c = _mm256_cvtepi32_ps(d);
         let wv = _mm256_loadu_ps(w.as_ptr());
-        let sxv = _mm256_set1_ps(sx);
-        let y = if divide {
-            _mm256_div_ps(c, _mm256_mul_ps(wv, sxv))
-        } else {
-            _mm256_mul_ps(_mm256_div_ps(c, sxv), wv)
-        };
-        _mm256_storeu_ps(out, y);
+        _mm256_storeu_ps(out, scale8(_mm256_cvtepi32_ps(d), wv, sx, divide));
     }
 }
